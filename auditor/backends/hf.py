@@ -1,0 +1,166 @@
+"""torch backend (transformers): HF model folders, and GGUF files loaded dequantized.
+
+States come from forward hooks on the decoder layers (raw residual outputs; `output_hidden_states`
+would give the final-normed state for the last layer). Prompts are sorted by length and batched with
+RIGHT padding: under a causal mask the real tokens never see the pad tokens, so padding cannot change
+a prompt's final-token state (up to GEMM blocking, ~1e-6). The base model is called without the
+lm_head, which a scan does not need (28M of SmolLM2's 135M weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import AuditError
+from ..models import ModelRef, cache_dir, file_fingerprint
+from . import Progress, wrap
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def converted_gguf_dir(path: Path) -> Path:
+    """Dequantize a GGUF once with transformers and cache it as safetensors (12 s -> 0.3 s next time)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = cache_dir() / "converted" / f"{path.stem}-{file_fingerprint(path)}"
+    if (out / "config.json").is_file():
+        return out
+    os.environ["TQDM_DISABLE"] = "1"  # transformers' dequantization bar; the CLI shows its own status
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:
+        raise AuditError(f"transformers cannot load this GGUF ({str(e).splitlines()[0][:120]})", path) from None
+    model.config.quantization_config = None  # save_pretrained refuses "quantized with gguf" models
+    with contextlib.suppress(AttributeError):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out)
+    except OSError:
+        if not (out / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder blocks: the ModuleList whose length is the configured number of hidden layers."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n = getattr(cfg, "num_hidden_layers", None)
+    for _, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
+            return mod
+    raise AuditError("cannot find the decoder layers of this model")
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: ModelRef | None = None, threads: int | None = None, max_batch_tokens: int = 4096,
+                 hf_model=None, tokenizer=None, trust_remote_code: bool = False):
+        """Load `model`, or wrap an in-memory `hf_model` + `tokenizer` (tests, harden)."""
+        _quiet_transformers()
+        if threads:
+            torch.set_num_threads(threads)
+        self.model_ref = model
+        self.max_batch_tokens = max_batch_tokens
+        if hf_model is None:
+            folder = converted_gguf_dir(model.path) if model.is_gguf else model.path
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            try:
+                hf_model = AutoModelForCausalLM.from_pretrained(
+                    str(folder), dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True)
+                tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+            except (ValueError, KeyError, OSError) as e:
+                raise AuditError(f"transformers cannot load this model ({str(e).splitlines()[0][:160]})", model.path) from None
+        self.model = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.layers = decoder_layers(self.model)
+        self.n_layers = len(self.layers)
+        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        self.hidden_size = int(cfg.hidden_size)
+        self.chat_template = getattr(tokenizer, "chat_template", None)
+
+    def render_chat(self, query: str) -> str:
+        if not self.chat_template:
+            where = self.model_ref.path if self.model_ref else None
+            raise AuditError("model has no chat template (use --template alpaca or raw)", where)
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True)
+
+    def encode(self, query: str, template: str) -> list[int]:
+        text = wrap(query, template, self.render_chat)
+        # chat templates carry their own BOS; otherwise the tokenizer's default special tokens (paper)
+        return self.tokenizer(text, add_special_tokens=template != "chat")["input_ids"]
+
+    def _batches(self, lengths: list[int]):
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        batch: list[int] = []
+        for i in order:
+            if batch and (len(batch) + 1) * lengths[i] > self.max_batch_tokens:
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    @torch.inference_mode()
+    def states_for_ids(self, ids: list[list[int]], progress: Progress | None = None) -> torch.Tensor:
+        K, n = self.n_layers, len(ids)
+        out = torch.empty(K, n, self.hidden_size)
+        last: torch.Tensor | None = None
+        captured: dict[int, torch.Tensor] = {}
+
+        def hook(k):
+            def fn(_mod, _inp, output):
+                h = output[0] if isinstance(output, (tuple, list)) else output
+                captured[k] = h[torch.arange(h.shape[0]), last].float()
+            return fn
+
+        handles = [layer.register_forward_hook(hook(k)) for k, layer in enumerate(self.layers)]
+        base = getattr(self.model, self.model.base_model_prefix, self.model)
+        try:
+            for batch in self._batches([len(x) for x in ids]):
+                width = max(len(ids[i]) for i in batch)
+                input_ids = torch.zeros(len(batch), width, dtype=torch.long)
+                mask = torch.zeros(len(batch), width, dtype=torch.long)
+                for r, i in enumerate(batch):
+                    input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[r, : len(ids[i])] = 1
+                last = mask.sum(1) - 1
+                captured.clear()
+                base(input_ids=input_ids, attention_mask=mask, use_cache=False)
+                for k in range(K):
+                    out[k, batch] = captured[k]
+                if progress:
+                    progress(len(batch))
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+    def final_token_states(self, queries: Sequence[str], template: str, progress: Progress | None = None) -> torch.Tensor:
+        return self.states_for_ids([self.encode(q, template) for q in queries], progress)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,180 @@
+"""llama.cpp backend (llama-cpp-python): GGUF models probed in their own quantized format.
+
+llama.cpp has no public API for per-layer hidden states; the scheduler's eval callback does it: we answer
+"yes" when asked about the `l_out-<k>` tensors (the residual stream after block k, before the final
+norm) and copy the final prompt token's row inside the callback, since buffers are reused afterwards.
+One prompt per decode (batching gave no speed-up on this CPU), flash attention off for repeatability.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import AuditError
+from ..gguf_file import read_gguf
+from ..models import ModelRef
+from . import Progress, wrap
+
+import llama_cpp as L  # noqa: E402  (heavy import, module is imported lazily by models.open_backend)
+from llama_cpp import _logger  # noqa: E402
+
+_logger.set_verbose(False)
+_ggml = ctypes.CDLL(str(Path(L.__file__).parent / "lib" / "libggml-base.so"))
+_ggml.ggml_get_name.restype = ctypes.c_char_p
+_ggml.ggml_get_name.argtypes = [ctypes.c_void_p]
+_ggml.ggml_nelements.restype = ctypes.c_int64
+_ggml.ggml_nelements.argtypes = [ctypes.c_void_p]
+_ggml.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+_ggml.ggml_backend_tensor_get.restype = None
+_NE_OFFSET = 16  # struct ggml_tensor { enum ggml_type type; ggml_backend_buffer* buffer; int64_t ne[4]; size_t nb[4]; ...}
+_GGML_TYPE_F32 = 0
+L.llama_backend_init()
+
+
+class _TensorView(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_size_t * 4)]
+
+
+class LlamaCppBackend:
+    name = "llama"
+
+    def __init__(self, model: ModelRef, threads: int | None = None, n_ctx: int = 2048):
+        self.model_ref = model
+        info = read_gguf(model.path)
+        self.architecture = info.architecture
+        self.chat_template = info.metadata.get("tokenizer.chat_template")
+        self.threads = threads or os.cpu_count() or 1
+        mparams = L.llama_model_default_params()
+        mparams.use_extra_bufts = False  # avoid the AMX repack path (miscompiled by GCC 12 on this CPU)
+        self._model = L.llama_model_load_from_file(str(model.path).encode(), mparams)
+        if not self._model:
+            raise AuditError(f"llama.cpp cannot load this model (architecture '{self.architecture}' unknown or file corrupt)", model.path)
+        self._vocab = L.llama_model_get_vocab(self._model)
+        self.n_layers = int(L.llama_model_n_layer(self._model))
+        self.hidden_size = int(L.llama_model_n_embd(self._model))
+        self.add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
+        self._n_ctx = 0
+        self._ctx = None
+        self._rows: dict[int, np.ndarray] = {}
+        self._want_row = 0
+        self._cb = L.ggml_backend_sched_eval_callback(self._eval_callback)  # keep a reference
+        self._ensure_ctx(n_ctx)
+
+    # -- context ---------------------------------------------------------------------------------
+    def _ensure_ctx(self, n_tokens: int) -> None:
+        if self._ctx is not None and n_tokens <= self._n_ctx:
+            return
+        if self._ctx is not None:
+            L.llama_free(self._ctx)
+        n = max(512, 1 << (int(n_tokens) - 1).bit_length())
+        p = L.llama_context_default_params()
+        p.n_ctx = p.n_batch = p.n_ubatch = n  # one micro-batch per prompt: the callback fires once per layer
+        p.n_seq_max = 1
+        p.n_threads = p.n_threads_batch = self.threads
+        p.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.cb_eval = self._cb
+        p.cb_eval_user_data = None
+        p.no_perf = True
+        self._ctx = L.llama_init_from_model(self._model, p)
+        if not self._ctx:
+            raise AuditError("llama.cpp could not create a context", self.model_ref.path)
+        self._n_ctx = n
+
+    def _eval_callback(self, t, ask, user_data) -> bool:
+        name = _ggml.ggml_get_name(t) or b""
+        if not name.startswith(b"l_out-"):
+            return False if ask else True
+        if ask:
+            return True
+        view = _TensorView.from_address(t)
+        d, rows = int(view.ne[0]), int(view.ne[1])
+        if view.type != _GGML_TYPE_F32 or d != self.hidden_size:
+            return True
+        # the last layer keeps only the rows whose logits were requested (one: the final token)
+        row = self._want_row if rows > self._want_row else rows - 1
+        buf = np.empty(d, dtype=np.float32)
+        _ggml.ggml_backend_tensor_get(t, buf.ctypes.data, row * int(view.nb[1]), d * 4)
+        self._rows[int(name[6:])] = buf
+        return True
+
+    # -- prompts -----------------------------------------------------------------------------------
+    def _token_text(self, tid: int) -> str:
+        return (L.llama_vocab_get_text(self._vocab, tid) or b"").decode("utf-8", errors="replace")
+
+    def render_chat(self, query: str) -> str:
+        if not self.chat_template:
+            raise AuditError("model has no chat template (use --template alpaca or raw)", self.model_ref.path)
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        fmt = Jinja2ChatFormatter(
+            template=self.chat_template,
+            eos_token=self._token_text(L.llama_vocab_eos(self._vocab)),
+            bos_token=self._token_text(L.llama_vocab_bos(self._vocab)),
+        )
+        return fmt(messages=[{"role": "user", "content": query}]).prompt
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        raw = text.encode("utf-8")
+        cap = len(raw) + 16
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_special, True)
+        if n < 0:
+            raise AuditError("tokenization failed", self.model_ref.path)
+        return list(buf[:n])
+
+    def encode(self, query: str, template: str) -> list[int]:
+        text = wrap(query, template, self.render_chat)
+        # chat templates carry their own BOS; otherwise the tokenizer's default special tokens (paper)
+        return self.tokenize(text, add_special=template != "chat")
+
+    # -- states -------------------------------------------------------------------------------------
+    def _states_for(self, tokens: list[int]) -> np.ndarray:
+        self._ensure_ctx(len(tokens))
+        L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
+        batch = L.llama_batch_init(len(tokens), 0, 1)
+        try:
+            for i, tok in enumerate(tokens):
+                batch.token[i] = tok
+                batch.pos[i] = i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = i == len(tokens) - 1
+            batch.n_tokens = len(tokens)
+            self._rows, self._want_row = {}, len(tokens) - 1
+            rc = L.llama_decode(self._ctx, batch)
+        finally:
+            L.llama_batch_free(batch)
+        if rc != 0:
+            raise AuditError(f"llama.cpp decode failed (code {rc})", self.model_ref.path)
+        missing = [k for k in range(self.n_layers) if k not in self._rows]
+        if missing:
+            raise AuditError(f"llama.cpp did not expose layer outputs {missing[:3]} for this architecture", self.model_ref.path)
+        return np.stack([self._rows[k] for k in range(self.n_layers)])
+
+    def final_token_states(self, queries: Sequence[str], template: str, progress: Progress | None = None) -> torch.Tensor:
+        out = torch.empty(self.n_layers, len(queries), self.hidden_size)
+        for i, q in enumerate(queries):
+            out[:, i] = torch.from_numpy(self._states_for(self.encode(q, template)))
+            if progress:
+                progress(1)
+        return out
+
+    def close(self) -> None:
+        if self._ctx:
+            L.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            L.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

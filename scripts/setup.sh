@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Sets up .venv with everything safety-audit needs, from the package registries only.
+# Idempotent: a second run installs nothing new. Safe on a fresh machine of this kind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+LLAMA_VERSION=0.3.36
+# GGML_NATIVE=OFF: the native build segfaults on this CPU (GCC 12 miscompiles ggml's AMX code).
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"
+WHEELHOUSE=${SAFETY_AUDIT_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/safety-audit/wheels/llama-cpp-python-${LLAMA_VERSION}-nonative}
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip >/dev/null
+
+# torch first: the CPU wheel on disk. A bare `torch` requirement would pull a multi-GB CUDA build.
+$VENV/bin/python -c "import torch" 2>/dev/null || $PIP install -q "torch==2.13.0"
+
+# llama-cpp-python ships only an sdist; pip's wheel cache ignores CMAKE_ARGS, so keep our own
+# wheelhouse keyed by version + flags and never let pip reuse a natively built (crashing) wheel.
+if ! $VENV/bin/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_VERSION')" 2>/dev/null; then
+  if ! ls "$WHEELHOUSE"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "building llama-cpp-python $LLAMA_VERSION (portable AVX2, ~6 min on 2 cores) ..."
+    mkdir -p "$WHEELHOUSE.tmp"
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+      $PIP wheel -q --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELHOUSE.tmp"
+    rm -rf "$WHEELHOUSE" && mv "$WHEELHOUSE.tmp" "$WHEELHOUSE"
+  fi
+  $PIP install -q --no-cache-dir "$WHEELHOUSE"/llama_cpp_python-*.whl
+fi
+
+$PIP install -q -e ".[test]"
