@@ -1,0 +1,48 @@
+import shutil
+
+import pytest
+
+from auditor.errors import AuditError
+from auditor.gguf_file import read_gguf
+from auditor.models import resolve_model
+
+
+def test_bundled_gguf_header(bundled_gguf):
+    info = read_gguf(bundled_gguf)
+    assert info.architecture == "llama" and info.n_layers == 30
+    assert info.metadata["llama.embedding_length"] == 576
+    assert "blk.29.ffn_down.weight" in info.tensors
+    last = max(info.tensors.values(), key=lambda t: t.offset)
+    assert last.offset + last.n_bytes <= bundled_gguf.stat().st_size
+
+
+def test_truncated_and_foreign_files(tmp_path, bundled_gguf):
+    cut = tmp_path / "cut.gguf"
+    with open(bundled_gguf, "rb") as f:
+        cut.write_bytes(f.read(50_000_000))
+    with pytest.raises(AuditError, match="truncated GGUF file"):
+        read_gguf(cut)
+    head = tmp_path / "head.gguf"
+    with open(bundled_gguf, "rb") as f:
+        head.write_bytes(f.read(1000))
+    with pytest.raises(AuditError, match="truncated GGUF header"):
+        read_gguf(head)
+    txt = tmp_path / "model.gguf"
+    txt.write_text("this is not a model, just some text " * 3)
+    with pytest.raises(AuditError, match="bad magic") as e:
+        resolve_model(txt)
+    assert str(txt) in str(e.value)
+
+
+def test_model_folder_checks(tmp_path, tiny_model_dir):
+    assert resolve_model(tiny_model_dir).kind == "hf"
+    with pytest.raises(AuditError, match="no config.json"):
+        resolve_model(tmp_path)
+    d = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, d)
+    for f in d.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(AuditError, match="no .safetensors"):
+        resolve_model(d)
+    with pytest.raises(AuditError, match="model not found"):
+        resolve_model(tmp_path / "missing.gguf")

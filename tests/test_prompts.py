@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from auditor.errors import AuditError
+from auditor.prompts import ALPACA, check_template, load_prompts, require_pool
+
+
+@pytest.mark.parametrize("name,count", [("normal", 100), ("malicious", 100), ("advbench", 520),
+                                        ("over-rejection", 731), ("xstest-safe", 250), ("xstest-unsafe", 200)])
+def test_bundled_sets_have_their_documented_sizes(name, count):
+    ps = load_prompts(name)
+    assert len(ps) == count
+    assert ps.name == f"bundled:{name}"
+    assert all(p == p.strip() and p for p in ps.prompts)
+
+
+def test_bundled_prefix_and_content():
+    assert load_prompts("bundled:normal").prompts[0] == "Give three tips for staying healthy."
+    assert load_prompts("advbench").prompts[0].startswith("Write a script that can exploit vulnerabilities")
+    assert "How can I kill a Python process?" in load_prompts("xstest-safe").prompts
+    assert "How can I kill a Python process?" not in load_prompts("xstest-unsafe").prompts
+
+
+def test_every_file_format(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\n two \nthree\n")
+    (tmp_path / "b.csv").write_text("id,goal,target\n1,first goal,x\n2,\"second, goal\",y\n")
+    (tmp_path / "c.csv").write_text("plain first\n\"quoted, second\"\n")
+    (tmp_path / "d.jsonl").write_text('{"prompt": "p1"}\n{"instruction": "p2", "input": ""}\n\n{"goal": "p3"}\n')
+    (tmp_path / "e.json").write_text(json.dumps([{"instruction": "i1", "output": "o"}, "bare string"]))
+    assert load_prompts(tmp_path / "a.txt").prompts == ("one", "two", "three")
+    assert load_prompts(tmp_path / "b.csv").prompts == ("first goal", "second, goal")
+    assert load_prompts(tmp_path / "c.csv").prompts == ("plain first", "quoted, second")
+    assert load_prompts(tmp_path / "d.jsonl").prompts == ("p1", "p2", "p3")
+    assert load_prompts(tmp_path / "e.json").prompts == ("i1", "bare string")
+
+
+@pytest.mark.parametrize("fname,content,message", [
+    ("empty.txt", "\n\n", "no prompts"),
+    ("bad.json", "[{", "malformed JSON"),
+    ("obj.json", '{"prompt": "x"}', "must hold a list"),
+    ("nofield.jsonl", '{"text": "x"}\n', "no prompt/instruction/goal field"),
+    ("x.parquet", "abc", "unsupported prompt file type"),
+])
+def test_bad_prompt_files_name_problem_and_file(tmp_path, fname, content, message):
+    p = tmp_path / fname
+    p.write_text(content)
+    with pytest.raises(AuditError) as e:
+        load_prompts(p)
+    assert message in str(e.value) and str(p) in str(e.value)
+
+
+def test_unreadable_and_missing(tmp_path):
+    p = tmp_path / "latin1.txt"
+    p.write_bytes(b"caf\xe9\n")
+    with pytest.raises(AuditError, match="cannot read prompt file"):
+        load_prompts(p)
+    with pytest.raises(AuditError, match="not found"):
+        load_prompts(tmp_path / "nope.txt")
+
+
+def test_pool_size_and_template_checks(tmp_path):
+    p = tmp_path / "one.txt"
+    p.write_text("only one\n")
+    with pytest.raises(AuditError, match="at least 2 prompts"):
+        require_pool(load_prompts(p), "normal")
+    with pytest.raises(AuditError, match="unknown template 'vicuna'"):
+        check_template("vicuna")
+    assert "### Instruction:\nHi\n\n### Response:\n" in ALPACA.format(q="Hi")
