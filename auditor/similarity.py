@@ -17,7 +17,7 @@ import torch
 
 from . import _ext
 
-TILE = 256
+ROWS, COLS = 256, 1024  # work-item shape, as in cpp/pair_stats_cpu.cpp
 FIELDS = ("cos_aa", "cos_bb", "cos_ab", "angle_aa", "angle_bb", "angle_ab")
 
 
@@ -48,7 +48,8 @@ def _inverse_norms(X: torch.Tensor) -> torch.Tensor:
 
 
 def _torch_pair_stats(A: torch.Tensor, B: torch.Tensor, return_pairs: bool):
-    """Reference tiled implementation in torch (the fallback); mirrors cpp/pair_stats_cpu.cpp."""
+    """Reference implementation in torch (the fallback): the same work items and arithmetic as
+    cpp/pair_stats_cpu.cpp — row blocks of ROWS × column spans of COLS, counted pairs i<j within a set."""
     K, n, m = A.shape[0], A.shape[1], B.shape[1]
     invA, invB = _inverse_norms(A), _inverse_norms(B)
     means = torch.zeros(6, K, dtype=torch.float64)
@@ -56,25 +57,25 @@ def _torch_pair_stats(A: torch.Tensor, B: torch.Tensor, return_pairs: bool):
     if return_pairs:
         out = {0: torch.empty(K, n, n), 1: torch.empty(K, m, m), 2: torch.empty(K, n, m)}
     blocks = ((0, A, A, invA, invA, True), (1, B, B, invB, invB, True), (2, A, B, invA, invB, False))
-    for blk, R, C, iR, iC, upper in blocks:
+    for blk, R, C, iR, iC, within in blocks:
         rows, cols = R.shape[1], C.shape[1]
         for k in range(K):
-            for r0 in range(0, rows, TILE):
-                for c0 in range(r0 if upper else 0, cols, TILE):
-                    r = R[k, r0 : r0 + TILE].float()
-                    c = C[k, c0 : c0 + TILE].float()
-                    t = (r @ c.T).mul_(iR[k, r0 : r0 + TILE, None]).mul_(iC[k, None, c0 : c0 + TILE])
-                    t.clamp_(-1.0, 1.0)
+            for r0 in range(0, rows, ROWS):
+                for c0 in range(r0 if within else 0, cols, COLS):
+                    r = R[k, r0 : r0 + ROWS].float()
+                    c = C[k, c0 : c0 + COLS].float()
+                    t = (r @ c.T).mul_(iR[k, r0 : r0 + ROWS, None]).mul_(iC[k, None, c0 : c0 + COLS]).clamp_(-1.0, 1.0)
+                    gi = torch.arange(r0, r0 + t.shape[0])[:, None]
+                    gj = torch.arange(c0, c0 + t.shape[1])[None, :]
+                    counted = gj > gi if within else torch.ones_like(t, dtype=torch.bool)
                     if return_pairs:
-                        out[blk][k, r0 : r0 + TILE, c0 : c0 + TILE] = t
-                        if upper and c0 != r0:
-                            out[blk][k, c0 : c0 + TILE, r0 : r0 + TILE] = t.T
-                    diag = upper and r0 == c0
-                    cs = t.sum(dtype=torch.float64) - (t.diagonal().sum(dtype=torch.float64) if diag else 0)
-                    t.acos_()
-                    as_ = t.sum(dtype=torch.float64) - (t.diagonal().sum(dtype=torch.float64) if diag else 0)
-                    means[blk, k] += cs / 2 if diag else cs
-                    means[3 + blk, k] += as_ / 2 if diag else as_
+                        o = out[blk][k]
+                        o[r0 : r0 + t.shape[0], c0 : c0 + t.shape[1]] = torch.where(gj >= gi, t, o[r0 : r0 + t.shape[0], c0 : c0 + t.shape[1]]) if within else t
+                        if within:
+                            upper = gj >= gi
+                            o.T[r0 : r0 + t.shape[0], c0 : c0 + t.shape[1]][upper] = t[upper]
+                    means[blk, k] += t[counted].sum(dtype=torch.float64)
+                    means[3 + blk, k] += t.acos_()[counted].sum(dtype=torch.float64)
     npairs = torch.tensor([n * (n - 1) / 2, m * (m - 1) / 2, n * m], dtype=torch.float64)
     means[:3] /= npairs[:, None]
     means[3:] *= (180.0 / math.pi) / npairs[:, None]

@@ -2,11 +2,13 @@
 //
 // For every layer k it reduces, over all pairs i<j within A, i<j within B and all of A x B:
 //   mean cos = <a,b>/(|a||b|)  and  mean angle = acos(clamp(cos,-1,1)) in degrees.
-// The K x (n+m)^2 pair matrix is never built: work items are (layer, block, row tile, col tile);
-// each runs one GEMM on a [T, d] x [d, T] tile (single-threaded BLAS inside at::parallel_for),
-// normalizes in the epilogue with precomputed inverse norms, and reduces in float64.
+// The K x (n+m)^2 pair matrix is never built: work items are (layer, block, row block, column span);
+// each runs one GEMM [256, d] x [d, <=1024] into a per-thread buffer (single-threaded BLAS inside
+// at::parallel_for; within a set only the columns right of the diagonal are computed), normalises in
+// the epilogue with precomputed inverse norms, and reduces in float64.
 // Zero vectors get inverse norm 0, so their cosine with anything is 0 (angle 90 degrees).
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -16,15 +18,31 @@
 namespace safety_audit {
 
 at::Tensor inverse_norms(const at::Tensor& X) {
-  // [K, n, d] -> [K, n] float32; norms accumulated in float64 (massive activation dims).
-  auto norm = at::linalg_vector_norm(X, 2, {-1}, false, at::kDouble);
-  auto inv = at::where(norm > 0, norm.reciprocal(), at::zeros_like(norm));
-  return inv.to(at::kFloat);
+  // [K, n, d] -> [K, n] float32. Squares summed in float64 (massive activation dims) row by row, so
+  // no float64 copy of X is ever made.
+  const int64_t rows = X.size(0) * X.size(1), d = X.size(2);
+  auto inv = at::empty({X.size(0), X.size(1)}, X.options().dtype(at::kFloat));
+  float* out = inv.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "inverse_norms", [&] {
+    const scalar_t* x = X.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        double s = 0.0;
+        for (int64_t i = 0; i < d; ++i) {
+          const double v = static_cast<double>(x[r * d + i]);
+          s += v * v;
+        }
+        out[r] = s > 0.0 ? static_cast<float>(1.0 / std::sqrt(s)) : 0.f;
+      }
+    });
+  });
+  return inv;
 }
 
 namespace {
 
-constexpr int64_t kTile = 256;
+constexpr int64_t kRows = 256;   // rows per work item
+constexpr int64_t kCols = 1024;  // columns per work item: a [kRows, d] x [d, kCols] GEMM, buffer 1 MB
 enum Block : int { AA = 0, BB = 1, AB = 2 };
 
 struct Item {
@@ -33,11 +51,12 @@ struct Item {
   int64_t r0, rh, c0, ch;
 };
 
-void add_items(std::vector<Item>& items, int64_t K, int block, int64_t rows, int64_t cols, bool upper) {
+// Within a set only pairs i<j count: a row block [r0, r0+rh) needs columns from r0 on.
+void add_items(std::vector<Item>& items, int64_t K, int block, int64_t rows, int64_t cols, bool within) {
   for (int64_t k = 0; k < K; ++k)
-    for (int64_t r0 = 0; r0 < rows; r0 += kTile)
-      for (int64_t c0 = upper ? r0 : 0; c0 < cols; c0 += kTile)
-        items.push_back({k, block, r0, std::min(kTile, rows - r0), c0, std::min(kTile, cols - c0)});
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows)
+      for (int64_t c0 = within ? r0 : 0; c0 < cols; c0 += kCols)
+        items.push_back({k, block, r0, std::min(kRows, rows - r0), c0, std::min(kCols, cols - c0)});
 }
 
 }  // namespace
@@ -52,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_stats_cpu(
   TORCH_CHECK(A_in.size(1) >= 2 && B_in.size(1) >= 2, "pair_stats: need at least 2 vectors in each set");
   TORCH_CHECK(A_in.is_floating_point() && B_in.is_floating_point(), "pair_stats: floating-point inputs only");
   const auto A = A_in.contiguous(), B = B_in.contiguous();
-  const int64_t K = A.size(0), n = A.size(1), m = B.size(1), d = A.size(2);
+  const int64_t K = A.size(0), n = A.size(1), m = B.size(1);
   const auto invA = inverse_norms(A), invB = inverse_norms(B);
   const bool f32 = A.scalar_type() == at::kFloat && B.scalar_type() == at::kFloat;
 
@@ -71,39 +90,63 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_stats_cpu(
   }
 
   at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t begin, int64_t end) {
-    at::Tensor tile = at::empty({kTile, kTile}, fopt);
+    at::Tensor buf = at::empty({kRows * kCols}, fopt);  // per-thread tile: O(kRows x kCols), never O(n^2)
     for (int64_t it = begin; it < end; ++it) {
       const Item& w = items[it];
+      const bool within = w.block != AB;
       const at::Tensor& R = w.block == BB ? B : A;
       const at::Tensor& C = w.block == AA ? A : B;
-      const at::Tensor& invR = w.block == BB ? invB : invA;
-      const at::Tensor& invC = w.block == AA ? invA : invB;
+      const float* iR = (w.block == BB ? invB : invA)[w.k].data_ptr<float>() + w.r0;
+      const float* iC = (w.block == AA ? invA : invB)[w.k].data_ptr<float>() + w.c0;
       auto rows = R[w.k].narrow(0, w.r0, w.rh);
       auto cols = C[w.k].narrow(0, w.c0, w.ch);
       if (!f32) {  // bf16 / fp16 / fp64 inputs: accumulate in fp32
         rows = rows.to(at::kFloat);
         cols = cols.to(at::kFloat);
       }
-      auto t = tile.narrow(0, 0, w.rh).narrow(1, 0, w.ch);
+      auto t = buf.narrow(0, 0, w.rh * w.ch).view({w.rh, w.ch});
       at::mm_out(t, rows, cols.t());
-      t.mul_(invR[w.k].narrow(0, w.r0, w.rh).unsqueeze(1));
-      t.mul_(invC[w.k].narrow(0, w.c0, w.ch).unsqueeze(0));
-      t.clamp_(-1.0, 1.0);
+      float* p = t.data_ptr<float>();
+      float* out = nullptr;
+      int64_t ld = 0;
       if (return_pairs) {
-        at::Tensor& out = w.block == AA ? paa : (w.block == BB ? pbb : pab);
-        out[w.k].narrow(0, w.r0, w.rh).narrow(1, w.c0, w.ch).copy_(t);
-        if (w.block != AB && w.c0 != w.r0)  // mirror the upper tile
-          out[w.k].narrow(0, w.c0, w.ch).narrow(1, w.r0, w.rh).copy_(t.t());
+        at::Tensor& o = w.block == AA ? paa : (w.block == BB ? pbb : pab);
+        out = o[w.k].data_ptr<float>();
+        ld = o.size(2);
       }
-      const bool diag = w.block != AB && w.r0 == w.c0;
-      double cs = t.sum(at::kDouble).item<double>();
-      double cd = diag ? t.diagonal().sum(at::kDouble).item<double>() : 0.0;
+      // epilogue 1: normalise, clamp, (store), sum cosines over the counted pairs
+      double cs = 0.0;
+      for (int64_t i = 0; i < w.rh; ++i) {
+        const float ri = iR[i];
+        const int64_t gi = w.r0 + i;
+        const int64_t j0 = within ? std::max<int64_t>(0, gi + 1 - w.c0) : 0;  // first counted column
+        float* row = p + i * w.ch;
+        for (int64_t j = 0; j < w.ch; ++j) {
+          float c = row[j] * ri * iC[j];
+          row[j] = c < -1.f ? -1.f : (c > 1.f ? 1.f : c);
+        }
+        double rs = 0.0;
+        for (int64_t j = j0; j < w.ch; ++j) rs += row[j];
+        cs += rs;
+        if (out) {
+          for (int64_t j = within ? std::max<int64_t>(0, gi - w.c0) : 0; j < w.ch; ++j) {
+            out[gi * ld + w.c0 + j] = row[j];
+            if (within) out[(w.c0 + j) * ld + gi] = row[j];  // mirror: full symmetric matrix
+          }
+        }
+      }
+      // epilogue 2: angles (ATen's vectorised acos), sum over the counted pairs
       t.acos_();
-      double as = t.sum(at::kDouble).item<double>();
-      double ad = diag ? t.diagonal().sum(at::kDouble).item<double>() : 0.0;
-      // a diagonal tile holds each pair twice (i<j and j>i) plus the self-pairs: drop those, halve.
-      cos_sum[it] = diag ? 0.5 * (cs - cd) : cs;
-      ang_sum[it] = diag ? 0.5 * (as - ad) : as;
+      double as = 0.0;
+      for (int64_t i = 0; i < w.rh; ++i) {
+        const int64_t j0 = within ? std::max<int64_t>(0, w.r0 + i + 1 - w.c0) : 0;
+        const float* row = p + i * w.ch;
+        double rs = 0.0;
+        for (int64_t j = j0; j < w.ch; ++j) rs += row[j];
+        as += rs;
+      }
+      cos_sum[it] = cs;
+      ang_sum[it] = as;
     }
   });
 
