@@ -17,7 +17,7 @@ import torch
 
 from . import _ext
 
-ROWS, COLS = 256, 1024  # work-item shape, as in cpp/pair_stats_cpu.cpp
+ROWS, ROWS_WITHIN, COLS = 256, 64, 1024  # work-item shapes, as in cpp/pair_stats_cpu.cpp
 FIELDS = ("cos_aa", "cos_bb", "cos_ab", "angle_aa", "angle_bb", "angle_ab")
 
 
@@ -49,7 +49,7 @@ def _inverse_norms(X: torch.Tensor) -> torch.Tensor:
 
 def _torch_pair_stats(A: torch.Tensor, B: torch.Tensor, return_pairs: bool):
     """Reference implementation in torch (the fallback): the same work items and arithmetic as
-    cpp/pair_stats_cpu.cpp — row blocks of ROWS × column spans of COLS, counted pairs i<j within a set."""
+    cpp/pair_stats_cpu.cpp — row blocks of ROWS (ROWS_WITHIN within a set) × column spans of COLS, counted pairs i<j within a set."""
     K, n, m = A.shape[0], A.shape[1], B.shape[1]
     invA, invB = _inverse_norms(A), _inverse_norms(B)
     means = torch.zeros(6, K, dtype=torch.float64)
@@ -60,11 +60,12 @@ def _torch_pair_stats(A: torch.Tensor, B: torch.Tensor, return_pairs: bool):
     for blk, R, C, iR, iC, within in blocks:
         rows, cols = R.shape[1], C.shape[1]
         for k in range(K):
-            for r0 in range(0, rows, ROWS):
+            step = ROWS_WITHIN if within else ROWS
+            for r0 in range(0, rows, step):
                 for c0 in range(r0 if within else 0, cols, COLS):
-                    r = R[k, r0 : r0 + ROWS].float()
+                    r = R[k, r0 : r0 + step].float()
                     c = C[k, c0 : c0 + COLS].float()
-                    t = (r @ c.T).mul_(iR[k, r0 : r0 + ROWS, None]).mul_(iC[k, None, c0 : c0 + COLS]).clamp_(-1.0, 1.0)
+                    t = (r @ c.T).mul_(iR[k, r0 : r0 + step, None]).mul_(iC[k, None, c0 : c0 + COLS]).clamp_(-1.0, 1.0)
                     gi = torch.arange(r0, r0 + t.shape[0])[:, None]
                     gj = torch.arange(c0, c0 + t.shape[1])[None, :]
                     counted = gj > gi if within else torch.ones_like(t, dtype=torch.bool)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,8 +32,27 @@ def timed(fn, repeat: int = 3, warmup: int = 1) -> float:
     return statistics.median(ts)
 
 
-def maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> float:
+    """Reset the kernel's peak-RSS mark (Linux ≥ 4.0) and return the current RSS in MB.
+    (getrusage's ru_maxrss survives execve, so a child would inherit its parent's peak.)"""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    return _status_mb("VmHWM")
 
 
 def child_peak_mb(script: str, *args: str) -> float:

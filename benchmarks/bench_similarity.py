@@ -17,7 +17,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import child_peak_mb, load_avg, maxrss_mb, set_threads, timed, write  # noqa: E402
+from _common import child_peak_mb, load_avg, peak_rss_mb, reset_peak_rss, set_threads, timed, write  # noqa: E402
 
 from auditor import _ext  # noqa: E402
 from auditor.similarity import pair_statistics  # noqa: E402
@@ -133,12 +133,12 @@ def memory_child(method, K, n, m, d):
     _ext.load()
     pair_statistics(A[:, :4], B[:, :4], impl="compiled")  # warm: code paths and thread pool
     naive(A[:, :4], B[:, :4])
-    base = maxrss_mb()
+    base = reset_peak_rss()
     if method == "fused":
         pair_statistics(A, B, impl="compiled")
     else:
         naive(A, B)
-    print(max(0.0, maxrss_mb() - base))
+    print(max(0.0, peak_rss_mb() - base))
 
 
 def main():
@@ -170,8 +170,8 @@ def main():
         t.add_row(f"{s['K']}×{s['n']}×{s['m']}×{s['d']}", f"{sec['fused_compiled']:.4f}", f"{sec['naive_torch']:.4f}",
                   f"{sec['research_python_loop_extrapolated']:.1f}", f"{r['gflops']['torch_mm']:.0f}",
                   f"{r['fused_vs_mm_rate']:.0%}", f"{r['speedup_vs_naive']:.2f}",
-                  f"{r['peak_extra_mb']['fused']:.0f} / {r['peak_extra_mb']['naive']:.0f}")
-    Console().print(t)
+                  f"{r['peak_extra_mb']['fused']:.1f} / {r['peak_extra_mb']['naive']:.0f}")
+    Console(width=150).print(t)
     g = result["gguf_scaled_copy"]["seconds"]
     Console().print(f"GGUF scaled copy (bundled model): 7 layers {g['scale_gguf_7_layers']:.3f} s, all layers "
                     f"{g['scale_gguf_all_30_layers']:.3f} s, plain copy {g['plain_file_copy']:.3f} s, "

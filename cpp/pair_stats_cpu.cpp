@@ -3,7 +3,7 @@
 // For every layer k it reduces, over all pairs i<j within A, i<j within B and all of A x B:
 //   mean cos = <a,b>/(|a||b|)  and  mean angle = acos(clamp(cos,-1,1)) in degrees.
 // The K x (n+m)^2 pair matrix is never built: work items are (layer, block, row block, column span);
-// each runs one GEMM [256, d] x [d, <=1024] into a per-thread buffer (single-threaded BLAS inside
+// each runs one GEMM [256 (64 within a set), d] x [d, <=1024] into a per-thread buffer (single-threaded BLAS inside
 // at::parallel_for; within a set only the columns right of the diagonal are computed), normalises in
 // the epilogue with precomputed inverse norms, and reduces in float64.
 // Zero vectors get inverse norm 0, so their cosine with anything is 0 (angle 90 degrees).
@@ -41,8 +41,9 @@ at::Tensor inverse_norms(const at::Tensor& X) {
 
 namespace {
 
-constexpr int64_t kRows = 256;   // rows per work item
-constexpr int64_t kCols = 1024;  // columns per work item: a [kRows, d] x [d, kCols] GEMM, buffer 1 MB
+constexpr int64_t kRows = 256;        // rows per work item across the sets
+constexpr int64_t kRowsWithin = 64;   // rows per item within a set: thin blocks waste less of the triangle
+constexpr int64_t kCols = 1024;       // columns per work item: a [kRows, d] x [d, kCols] GEMM, buffer 1 MB
 enum Block : int { AA = 0, BB = 1, AB = 2 };
 
 struct Item {
@@ -53,10 +54,11 @@ struct Item {
 
 // Within a set only pairs i<j count: a row block [r0, r0+rh) needs columns from r0 on.
 void add_items(std::vector<Item>& items, int64_t K, int block, int64_t rows, int64_t cols, bool within) {
+  const int64_t step = within ? kRowsWithin : kRows;
   for (int64_t k = 0; k < K; ++k)
-    for (int64_t r0 = 0; r0 < rows; r0 += kRows)
+    for (int64_t r0 = 0; r0 < rows; r0 += step)
       for (int64_t c0 = within ? r0 : 0; c0 < cols; c0 += kCols)
-        items.push_back({k, block, r0, std::min(kRows, rows - r0), c0, std::min(kCols, cols - c0)});
+        items.push_back({k, block, r0, std::min(step, rows - r0), c0, std::min(kCols, cols - c0)});
 }
 
 }  // namespace
