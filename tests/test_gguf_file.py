@@ -46,3 +46,20 @@ def test_model_folder_checks(tmp_path, tiny_model_dir):
         resolve_model(d)
     with pytest.raises(AuditError, match="model not found"):
         resolve_model(tmp_path / "missing.gguf")
+
+
+def test_unknown_architecture_is_a_clear_error(tmp_path):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    from auditor.models import open_backend
+
+    p = tmp_path / "alien.gguf"
+    w = GGUFWriter(str(p), "alienformer")
+    w.add_block_count(1)
+    w.add_tensor("blk.0.attn_q.weight", np.ones((4, 4), np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    model = resolve_model(p)  # a valid GGUF container ...
+    with pytest.raises(AuditError, match="architecture 'alienformer'") as e:
+        open_backend(model, "llama")  # ... that llama.cpp cannot run
+    assert str(p) in str(e.value)

@@ -22,6 +22,19 @@ class Backend(Protocol):
     def final_token_states(self, queries: Sequence[str], template: str, progress: Progress | None = None) -> torch.Tensor:
         """[K, n, d] float32: raw residual output of every decoder layer at the final prompt token."""
 
+    def generate(self, queries: Sequence[str], template: str, max_new_tokens: int = 16,
+                 progress: Progress | None = None) -> list[str]:
+        """Greedy continuations (text of the new tokens only)."""
+
+    def next_token_probs(self, queries: Sequence[str], template: str, prefix_token: int | None = None) -> torch.Tensor:
+        """[n, V] next-token probabilities after each prompt (and after `prefix_token`, when given)."""
+
+    def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
+        """Context manager: the chosen layers' linear maps scaled by alpha; the model restored on exit."""
+
+    def token_ids(self, text: str) -> list[int]:
+        """Token ids of a response fragment (no special tokens)."""
+
     def close(self) -> None: ...
 
 

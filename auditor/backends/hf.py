@@ -162,5 +162,61 @@ class TorchBackend:
     def final_token_states(self, queries: Sequence[str], template: str, progress: Progress | None = None) -> torch.Tensor:
         return self.states_for_ids([self.encode(q, template) for q in queries], progress)
 
+    def token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+
+    @torch.inference_mode()
+    def generate(self, queries: Sequence[str], template: str, max_new_tokens: int = 16,
+                 progress: Progress | None = None) -> list[str]:
+        """Greedy generation, batched with LEFT padding (generate derives positions from the mask)."""
+        ids = [self.encode(q, template) for q in queries]
+        out: list[str] = [""] * len(ids)
+        for batch in self._batches([len(x) + max_new_tokens for x in ids]):
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), self._pad_id(), dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for r, i in enumerate(batch):
+                input_ids[r, width - len(ids[i]):] = torch.tensor(ids[i])
+                mask[r, width - len(ids[i]):] = 1
+            gen = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                      do_sample=False, pad_token_id=self._pad_id(), top_p=None, top_k=None, temperature=None)
+            for r, i in enumerate(batch):
+                out[i] = self.tokenizer.decode(gen[r, width:], skip_special_tokens=True)
+            if progress:
+                progress(len(batch))
+        return out
+
+    @torch.inference_mode()
+    def next_token_probs(self, queries: Sequence[str], template: str, prefix_token: int | None = None) -> torch.Tensor:
+        """Right-padded batches through the base model; the lm_head only on each prompt's last position."""
+        ids = [self.encode(q, template) + ([prefix_token] if prefix_token is not None else []) for q in queries]
+        base = getattr(self.model, self.model.base_model_prefix, self.model)
+        head = self.model.get_output_embeddings()
+        probs = torch.empty(len(ids), head.out_features if hasattr(head, "out_features") else head.weight.shape[0])
+        for batch in self._batches([len(x) for x in ids]):
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), self._pad_id(), dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for r, i in enumerate(batch):
+                input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
+                mask[r, : len(ids[i])] = 1
+            h = base(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+            last = h[torch.arange(len(batch)), mask.sum(1) - 1]
+            logits = head(last).float()
+            softcap = getattr(self.model.config, "final_logit_softcapping", None)
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            probs[batch] = torch.softmax(logits, dim=-1)
+        return probs
+
+    def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
+        from ..scaling import scaled
+
+        return scaled(self.model, layers, alpha, scale_o_proj)
+
     def close(self) -> None:
         pass

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -50,23 +53,28 @@ class LlamaCppBackend:
         self.architecture = info.architecture
         self.chat_template = info.metadata.get("tokenizer.chat_template")
         self.threads = threads or os.cpu_count() or 1
-        mparams = L.llama_model_default_params()
-        mparams.use_extra_bufts = False  # avoid the AMX repack path (miscompiled by GCC 12 on this CPU)
-        self._model = L.llama_model_load_from_file(str(model.path).encode(), mparams)
-        if not self._model:
-            raise AuditError(f"llama.cpp cannot load this model (architecture '{self.architecture}' unknown or file corrupt)", model.path)
-        self._vocab = L.llama_model_get_vocab(self._model)
+        self._model = self._ctx = None
+        self._load(model.path)
         self.n_layers = int(L.llama_model_n_layer(self._model))
         self.hidden_size = int(L.llama_model_n_embd(self._model))
         self.add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
-        self._n_ctx = 0
-        self._ctx = None
         self._rows: dict[int, np.ndarray] = {}
         self._want_row = 0
+        self._capture = True  # off while generating: no graph splits, no copies
         self._cb = L.ggml_backend_sched_eval_callback(self._eval_callback)  # keep a reference
         self._ensure_ctx(n_ctx)
 
-    # -- context ---------------------------------------------------------------------------------
+    # -- model and context ---------------------------------------------------------------------------
+    def _load(self, path: Path) -> None:
+        self.close()
+        mparams = L.llama_model_default_params()
+        mparams.use_extra_bufts = False  # avoid the AMX repack path (miscompiled by GCC 12 on this CPU)
+        self._model = L.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self._model:
+            raise AuditError(f"llama.cpp cannot load this model (architecture '{self.architecture}' unknown or file corrupt)", path)
+        self._vocab = L.llama_model_get_vocab(self._model)
+        self._n_ctx = 0
+
     def _ensure_ctx(self, n_tokens: int) -> None:
         if self._ctx is not None and n_tokens <= self._n_ctx:
             return
@@ -91,7 +99,7 @@ class LlamaCppBackend:
         if not name.startswith(b"l_out-"):
             return False if ask else True
         if ask:
-            return True
+            return self._capture
         view = _TensorView.from_address(t)
         d, rows = int(view.ne[0]), int(view.ne[1])
         if view.type != _GGML_TYPE_F32 or d != self.hidden_size:
@@ -165,11 +173,95 @@ class LlamaCppBackend:
                 progress(1)
         return out
 
+    # -- generation and next-token probabilities ---------------------------------------------------
+    def token_ids(self, text: str) -> list[int]:
+        return self.tokenize(text, add_special=False)
+
+    def _decode(self, tokens: list[int], start: int) -> None:
+        """Decode tokens at positions start.. in sequence 0, requesting logits for the last one."""
+        batch = L.llama_batch_init(len(tokens), 0, 1)
+        try:
+            for i, tok in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, start + i, 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = i == len(tokens) - 1
+            batch.n_tokens = len(tokens)
+            rc = L.llama_decode(self._ctx, batch)
+        finally:
+            L.llama_batch_free(batch)
+        if rc != 0:
+            raise AuditError(f"llama.cpp decode failed (code {rc})", self.model_ref.path)
+
+    def _last_logits(self) -> np.ndarray:
+        n_vocab = L.llama_vocab_n_tokens(self._vocab)
+        return np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, -1), shape=(n_vocab,)).copy()
+
+    def _piece(self, tok: int) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = L.llama_token_to_piece(self._vocab, tok, buf, len(buf), 0, False)
+        return buf.raw[: max(n, 0)]
+
+    def generate(self, queries: Sequence[str], template: str, max_new_tokens: int = 16,
+                 progress: Progress | None = None) -> list[str]:
+        """Greedy decoding with the KV cache, one prompt at a time."""
+        out = []
+        self._capture = False
+        try:
+            for q in queries:
+                toks = self.encode(q, template)
+                self._ensure_ctx(len(toks) + max_new_tokens)
+                L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
+                self._decode(toks, 0)
+                pieces, pos = [], len(toks)
+                for _ in range(max_new_tokens):
+                    tok = int(np.argmax(self._last_logits()))
+                    if L.llama_vocab_is_eog(self._vocab, tok):
+                        break
+                    pieces.append(self._piece(tok))
+                    self._decode([tok], pos)
+                    pos += 1
+                out.append(b"".join(pieces).decode("utf-8", errors="replace"))
+                if progress:
+                    progress(1)
+        finally:
+            self._capture = True
+        return out
+
+    def next_token_probs(self, queries: Sequence[str], template: str, prefix_token: int | None = None) -> torch.Tensor:
+        rows = []
+        self._capture = False
+        try:
+            for q in queries:
+                toks = self.encode(q, template) + ([prefix_token] if prefix_token is not None else [])
+                self._ensure_ctx(len(toks))
+                L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
+                self._decode(toks, 0)
+                rows.append(torch.softmax(torch.from_numpy(self._last_logits()).double(), -1).float())
+        finally:
+            self._capture = True
+        return torch.stack(rows)
+
+    @contextmanager
+    def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
+        """Swap in a scaled GGUF copy written to a temporary folder, which is always removed."""
+        from ..scaling import scale_gguf
+
+        tmp = tempfile.mkdtemp(prefix="safety-audit-scaled-")
+        original = self.model_ref
+        try:
+            path = Path(tmp) / original.path.name
+            scale_gguf(original.path, path, layers, alpha, scale_o_proj)
+            self._load(path)
+            yield
+        finally:
+            self._load(original.path)
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def close(self) -> None:
-        if self._ctx:
+        if getattr(self, "_ctx", None):
             L.llama_free(self._ctx)
             self._ctx = None
-        if self._model:
+        if getattr(self, "_model", None):
             L.llama_model_free(self._model)
             self._model = None
 
