@@ -44,6 +44,31 @@ def _fail(e: Exception) -> None:
     sys.exit(2)
 
 
+def _check_outputs(force: bool, *paths) -> None:
+    """Refuse existing outputs before the long part, not after it."""
+    from .io import check_writable
+
+    for p in paths:
+        if p and p != "-":
+            check_writable(p, force)
+
+
+def _emit(report: dict, json_path, plot_path, force: bool, render, plot) -> None:
+    """The table (or the JSON on stdout with --json -), then the JSON file and the plot, atomically."""
+    from .io import write_json
+
+    if json_path == "-":
+        click.echo(json.dumps(report, indent=2))
+    else:
+        render(report)
+    if json_path and json_path != "-":
+        write_json(json_path, report, force)
+        err.print(f"wrote {json_path}")
+    if plot_path:
+        plot(report, plot_path, force)
+        err.print(f"wrote {plot_path}")
+
+
 class AuditGroup(click.Group):
     def invoke(self, ctx):
         try:
@@ -82,28 +107,67 @@ def scan(model, backend, template, normal, malicious, pairs, bootstrap, seed, th
 
     MODEL is a .gguf file or a Hugging Face model folder; omitted, the bundled SmolLM2-135M-Instruct.
     """
-    from .io import check_writable, write_json
     from .report import plot_scan, print_scan
     from .scan import ScanConfig, run_scan
 
-    for p in (json_path, plot_path):  # fail before the long part, not after
-        if p and p != "-":
-            check_writable(p, force)
+    _check_outputs(force, json_path, plot_path)
     cfg = ScanConfig(model=model, backend=backend, template=template, normal=normal, malicious=malicious, pairs=pairs,
                      bootstrap=bootstrap, seed=seed, threads=threads, contrast=contrast,
                      contrast_backend=contrast_backend, use_cache=not no_cache)
     with reporter(quiet) as rep:
         report = run_scan(cfg, rep)
-    if json_path == "-":
-        click.echo(json.dumps(report, indent=2))
-    else:
-        print_scan(report, Console())
-    if json_path and json_path != "-":
-        write_json(json_path, report, force)
-        err.print(f"wrote {json_path}")
-    if plot_path:
-        plot_scan(report, plot_path, force)
-        err.print(f"wrote {plot_path}")
+    _emit(report, json_path, plot_path, force, lambda r: print_scan(r, Console()), plot_scan)
+
+
+def _range(value: str | None):
+    if value is None:
+        return None
+    try:
+        a, b = (int(x) for x in value.replace("–", "-").split("-"))
+    except ValueError:
+        raise click.BadParameter("expected i-j, e.g. 6-12") from None
+    if a > b:
+        raise click.BadParameter("expected i <= j")
+    return a, b
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--backend", type=click.Choice(["auto", "llama", "torch"]), default="auto", show_default=True)
+@click.option("--template", default="alpaca", show_default=True, help="alpaca | chat | raw (use the template the model was aligned with).")
+@click.option("--from-scan", "from_scan", default=None, metavar="SCAN.json", help="Start from a scan report's initial range.")
+@click.option("--start", default=None, metavar="i-j", help="Start range (inclusive, 0-based). Default: --from-scan or a fresh scan.")
+@click.option("--alpha", type=float, default=None, help="Scaling factor (>1 or <1). Default: automatic (steps of 0.05 from 1).")
+@click.option("--classifier", type=click.Choice(["prefix", "probe"]), default="prefix", show_default=True,
+              help="prefix: keywords on greedy generations; probe: refusal-opening probability, no generation.")
+@click.option("--over-refusal", "over_refusal", default="over-rejection", show_default=True,
+              help="Over-refusal set D_o: a bundled set (over-rejection, xstest-safe) or a file.")
+@click.option("--limit", type=int, default=150, show_default=True, help="Use the first N prompts of D_o (0 = all).")
+@click.option("--max-new-tokens", type=int, default=16, show_default=True)
+@click.option("--patience", type=int, default=3, show_default=True, help="Stop a sweep after N steps without a new best (0 = to the end).")
+@click.option("--no-controls", is_flag=True, help="Skip the equal-width control ranges.")
+@click.option("--compat", type=click.Choice(["paper"]), default=None, help="paper: greedy 16 tokens, prefix, o_proj unscaled, alpaca.")
+@click.option("--threads", type=int, default=None)
+@click.option("--json", "json_path", default=None, metavar="PATH", help="Write the JSON report; '-' prints it. A journal PATH.journal.jsonl makes the run resumable.")
+@click.option("--plot", "plot_path", default=None, metavar="PATH.png")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs (the journal is kept and reused).")
+@click.option("--quiet", "-q", is_flag=True)
+def locate(model, backend, template, from_scan, start, alpha, classifier, over_refusal, limit, max_new_tokens, patience,
+           no_controls, compat, threads, json_path, plot_path, force, quiet):
+    """Precise safety-layer bounds: scale a layer range by α and count over-refusals (paper Table 1)."""
+    from .locate import LocateConfig, paper_compat, run_locate
+    from .report import locate_table, plot_locate
+
+    _check_outputs(force, json_path, plot_path)
+    cfg = LocateConfig(model=model, backend=backend, template=template, over_refusal=over_refusal, limit=limit or None,
+                       classifier=classifier, max_new_tokens=max_new_tokens, alpha=alpha, start=_range(start),
+                       from_scan=from_scan, patience=patience, controls=not no_controls, threads=threads,
+                       journal=f"{json_path}.journal.jsonl" if json_path and json_path != "-" else None)
+    if compat == "paper":
+        cfg = paper_compat(cfg)
+    with reporter(quiet) as rep:
+        report = run_locate(cfg, rep)
+    _emit(report, json_path, plot_path, force, lambda r: Console().print(locate_table(r)), plot_locate)
 
 
 @main.command()

@@ -125,3 +125,55 @@ def plot_scan(report: dict, path: str | Path, force: bool = False) -> Path:
         return atomic_write(path, save, force)
     finally:
         plt.close(fig)
+
+
+def locate_table(report: dict) -> Table:
+    a = report["alpha"]
+    title = (f"{report['model']} · {report['backend']} · α = {a:g} · classifier {report['classifier']['name']} · "
+             f"{report['n_prompts']} prompts of {report['over_refusal_set']}")
+    final = report["safety_layers"]
+    t = Table(title=title, caption=f"baseline (unscaled): {report['baseline']} refusals   safety layers: {final[0]}–{final[1]} "
+              f"({report['count']} refusals; {'stands out from' if report['stands_out'] else 'does NOT stand out from'} "
+              f"equal-width controls)", header_style="bold")
+    for c in ("phase", "range", "refusals", "Δ vs baseline"):
+        t.add_column(c, justify="right")
+    rows = [dict(r, phase=f"α trial {r['alpha']:g}") for r in (report["alpha_choice"]["trials"] if isinstance(report["alpha_choice"], dict) else [])]
+    rows += report["sweep"] + [dict(c, phase="control") for c in report["controls"]]
+    for r in rows:
+        hit = r["range"] == final and r["phase"] != "control"
+        t.add_row(r["phase"], f"{r['range'][0]}–{r['range'][1]}", str(r["count"]), f"{r['count'] - report['baseline']:+d}",
+                  style="bold yellow" if hit else ("dim" if r["phase"] == "control" else None))
+    return t
+
+
+def plot_locate(report: dict, path: str | Path, force: bool = False) -> Path:
+    """Refusal count per swept range (upper sweep, lower sweep, controls) against the baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), dpi=130, sharey=True)
+    base = report["baseline"]
+    for ax, phase, xlabel, idx in ((axes[0], "upper", "upper bound j (lower bound fixed)", 1),
+                                   (axes[1], "lower", "lower bound i (upper bound fixed)", 0)):
+        rows = [r for r in report["sweep"] if r["phase"] in (phase, "start")]
+        rows.sort(key=lambda r: r["range"][idx])
+        ax.plot([r["range"][idx] for r in rows], [r["count"] for r in rows], "o-", color="#d62728", label="scaled range")
+        ax.axhline(base, color="black", lw=1, ls="--", label="baseline (α = 1)")
+        ax.axvline(report["safety_layers"][idx], color="#ffb300", lw=6, alpha=0.4, label="chosen bound")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    if report["controls"]:
+        cx = [sum(c["range"]) / 2 for c in report["controls"]]
+        axes[0].scatter(cx, [c["count"] for c in report["controls"]], marker="s", color="#7f7f7f", label="controls (window centre)")
+    axes[0].set_ylabel(f"refusals on {report['n_prompts']} over-refusal prompts")
+    axes[0].legend(fontsize=8)
+    f = report["safety_layers"]
+    fig.suptitle(f"{report['model']} · α = {report['alpha']:g} · {report['classifier']['name']} classifier · "
+                 f"safety layers {f[0]}–{f[1]}", fontsize=10)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), force)
+    finally:
+        plt.close(fig)

@@ -76,3 +76,54 @@ def bundled_gguf() -> Path:
 def write_lines(path: Path, lines) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def make_planted_model(n_layers: int = 10, block: tuple[int, int] = (4, 6), n_words: int = 60, seed: int = 0):
+    """A tiny Llama whose refusals ("Sorry" as the first response token, else "Sure") are driven by the
+    layers in `block` only: attention writes nothing anywhere, MLPs outside the block write nothing, and
+    each block MLP adds a non-negative, token-dependent amount to a 'refusal' channel (dim 1) that grows
+    when the layer is scaled by α > 1. The lm_head compares that channel with a constant one (dim 0).
+    Returns (model, tokenizer, prompts); the raw template keeps the varying last word last."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = [f"w{i}" for i in range(n_words)]
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "Sorry", "Sure"] + words)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+    d = 16
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=d, intermediate_size=16, num_hidden_layers=n_layers,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
+    g = torch.Generator().manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        emb.copy_(0.3 * torch.randn(emb.shape, generator=g))
+        emb[:, 0] = 1.0  # constant channel
+        emb[:, 1] = 0.25 * torch.randn(emb.shape[0], generator=g)  # refusal channel: token-dependent start
+        emb[vocab["Sorry"], 1] = emb[vocab["Sure"], 1] = -10.0  # after the first response token: "Sure"
+        for k, layer in enumerate(model.model.layers):
+            layer.self_attn.o_proj.weight.zero_()
+            mlp = layer.mlp
+            if block[0] <= k <= block[1]:
+                w = torch.randn(mlp.gate_proj.weight.shape, generator=g)
+                w[:, :2] = 0  # read the token's identity, not the two channels
+                mlp.gate_proj.weight.copy_(w)
+                mlp.up_proj.weight.copy_(w)  # silu(z)·z = z²σ(z) ≥ 0: the block only ever adds
+                mlp.down_proj.weight.zero_()
+                mlp.down_proj.weight[1] = 0.02 * torch.rand(mlp.down_proj.weight.shape[1], generator=g)
+            else:
+                mlp.down_proj.weight.zero_()
+        head = model.lm_head.weight
+        head.zero_()
+        prompts = [f"{words[(3 * i) % n_words]} {words[(7 * i + 1) % n_words]} {words[i]}" for i in range(n_words)]
+        # threshold: about a third of the prompts refuse unscaled
+        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        h = torch.stack([model.model(torch.tensor([x])).last_hidden_state[0, -1] for x in ids])
+        ratio = h[:, 1] / h[:, 0]
+        tau = float(ratio.quantile(0.67))
+        head[vocab["Sorry"], 1] = 40.0
+        head[vocab["Sure"], 0] = 40.0 * tau
+    return model, tok, prompts

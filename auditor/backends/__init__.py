@@ -26,8 +26,10 @@ class Backend(Protocol):
                  progress: Progress | None = None) -> list[str]:
         """Greedy continuations (text of the new tokens only)."""
 
-    def next_token_probs(self, queries: Sequence[str], template: str, prefix_token: int | None = None) -> torch.Tensor:
-        """[n, V] next-token probabilities after each prompt (and after `prefix_token`, when given)."""
+    def opening_probs(self, queries: Sequence[str], template: str, first: Sequence[int],
+                      second: dict[int, Sequence[int]], progress: Progress | None = None):
+        """Teacher-forced probabilities of response openings, one prefill per prompt (KV cache reused):
+        P(t1) for t1 in `first` -> [n, len(first)], and P(t2 | t1=a) for t2 in second[a] -> {a: [n, len]}."""
 
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
         """Context manager: the chosen layers' linear maps scaled by alpha; the model restored on exit."""

@@ -190,28 +190,41 @@ class TorchBackend:
                 progress(len(batch))
         return out
 
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.model.get_output_embeddings()(h).float()
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / softcap) * softcap if softcap else logits
+
     @torch.inference_mode()
-    def next_token_probs(self, queries: Sequence[str], template: str, prefix_token: int | None = None) -> torch.Tensor:
-        """Right-padded batches through the base model; the lm_head only on each prompt's last position."""
-        ids = [self.encode(q, template) + ([prefix_token] if prefix_token is not None else []) for q in queries]
+    def opening_probs(self, queries: Sequence[str], template: str, first: Sequence[int],
+                      second: dict[int, Sequence[int]], progress: Progress | None = None):
+        """Left-padded prefill with the KV cache; each ambiguous first token is fed as one more step and
+        the cache cropped back. The lm_head runs on the last position only."""
+        ids = [self.encode(q, template) for q in queries]
         base = getattr(self.model, self.model.base_model_prefix, self.model)
-        head = self.model.get_output_embeddings()
-        probs = torch.empty(len(ids), head.out_features if hasattr(head, "out_features") else head.weight.shape[0])
+        p0 = torch.empty(len(ids), len(first))
+        p1 = {a: torch.empty(len(ids), len(second[a])) for a in second}
         for batch in self._batches([len(x) for x in ids]):
             width = max(len(ids[i]) for i in batch)
             input_ids = torch.full((len(batch), width), self._pad_id(), dtype=torch.long)
             mask = torch.zeros(len(batch), width, dtype=torch.long)
             for r, i in enumerate(batch):
-                input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
-                mask[r, : len(ids[i])] = 1
-            h = base(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-            last = h[torch.arange(len(batch)), mask.sum(1) - 1]
-            logits = head(last).float()
-            softcap = getattr(self.model.config, "final_logit_softcapping", None)
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            probs[batch] = torch.softmax(logits, dim=-1)
-        return probs
+                input_ids[r, width - len(ids[i]):] = torch.tensor(ids[i])
+                mask[r, width - len(ids[i]):] = 1
+            pos = (mask.cumsum(1) - 1).clamp(min=0)
+            out = base(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            cache = out.past_key_values
+            probs = torch.softmax(self._logits(out.last_hidden_state[:, -1]), -1)
+            p0[batch] = probs[:, list(first)]
+            ext = torch.cat([mask, torch.ones(len(batch), 1, dtype=torch.long)], 1)
+            for a, seconds in second.items():
+                step = base(input_ids=torch.full((len(batch), 1), a, dtype=torch.long), attention_mask=ext,
+                            position_ids=pos[:, -1:] + 1, past_key_values=cache, use_cache=True)
+                p1[a][batch] = torch.softmax(self._logits(step.last_hidden_state[:, -1]), -1)[:, list(seconds)]
+                cache.crop(-1)  # drop the teacher-forced token again
+            if progress:
+                progress(len(batch))
+        return p0, p1
 
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
         from ..scaling import scaled

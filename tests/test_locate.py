@@ -1,0 +1,145 @@
+"""locate: the progressive search recovers a planted safety block; journal resume; bad inputs."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from auditor.backends.hf import TorchBackend
+from auditor.cli import main
+from auditor.locate import LocateConfig, control_ranges, progressive_search, run_locate
+from auditor.refusal import PrefixClassifier, ProbeClassifier, agreement
+from conftest import make_planted_model, write_lines
+
+BLOCK = (4, 6)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    model, tok, prompts = make_planted_model(block=BLOCK)
+    d = tmp_path_factory.mktemp("planted")
+    model.save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    return d / "model", write_lines(d / "d_o.txt", prompts), (model, tok, prompts)
+
+
+def test_planted_model_refuses_more_when_its_block_is_scaled(planted):
+    _, _, (model, tok, prompts) = planted
+    b = TorchBackend(hf_model=model, tokenizer=tok)
+    clf = PrefixClassifier(max_new_tokens=4)
+    base = sum(clf.decide(b, prompts, "raw"))
+    assert 5 < base < len(prompts) - 5
+    with b.scaled(range(BLOCK[0], BLOCK[1] + 1), 1.3):
+        inside = sum(clf.decide(b, prompts, "raw"))
+    with b.scaled(range(0, 3), 1.3):
+        outside = sum(clf.decide(b, prompts, "raw"))
+    assert inside > base + 5 and outside == base
+
+
+@pytest.mark.parametrize("classifier", ["prefix", "probe"])
+def test_locate_recovers_the_planted_block(planted, classifier):
+    folder, d_o, _ = planted
+    rep = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None,
+                                  classifier=classifier, max_new_tokens=4, alpha=1.3, start=(5, 5)))
+    assert rep["safety_layers"] == list(BLOCK)
+    assert rep["count"] > rep["baseline"]
+    assert rep["stands_out"] and {tuple(c["range"]) for c in rep["controls"]} == {(1, 3), (7, 9)}
+    assert all(c["count"] == rep["baseline"] for c in rep["controls"])
+    assert rep["sweep"][0] == {"phase": "start", "range": [5, 5], "count": rep["sweep"][0]["count"]}
+    assert rep["classifier"]["name"] == classifier
+
+
+def test_probe_agrees_with_prefix_on_planted_model(planted):
+    _, _, (model, tok, prompts) = planted
+    b = TorchBackend(hf_model=model, tokenizer=tok)
+    a = PrefixClassifier(max_new_tokens=4).decide(b, prompts, "raw")
+    p = ProbeClassifier().decide(b, prompts, "raw")
+    ag = agreement(a, p)
+    assert ag["agreement"] >= 0.95 and ag["kappa"] > 0.8
+
+
+def test_alpha_below_one_mirrors_with_minima():
+    block = set(range(3, 6))
+    count = lambda rng, alpha: 100 - 10 * len(block & set(range(rng[0], rng[1] + 1)))
+    final, best, rows = progressive_search(count, (4, 4), 10, 0.8, patience=3)
+    assert final == (3, 5) and best == 70
+    assert [r["phase"] for r in rows][:1] == ["start"]
+    full, _, rows_full = progressive_search(count, (4, 4), 10, 0.8, patience=0)
+    assert full == (3, 5) and len(rows_full) == 1 + 5 + 4  # swept to both ends of the model
+
+
+def test_control_ranges_do_not_overlap():
+    assert control_ranges((4, 6), 10) == [(1, 3), (7, 9)]
+    assert control_ranges((5, 6), 12) == [(1, 2), (3, 4), (7, 8), (9, 10)]
+    assert control_ranges((0, 9), 10) == []
+
+
+def test_journal_makes_a_killed_run_resume(planted, tmp_path):
+    folder, d_o, _ = planted
+    journal = tmp_path / "loc.json.journal.jsonl"
+    cfg = lambda: LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None, classifier="probe",
+                               alpha=1.3, start=(5, 5), journal=str(journal))
+    first = run_locate(cfg())
+    lines = journal.read_text().splitlines()
+    assert len(lines) == first["counts_computed"] > 4
+    journal.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # killed mid-write after 3 counts
+    resumed = run_locate(cfg())
+    assert resumed["counts_computed"] == first["counts_computed"] - 3
+    assert resumed["safety_layers"] == first["safety_layers"] and resumed["sweep"] == first["sweep"]
+    again = run_locate(cfg())
+    assert again["counts_computed"] == 0
+
+
+def test_locate_cli_json_plot_and_bad_inputs(planted, tmp_path):
+    folder, d_o, _ = planted
+    out, png = tmp_path / "loc.json", tmp_path / "loc.png"
+    r = CliRunner().invoke(main, ["locate", str(folder), "--template", "raw", "--over-refusal", str(d_o), "--limit", "0",
+                                  "--classifier", "probe", "--alpha", "1.3", "--start", "5-5", "--json", str(out),
+                                  "--plot", str(png), "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    for key in ("schema_version", "model", "backend", "alpha", "classifier", "baseline", "sweep", "safety_layers", "controls"):
+        assert key in rep
+    assert rep["safety_layers"] == list(BLOCK) and png.read_bytes()[:4] == b"\x89PNG"
+    empty = write_lines(tmp_path / "empty.txt", [""])
+    for args, msg in ((["--alpha", "0"], "alpha must be a positive"), (["--alpha", "-1.1"], "alpha must be a positive"),
+                      (["--start", "3-40"], "outside the model"), (["--over-refusal", str(empty)], "no prompts"),
+                      (["--from-scan", str(d_o)], "not a readable scan report"), (["--start", "5-5", "--from-scan", str(out)], "not both")):
+        base = ["locate", str(folder), "--template", "raw", "--over-refusal", str(d_o), "--alpha", "1.3"]
+        if "--start" not in args and "--from-scan" not in args:
+            base += ["--start", "5-5"]
+        res = CliRunner().invoke(main, base + args)
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+@pytest.mark.model
+def test_llama_scaled_copies_are_always_removed(bundled_gguf, tmp_path, monkeypatch):
+    import tempfile
+
+    from auditor.models import open_backend, resolve_model
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    lb = open_backend(resolve_model(None), "llama")
+    before = lb.generate(["How to kill time?"], "chat", 6)
+    with pytest.raises(RuntimeError):
+        with lb.scaled(range(8, 12), 1.2):
+            assert len(list(tmp_path.iterdir())) == 1
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    assert lb.generate(["How to kill time?"], "chat", 6) == before  # the original model is back
+    lb.close()
+
+
+def test_start_from_scan_report(planted, tmp_path):
+    folder, d_o, _ = planted
+    scan = tmp_path / "scan.json"
+    scan.write_text(json.dumps({"schema_version": 1, "initial_range": [5, 5]}))
+    rep = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None,
+                                  classifier="probe", alpha=1.3, from_scan=str(scan), controls=False))
+    assert rep["start"] == [5, 5] and str(scan) in rep["start_from"] and rep["safety_layers"] == list(BLOCK)
+    scan.write_text(json.dumps({"schema_version": 1, "initial_range": None}))
+    from auditor.errors import AuditError
+
+    with pytest.raises(AuditError, match="no initial range"):
+        run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), from_scan=str(scan)))
