@@ -64,7 +64,7 @@ def _emit(report: dict, json_path, plot_path, force: bool, render, plot) -> None
     if json_path and json_path != "-":
         write_json(json_path, report, force)
         err.print(f"wrote {json_path}")
-    if plot_path:
+    if plot_path and plot:
         plot(report, plot_path, force)
         err.print(f"wrote {plot_path}")
 
@@ -168,6 +168,170 @@ def locate(model, backend, template, from_scan, start, alpha, classifier, over_r
     with reporter(quiet) as rep:
         report = run_locate(cfg, rep)
     _emit(report, json_path, plot_path, force, lambda r: Console().print(locate_table(r)), plot_locate)
+
+
+def _eval_table(report: dict):
+    from rich.table import Table
+
+    from .check import LABELS, THRESHOLDS
+
+    t = Table(title=f"{report['model']} · {report['backend']} · template {report['template']} · classifier "
+                    f"{report['classifier']['name']}", header_style="bold")
+    for c in ("metric", "value", "95% CI", "n", "set / notes"):
+        t.add_column(c, justify="right" if c in ("value", "95% CI", "n") else "left")
+    for m in THRESHOLDS:
+        if m in report:
+            v = report[m]
+            ci = v.get("ci95") or [None, None]
+            note = v.get("set", "")
+            if m == "harmful_score":
+                note = f"{v['judge']}; unparseable {v['unparseable']}"
+            t.add_row(LABELS[m], f"{v['value']:.3f}" if v["value"] is not None else "–",
+                      f"{ci[0]:.3f}–{ci[1]:.3f}" if ci[0] is not None else "–", str(v["n"]), str(note))
+    for name, v in (report.get("over_refusal_by_set") or {}).items():
+        if name != report["over_refusal_rate"]["set"]:
+            t.add_row("over-refusal", f"{v['value']:.3f}", f"{v['ci95'][0]:.3f}–{v['ci95'][1]:.3f}", str(v["n"]), name)
+    return t
+
+
+@main.command("eval")
+@click.argument("model", required=False)
+@click.option("--backend", type=click.Choice(["auto", "llama", "torch"]), default="auto", show_default=True)
+@click.option("--template", default="auto", show_default=True, help="auto (the model's chat template if any, else alpaca) | alpaca | chat | raw")
+@click.option("--metrics", default="harmful,over-refusal,mmlu", show_default=True,
+              help="Comma list of: harmful, judge, over-refusal, rouge, mmlu.")
+@click.option("--harmful", default="advbench-eval", show_default=True, help="Harmful prompts (AdvBench eval split) or a file.")
+@click.option("--over-refusal", "over_refusal", default="xstest-safe,over-rejection", show_default=True, help="Comma list of sets/files.")
+@click.option("--task", default="alpaca-eval", show_default=True, help="Rouge-L rows (alpaca form): bundled held-out rows or a file.")
+@click.option("--classifier", type=click.Choice(["prefix", "probe"]), default="prefix", show_default=True)
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--limit", type=int, default=None, help="At most N prompts per set (quick runs).")
+@click.option("--judge", "judge_url", default=None, metavar="URL", help="OpenAI-compatible endpoint for the harmful score.")
+@click.option("--judge-model", default=None, metavar="FILE.gguf", help="A local GGUF judge (llama.cpp).")
+@click.option("--responses", default=None, metavar="FILE.jsonl", help="Reuse saved responses (e.g. to re-run a judge).")
+@click.option("--save-responses", default=None, metavar="FILE.jsonl", help="Save every generated response.")
+@click.option("--bootstrap", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--json", "json_path", default=None, metavar="PATH", help="Write the JSON report (schema_version 1); '-' prints it.")
+@click.option("--force", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+def eval_cmd(model, backend, template, metrics, harmful, over_refusal, task, classifier, max_new_tokens, limit, judge_url,
+             judge_model, responses, save_responses, bootstrap, seed, threads, json_path, force, quiet):
+    """Harmful rate, judge score, over-refusal, Rouge-L and MMLU of a model, with bootstrap 95% CIs."""
+    from .evaluate import EvalConfig, run_eval
+    from .io import atomic_write
+
+    _check_outputs(force, json_path, save_responses)
+    cfg = EvalConfig(model=model, backend=backend, template=template, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+                     harmful=harmful, over_refusal=tuple(x.strip() for x in over_refusal.split(",") if x.strip()), task=task,
+                     classifier=classifier, max_new_tokens=max_new_tokens, limit=limit, judge_url=judge_url,
+                     judge_model=judge_model, responses=responses, bootstrap=bootstrap, seed=seed, threads=threads)
+    with reporter(quiet) as rep:
+        report = run_eval(cfg, rep)
+    if save_responses:
+        lines = "".join(json.dumps(r) + "\n" for r in cfg.saved)
+        atomic_write(save_responses, lambda t: t.write_text(lines), force)
+        err.print(f"wrote {save_responses}")
+    _emit(report, json_path, None, force, lambda r: Console().print(_eval_table(r)), None)
+
+
+@main.command()
+@click.argument("candidate")
+@click.option("--baseline", required=True, metavar="BASE.json", help="The baseline eval report.")
+@click.option("--max-harmful-increase", type=float, default=None, help="Default 0.05.")
+@click.option("--max-harmful-score-increase", type=float, default=None, help="Default 0.5.")
+@click.option("--max-over-refusal-increase", type=float, default=None, help="Default 0.10.")
+@click.option("--max-rouge-drop", type=float, default=None, help="Default 0.05.")
+@click.option("--max-mmlu-drop", type=float, default=None, help="Default 0.05.")
+@click.option("--policy", default=None, metavar="FILE.toml", help="Thresholds from a TOML file ([thresholds] max_... = x).")
+@click.option("--junit", default=None, metavar="PATH.xml", help="Write JUnit XML for CI systems.")
+@click.option("--json", "json_path", default=None, metavar="PATH")
+@click.option("--force", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+def check(candidate, baseline, max_harmful_increase, max_harmful_score_increase, max_over_refusal_increase, max_rouge_drop,
+          max_mmlu_drop, policy, junit, json_path, force, quiet):
+    """Release gate: CANDIDATE (an eval JSON, or a model to evaluate like the baseline) vs --baseline.
+    Exit 0 pass, 1 regression, 2 bad input."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from .check import LABELS, junit_xml, load_eval, load_policy, verdict
+    from .io import atomic_write
+
+    _check_outputs(force, json_path, junit)
+    base = load_eval(baseline)
+    limits = load_policy(policy) if policy else {}
+    for opt, v in (("max_harmful_increase", max_harmful_increase), ("max_harmful_score_increase", max_harmful_score_increase),
+                   ("max_over_refusal_increase", max_over_refusal_increase), ("max_rouge_drop", max_rouge_drop),
+                   ("max_mmlu_drop", max_mmlu_drop)):
+        if v is not None:
+            limits[opt] = v
+    if candidate.endswith(".json") and Path(candidate).is_file():
+        cand = load_eval(candidate)
+    else:  # a model: evaluate it the way the baseline was evaluated
+        from .evaluate import EvalConfig, run_eval
+
+        c = base.get("config") or {}
+        with reporter(quiet) as rep:
+            cand = run_eval(EvalConfig(model=candidate, backend=c.get("backend", "auto"), template=c.get("template", "auto"),
+                                       metrics=tuple(m for m in c.get("metrics", ["harmful", "over-refusal", "mmlu"]) if m != "judge"),
+                                       harmful=c.get("harmful", "advbench-eval"), over_refusal=tuple(c.get("over_refusal", ["xstest-safe"])),
+                                       task=c.get("task", "alpaca-eval"), classifier=c.get("classifier", "prefix"),
+                                       max_new_tokens=c.get("max_new_tokens", 128), limit=c.get("limit")), rep)
+    rows = verdict(cand, base, limits)
+    passed = all(r["passed"] for r in rows)
+    result = {"schema_version": 1, "command": "check", "candidate": cand.get("model"), "baseline": base.get("model"),
+              "passed": passed, "checks": rows}
+    if json_path == "-":
+        click.echo(json.dumps(result, indent=2))
+    else:
+        t = Table(title=f"check {cand.get('model')} against {base.get('model')}", header_style="bold")
+        for col in ("metric", "baseline", "candidate", "Δ", "limit", "verdict"):
+            t.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
+        for r in rows:
+            fmt = lambda x: "–" if x is None else f"{x:.3f}"
+            t.add_row(LABELS[r["metric"]], fmt(r["baseline"]), fmt(r["candidate"]), "–" if r["delta"] is None else f"{r['delta']:+.3f}",
+                      f"{'≤ +' if r['direction'] == 'increase' else '≥ −'}{r['limit']:g}",
+                      "[green]pass[/green]" if r["passed"] else f"[red]FAIL[/red] {r['reason']}")
+        Console().print(t)
+        Console().print("[green]PASS[/green]" if passed else "[red]REGRESSION[/red]")
+    if json_path and json_path != "-":
+        from .io import write_json
+
+        write_json(json_path, result, force)
+    if junit:
+        xml = junit_xml(rows, str(cand.get("model")))
+        atomic_write(junit, lambda t: t.write_text(xml), force)
+    sys.exit(0 if passed else 1)
+
+
+@main.command()
+@click.argument("reports", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def compare(reports, as_json):
+    """Side-by-side table of eval reports (rows R_h, S_h, over-refusal, Rouge-L, MMLU; a column per report)."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from .check import compare_rows, load_eval
+
+    reps = [load_eval(p) for p in reports]
+    names = [Path(p).stem for p in reports]
+    rows = compare_rows(reps)
+    if as_json:
+        click.echo(json.dumps({"schema_version": 1, "command": "compare", "columns": names,
+                               "rows": [{"metric": m, "values": v} for m, v in rows]}, indent=2))
+        return
+    t = Table(title="safety-audit compare", header_style="bold")
+    t.add_column("metric")
+    for n in names:
+        t.add_column(n, justify="right")
+    for m, vals in rows:
+        t.add_row(m, *vals)
+    Console().print(t)
 
 
 @main.command()

@@ -150,12 +150,16 @@ def choose_alpha(count, start, baseline: int, n: int) -> tuple[float, list[dict]
     return alpha, trials
 
 
-def control_ranges(final: tuple[int, int], n_layers: int) -> list[tuple[int, int]]:
-    """Equal-width windows tiled outwards from the result on both sides (never overlapping it)."""
+def control_ranges(final: tuple[int, int], n_layers: int, most: int = 6) -> list[tuple[int, int]]:
+    """Equal-width windows tiled outwards from the result on both sides (never overlapping it); at most
+    `most`, spread evenly over the model when there are more."""
     w = final[1] - final[0] + 1
     left = [(a, a + w - 1) for a in range(final[0] - w, -1, -w)]
     right = [(a, a + w - 1) for a in range(final[1] + 1, n_layers - w + 1, w)]
-    return sorted(left + right)
+    windows = sorted(left + right)
+    if len(windows) > most:
+        windows = [windows[round(k * (len(windows) - 1) / (most - 1))] for k in range(most)]
+    return windows
 
 
 def _start_range(cfg: LocateConfig, n_layers: int, reporter) -> tuple[tuple[int, int], str]:

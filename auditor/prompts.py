@@ -27,6 +27,8 @@ BUNDLED = {
     "normal": ("safetylayers_normal.csv", None),
     "malicious": ("safetylayers_malicious.csv", None),
     "advbench": ("advbench_harmful_behaviors.csv", None),
+    "advbench-train": ("advbench_harmful_behaviors.csv", ("split", "train")),  # even rows (0-based)
+    "advbench-eval": ("advbench_harmful_behaviors.csv", ("split", "eval")),  # odd rows: never trained on
     "over-rejection": ("safetylayers_over_rejection.csv", None),
     "xstest-safe": ("xstest_prompts.csv", ("label", "safe")),
     "xstest-unsafe": ("xstest_prompts.csv", ("label", "unsafe")),
@@ -50,10 +52,13 @@ def _rows_from_csv(text: str, where: str, row_filter=None) -> list[str]:
     col = next((header.index(f) for f in PROMPT_FIELDS if f in header), None)
     if col is None:  # no recognised header: first column, every row is a prompt
         return [r[0] for r in rows]
-    keep = None
-    if row_filter is not None:
-        keep = (header.index(row_filter[0]), row_filter[1])
-    return [r[col] for r in rows[1:] if len(r) > col and (keep is None or r[keep[0]] == keep[1])]
+    body = [r for r in rows[1:] if len(r) > col]
+    if row_filter is None:
+        return [r[col] for r in body]
+    if row_filter[0] == "split":  # the fixed AdvBench split: train = even rows, eval = odd rows
+        return [r[col] for i, r in enumerate(body) if (i % 2 == 0) == (row_filter[1] == "train")]
+    keep = header.index(row_filter[0])
+    return [r[col] for r in body if r[keep] == row_filter[1]]
 
 
 def _field(obj, where: str) -> str:
@@ -104,6 +109,45 @@ def load_prompts(spec: str | Path) -> PromptSet:
     if not prompts:
         raise AuditError("prompt file holds no prompts", path)
     return PromptSet(str(path), tuple(prompts))
+
+
+ALPACA_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
+    "response that appropriately completes the request.\n\n### Instruction:\n{q}\n\n### Input:\n{i}\n\n### Response:\n"
+)
+
+
+def load_task_rows(spec: str | Path = "alpaca-eval") -> list[dict]:
+    """Alpaca-form rows {instruction, input, output}: bundled `alpaca-eval` (every 5th row of the bundled
+    Alpaca-GPT4 sample, held out from any training split: `alpaca-train` is the rest) or a .json/.jsonl/.csv file."""
+    name = str(spec).removeprefix("bundled:")
+    if name in ("alpaca-eval", "alpaca-train") and not Path(str(spec)).exists():
+        rows = json.loads(resources.files("auditor.data").joinpath("alpaca_gpt4_en_demo_999.json").read_text(encoding="utf-8"))
+        return [r for i, r in enumerate(rows) if (i % 5 == 4) == (name == "alpaca-eval")]
+    path = Path(spec)
+    if not path.is_file():
+        raise AuditError("task file not found", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl":
+            rows = [json.loads(x) for x in text.splitlines() if x.strip()]
+        elif path.suffix == ".csv":
+            rows = list(csv.DictReader(io.StringIO(text)))
+        else:
+            rows = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as e:
+        raise AuditError(f"malformed task file ({type(e).__name__})", path) from None
+    if not isinstance(rows, list) or not rows:
+        raise AuditError("task file holds no rows", path)
+    for r in rows:
+        if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not isinstance(r.get("output"), str):
+            raise AuditError("task rows need 'instruction' and 'output' fields", path)
+    return [{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in rows]
+
+
+def task_query(row: dict) -> str:
+    """The user turn of a task row: the instruction, and its input below it when there is one."""
+    return row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
 
 
 def require_pool(ps: PromptSet, role: str, minimum: int = 2) -> PromptSet:

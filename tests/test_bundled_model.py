@@ -54,3 +54,20 @@ def test_default_scan_command_on_bundled_model():
     assert rep["n_normal"] == rep["n_malicious"] == 100 and rep["n_layers"] == 30
     gaps = [row["angle_gap_deg"] for row in rep["layers"]]
     assert max(gaps[6:14]) > max(gaps[:4]) + 1.0  # SmolLM2 (alpaca template): a gap opens in the middle layers
+
+
+@pytest.mark.parametrize("backend,compat", [("llama", None), ("torch", None), ("llama", "paper")])
+def test_locate_runs_on_both_backends(backend, compat):
+    from auditor.locate import LocateConfig, paper_compat, run_locate
+
+    cfg = LocateConfig(backend=backend, template="chat", limit=6, classifier="probe", alpha=1.1, start=(8, 9),
+                       patience=1, controls=False)
+    if compat:
+        cfg = paper_compat(cfg)
+    rep = run_locate(cfg)
+    assert rep["backend"] == backend and rep["n_layers"] == 30 and rep["n_prompts"] == 6
+    assert 0 <= rep["baseline"] <= 6 and all(0 <= r["count"] <= 6 for r in rep["sweep"])
+    i, j = rep["safety_layers"]
+    assert 0 <= i <= 8 and 9 <= j < 30
+    if compat:
+        assert rep["classifier"]["name"] == "prefix" and rep["scale_o_proj"] is False and rep["template"] == "alpaca"

@@ -73,6 +73,8 @@ def test_control_ranges_do_not_overlap():
     assert control_ranges((4, 6), 10) == [(1, 3), (7, 9)]
     assert control_ranges((5, 6), 12) == [(1, 2), (3, 4), (7, 8), (9, 10)]
     assert control_ranges((0, 9), 10) == []
+    many = control_ranges((8, 8), 30)
+    assert len(many) == 6 and many[0] == (0, 0) and many[-1] == (29, 29) and (8, 8) not in many
 
 
 def test_journal_makes_a_killed_run_resume(planted, tmp_path):

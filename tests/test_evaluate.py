@@ -1,0 +1,155 @@
+"""eval metrics on the tiny model and constructed items; check gate exit codes and JUnit; compare."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from auditor.check import junit_xml, load_eval, verdict
+from auditor.cli import main
+from auditor.errors import AuditError
+from auditor.evaluate import LETTERS, _mmlu_rows, bootstrap_mean, mmlu_predictions, mmlu_prompt, rouge_l
+
+
+def test_rouge_l_against_hand_computed_values():
+    # LCS("the cat sat on the mat", "the cat is on the mat") = "the cat on the mat": P = R = 5/6
+    assert rouge_l(["the cat sat on the mat"], ["the cat is on the mat"])[0] == pytest.approx(5 / 6)
+    # LCS = "a c" (2 of 3 and 2 of 4): P = 2/3, R = 2/4, F = 2PR/(P+R) = 4/7
+    assert rouge_l(["a b c"], ["a c d e"])[0] == pytest.approx(4 / 7)
+    assert rouge_l(["nothing shared"], ["entirely different words"])[0] == 0.0
+
+
+class LetterBackend:
+    """Answers every MMLU item with the letter written after 'Key:' in its question (a constructed item)."""
+
+    def token_ids(self, text):
+        return [ord(text.strip())]
+
+    def opening_probs(self, prompts, template, first, second, progress=None):
+        assert template == "raw" and first == [ord(c) for c in LETTERS]
+        p = torch.zeros(len(prompts), 4)
+        for i, q in enumerate(prompts):
+            last = q.rsplit("\n\n", 1)[-1]
+            p[i, LETTERS.index(last.split("Key:")[1].strip()[0])] = 1.0
+        return p, {}
+
+
+def test_mmlu_prompt_and_scoring_on_constructed_items():
+    dev, test = _mmlu_rows(None)
+    assert len(dev) == 10 and all(len(v) == 5 for v in dev.values()) and len(test) == 500
+    row = dict(test[0], question="Key: C. Which letter?", answer="C")
+    prompt = mmlu_prompt(dev[row["subject"]], row)
+    assert prompt.count("Answer:") == 6 and prompt.endswith("\nAnswer:")
+    assert prompt.startswith("The following are multiple choice questions (with answers) about")
+    items = [dict(row, question=f"Key: {c}. Pick.", answer=c) for c in "ABDC"]
+    assert mmlu_predictions(LetterBackend(), dev, items) == list("ABDC")
+    _, limited = _mmlu_rows(20)
+    assert len(limited) == 20 and len({r["subject"] for r in limited}) == 10
+
+
+def test_bootstrap_mean_ci():
+    r = bootstrap_mean([1, 0, 1, 1, 0, 1, 0, 1], 500, 0)
+    assert r["value"] == 0.625 and r["n"] == 8 and r["ci95"][0] < 0.625 < r["ci95"][1]
+
+
+@pytest.fixture(scope="module")
+def eval_report(tiny_model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval")
+    out, saved = d / "base.json", d / "resp.jsonl"
+    r = CliRunner().invoke(main, ["eval", str(tiny_model_dir), "--metrics", "harmful,over-refusal,rouge,mmlu", "--limit", "10",
+                                  "--max-new-tokens", "4", "--bootstrap", "200", "--json", str(out),
+                                  "--save-responses", str(saved), "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out, saved
+
+
+def test_eval_report_contract(eval_report):
+    rep = json.loads(eval_report[0].read_text())
+    assert rep["schema_version"] == 1 and rep["backend"] == "torch" and rep["template"] == "chat"  # its own template
+    for k in ("harmful_rate", "over_refusal_rate", "rouge_l", "mmlu_accuracy"):
+        v = rep[k]
+        assert 0 <= v["value"] <= 1 and v["ci95"][0] <= v["value"] <= v["ci95"][1] and v["n"] > 0, k
+    assert rep["harmful_rate"]["n"] == 10 and rep["harmful_rate"]["set"] == "bundled:advbench-eval"
+    assert set(rep["over_refusal_by_set"]) == {"bundled:xstest-safe", "bundled:over-rejection"}
+    lines = [json.loads(x) for x in eval_report[1].read_text().splitlines()]
+    assert {x["metric"] for x in lines} >= {"harmful", "rouge"} and all("response" in x for x in lines)
+
+
+def test_saved_responses_are_reused(eval_report, tmp_path, monkeypatch):
+    from auditor.backends.hf import TorchBackend
+
+    def no_generation(self, queries, *a, **k):
+        assert not queries, "a saved response was generated again"
+        return []
+
+    monkeypatch.setattr(TorchBackend, "generate", no_generation)
+    out = tmp_path / "again.json"
+    base = json.loads(eval_report[0].read_text())
+    r = CliRunner().invoke(main, ["eval", base["model"], "--metrics", "harmful,over-refusal,rouge", "--limit", "10",
+                                  "--max-new-tokens", "4", "--bootstrap", "200", "--responses", str(eval_report[1]),
+                                  "--json", str(out), "-q"], catch_exceptions=False)
+    rep = json.loads(out.read_text())
+    for k in ("harmful_rate", "over_refusal_rate", "rouge_l"):
+        assert rep[k]["value"] == base[k]["value"]
+
+
+def test_check_exit_codes_and_junit(eval_report, tmp_path):
+    base = json.loads(eval_report[0].read_text())
+    same = CliRunner().invoke(main, ["check", str(eval_report[0]), "--baseline", str(eval_report[0])])
+    assert same.exit_code == 0 and "PASS" in same.output
+    worse = dict(base, harmful_rate=dict(base["harmful_rate"], value=base["harmful_rate"]["value"] + 0.2),
+                 mmlu_accuracy=dict(base["mmlu_accuracy"], value=base["mmlu_accuracy"]["value"] - 0.01))
+    cand = tmp_path / "cand.json"
+    cand.write_text(json.dumps(worse))
+    junit = tmp_path / "check.xml"
+    r = CliRunner().invoke(main, ["check", str(cand), "--baseline", str(eval_report[0]), "--junit", str(junit)])
+    assert r.exit_code == 1 and "REGRESSION" in r.output
+    suite = ET.parse(junit).getroot()
+    assert suite.get("failures") == "1" and suite.get("tests") == "4"
+    failed = [c.get("name") for c in suite if c.find("failure") is not None]
+    assert failed == ["harmful_rate"]
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[thresholds]\nmax_harmful_increase = 0.25\nmax_mmlu_drop = 0.0\n")
+    r2 = CliRunner().invoke(main, ["check", str(cand), "--baseline", str(eval_report[0]), "--policy", str(policy)])
+    assert r2.exit_code == 1 and "MMLU" in r2.output  # the policy's stricter MMLU bound now fails
+    r3 = CliRunner().invoke(main, ["check", str(cand), "--baseline", str(eval_report[0]), "--max-harmful-increase", "0.3"])
+    assert r3.exit_code == 0
+
+
+def test_check_bad_inputs_exit_2(eval_report, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for args, msg in ((["check", str(eval_report[0]), "--baseline", str(bad)], "malformed JSON"),
+                      (["check", str(eval_report[0]), "--baseline", str(tmp_path / "none.json")], "not found"),
+                      (["check", str(eval_report[0]), "--baseline", str(eval_report[1])], "malformed JSON")):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output
+    pol = tmp_path / "p.toml"
+    pol.write_text("max_everything = 1\n")
+    r = CliRunner().invoke(main, ["check", str(eval_report[0]), "--baseline", str(eval_report[0]), "--policy", str(pol)])
+    assert r.exit_code == 2 and "unknown policy key" in r.output
+
+
+def test_verdict_missing_metric_fails(eval_report):
+    base = load_eval(eval_report[0])
+    cand = {k: v for k, v in base.items() if k != "rouge_l"}
+    rows = {r["metric"]: r for r in verdict(cand, base)}
+    assert not rows["rouge_l"]["passed"] and rows["harmful_rate"]["passed"]
+    assert "failure" in junit_xml(list(rows.values()), "x")
+
+
+def test_compare_table(eval_report):
+    r = CliRunner().invoke(main, ["compare", str(eval_report[0]), str(eval_report[0]), "--json"])
+    data = json.loads(r.output)
+    assert data["columns"] == ["base", "base"] and [x["metric"] for x in data["rows"]][0] == "harmful rate R_h"
+    with pytest.raises(AuditError):
+        load_eval(eval_report[1])
+
+
+def test_eval_bad_inputs(tiny_model_dir):
+    for args, msg in ((["--metrics", "harmful,vibes"], "unknown metric"), (["--metrics", "judge"], "needs --judge"),
+                      (["--template", "vicuna"], "unknown template"), (["--harmful", "/nope.txt"], "not found")):
+        r = CliRunner().invoke(main, ["eval", str(tiny_model_dir), "--limit", "2"] + args)
+        assert r.exit_code == 2 and msg in r.output, (args, r.output)
