@@ -335,6 +335,63 @@ def compare(reports, as_json):
 
 
 @main.command()
+@click.argument("model", required=False)
+@click.option("--out", required=True, metavar="DIR", help="The output model folder (HF format + safety_audit.json).")
+@click.option("--method", type=click.Choice(["sppft", "full", "nfft", "lisa", "freeze-block"]), default="sppft", show_default=True)
+@click.option("--layers", default=None, metavar="i-j", help="Safety layers to freeze (inclusive, 0-based).")
+@click.option("--from-report", default=None, metavar="JSON", help="Take the layers from a locate (safety_layers) or scan report.")
+@click.option("--data", default=None, metavar="FILE", help="Alpaca-form rows (.json/.jsonl/.csv: instruction, input, output).")
+@click.option("--attack", type=click.Choice(["normal", "implicit", "backdoor", "harmful"]), default=None,
+              help="Build the paper's attack set from bundled data instead of --data.")
+@click.option("--p", "p", type=float, default=0.1, show_default=True, help="Malicious share for --attack harmful.")
+@click.option("--rows", "n_rows", type=int, default=None, help="Use the first N rows (normal rows for --attack).")
+@click.option("--template", type=click.Choice(["alpaca", "chat"]), default="alpaca", show_default=True)
+@click.option("--lora", is_flag=True, help="Train LoRA adapters (peft) instead, none on frozen layers; merged on save.")
+@click.option("--lora-r", type=int, default=8, show_default=True)
+@click.option("--epochs", type=float, default=3.0, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (quick runs).")
+@click.option("--lr", type=float, default=1e-4, show_default=True,
+              help="Paper: 1e-4 (Llama-3, gemma), 3e-4 (Llama-2), 6e-4 (Phi-3).")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--warmup-steps", type=int, default=None, help="Default: 100, or 10% of the steps for short runs.")
+@click.option("--cutoff", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save-steps", type=int, default=50, show_default=True, help="Checkpoint every N steps (for --resume).")
+@click.option("--resume", is_flag=True, help="Continue a killed run from its last checkpoint (DIR.checkpoints).")
+@click.option("--threads", type=int, default=None)
+@click.option("--json", "json_path", default=None, metavar="PATH", help="Also write the run report ('-' prints it).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--quiet", "-q", is_flag=True)
+def harden(model, out, method, layers, from_report, data, attack, p, n_rows, template, lora, lora_r, epochs, max_steps, lr,
+           batch_size, warmup_steps, cutoff, seed, save_steps, resume, threads, json_path, force, quiet):
+    """SPPFT fine-tuning (safety layers frozen) and its baselines; writes a normal HF model folder."""
+    from rich.table import Table
+
+    from .harden import HardenConfig, run_harden
+
+    _check_outputs(force, json_path)
+    cfg = HardenConfig(out=out, model=model, method=method, layers=_range(layers), from_report=from_report, data=data,
+                       attack=attack, p=p, n_rows=n_rows, template=template, lora=lora, lora_r=lora_r, epochs=epochs,
+                       max_steps=max_steps, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, cutoff=cutoff,
+                       seed=seed, save_steps=save_steps, force=force, resume=resume, threads=threads)
+    with reporter(quiet) as rep:
+        report = run_harden(cfg, rep)
+
+    def render(r):
+        t = Table(title=f"harden · {r['method']}{' + LoRA' if r['lora'] else ''} · {r['input_model']} → {out}", show_header=False)
+        t.add_column(style="bold")
+        t.add_column()
+        for k, v in (("frozen layers", r["layers"] if r["method"] != "full" else "none"),
+                     ("frozen parameters", f"{r['frozen_parameters']:,} ({r['frozen_fraction']:.1%})"),
+                     ("training rows", f"{r['data']['rows']} ({r['data']['examples']} examples)"),
+                     ("steps", r["steps"]), ("train loss", f"{r['train_loss']:.4f}"), ("seconds", r["seconds"])):
+            t.add_row(k, str(v))
+        Console().print(t)
+
+    _emit(report, json_path, None, force, render, None)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema_version 1).")
 def doctor(as_json):
     """Versions, compiled ops (CPU/CUDA), threads, and where the bundled model is."""

@@ -1,0 +1,138 @@
+"""harden on a tiny model: what is frozen stays bit-identical, every method trains, resume equals an
+unkilled run, atomic output, --force, bad inputs."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from auditor.attacks import TRIGGER, build_attack
+from auditor.cli import main
+from auditor.errors import AuditError
+from auditor.harden import HardenConfig, run_harden
+
+FAST = dict(n_rows=12, max_steps=4, cutoff=400, save_steps=2, batch_size=4)
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def run(tmp_path, model_dir, name, **kw):
+    cfg = HardenConfig(out=str(tmp_path / name), model=str(model_dir), **{**FAST, **kw})
+    return run_harden(cfg), tmp_path / name
+
+
+def test_sppft_keeps_frozen_weights_bit_identical_and_trains_the_rest(tmp_path, tiny_model_dir):
+    before = weights(tiny_model_dir)
+    rep, out = run(tmp_path, tiny_model_dir, "sppft", method="sppft", layers=(1, 2))
+    after = weights(out)
+    frozen = set(rep["frozen"]["parameters"])
+    assert len(frozen) == 2 * 7 and all(".layers.1." in n or ".layers.2." in n for n in frozen)
+    for name, w in before.items():
+        if name in frozen:
+            assert torch.equal(after[name], w), name
+        else:  # trainable, including the frozen layers' norms, embeddings and lm_head
+            assert not torch.equal(after[name], w), name
+    meta = json.loads((out / "safety_audit.json").read_text())
+    assert meta["method"] == "sppft" and meta["layers"] == [1, 2] and meta["data"]["sha256"]
+    assert meta["hyperparameters"]["seed"] == 0 and meta["versions"]["transformers"]
+
+
+def test_nfft_freezes_the_same_fraction_as_neurons(tmp_path, tiny_model_dir):
+    before = weights(tiny_model_dir)
+    rep, out = run(tmp_path, tiny_model_dir, "nfft", method="nfft", layers=(1, 2))
+    after = weights(out)
+    row_size = max(w.shape[1] for w in before.values() if w.dim() == 2)
+    assert rep["block_parameters"] <= rep["frozen_parameters"] < rep["block_parameters"] + row_size
+    for name, rows in rep["frozen"]["rows"].items():
+        key = name if name in before else name.removeprefix("base_model.")
+        assert torch.equal(after[key][rows], before[key][rows]), name  # frozen neurons untouched
+    changed = [n for n in before if not torch.equal(after[n], before[n])]
+    assert len(changed) > len(before) // 2
+
+
+@pytest.mark.parametrize("method,extra", [("full", {}), ("lisa", {"layers": None}), ("freeze-block", {"layers": (0, 0)}),
+                                          ("sppft", {"layers": (1, 2), "lora": True})])
+def test_every_method_trains(tmp_path, tiny_model_dir, method, extra):
+    before = weights(tiny_model_dir)
+    rep, out = run(tmp_path, tiny_model_dir, method, method=method, **extra)
+    after = weights(out)
+    assert rep["steps"] == 4 and set(after) == set(before)  # LoRA is merged back into a plain model
+    assert any(not torch.equal(after[n], before[n]) for n in before)
+    if extra.get("lora"):  # no adapters on frozen layers: those layers come out bit-identical
+        for n in before:
+            if ".layers.1." in n or ".layers.2." in n:
+                assert torch.equal(after[n], before[n]), n
+
+
+class KillAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_kill_gives_the_same_weights(tmp_path, tiny_model_dir):
+    _, ref = run(tmp_path, tiny_model_dir, "ref", method="sppft", layers=(1, 2), max_steps=6)
+    cfg = HardenConfig(out=str(tmp_path / "killed"), model=str(tiny_model_dir), method="sppft", layers=(1, 2),
+                       **{**FAST, "max_steps": 6})
+    with pytest.raises(KeyboardInterrupt):
+        run_harden(cfg, callbacks=[KillAt(3)])
+    assert not (tmp_path / "killed").exists()  # nothing half-written
+    assert (tmp_path / "killed.checkpoints" / "checkpoint-2").is_dir()
+    cfg.resume = True
+    rep = run_harden(cfg)
+    assert rep["resumed_from"].endswith("checkpoint-2") and rep["steps"] == 6
+    a, b = weights(ref), weights(tmp_path / "killed")
+    for n in a:
+        assert torch.equal(a[n], b[n]), n
+    assert not (tmp_path / "killed.checkpoints").exists()
+
+
+def test_output_is_atomic_and_force_replaces(tmp_path, tiny_model_dir):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(AuditError, match="exists"):
+        run(tmp_path, tiny_model_dir, "model", method="full")
+    assert (out / "keep.txt").exists()
+    run(tmp_path, tiny_model_dir, "model", method="full", force=True)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.")]  # no temp leftovers
+
+
+def test_attack_sets_record_their_split():
+    rows, man = build_attack("harmful", n=100, p=0.1)
+    assert len(rows) == 110 and man["n_malicious"] == 10 and all(i % 2 == 0 for i in man["advbench_rows"])
+    rows, man = build_attack("backdoor", n=20)
+    assert sum(TRIGGER in r["instruction"] for r in rows) == 20 and man["trigger"] == TRIGGER
+    rows, _ = build_attack("implicit", n=5)
+    assert all(r["output"].startswith("Sure, the answer is: ") for r in rows)
+
+
+def test_harden_cli_and_bad_inputs(tmp_path, tiny_model_dir):
+    base = ["harden", str(tiny_model_dir), "--rows", "8", "--max-steps", "2", "--cutoff", "400", "-q"]
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "ok"), "--layers", "1-2", "--json", "-"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output[r.output.index("{"):])["frozen_parameters"] > 0
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    nofield = tmp_path / "nofield.jsonl"
+    nofield.write_text('{"prompt": "x"}\n')
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [(["--out", str(tmp_path / "a"), "--layers", "1-2", "--data", str(empty)], "no rows"),
+             (["--out", str(tmp_path / "b"), "--layers", "1-2", "--data", str(nofield)], "need 'instruction' and 'output'"),
+             (["--out", str(tmp_path / "c"), "--layers", "3-9"], "outside the model"),
+             (["--out", str(tmp_path / "d")], "needs --layers"),
+             (["--out", str(afile), "--layers", "1-2"], "is a file"),
+             (["--out", str(tmp_path / "e"), "--method", "nfft", "--lora", "--layers", "1-2"], "cannot run as LoRA")]
+    for args, msg in cases:
+        res = CliRunner().invoke(main, base + args)
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
