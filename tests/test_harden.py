@@ -136,3 +136,23 @@ def test_harden_cli_and_bad_inputs(tmp_path, tiny_model_dir):
     for args, msg in cases:
         res = CliRunner().invoke(main, base + args)
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+def test_two_cpu_processes_with_torchrun(tmp_path, tiny_model_dir):
+    """The same command under torchrun: 2 processes, gloo backend, one output written by rank 0."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "auditor.cli", "harden", str(tiny_model_dir), "--out", str(out), "--method", "sppft",
+                        "--layers", "1-2", "--rows", "16", "--max-steps", "2", "--cutoff", "400", "-q"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    meta = json.loads((out / "safety_audit.json").read_text())
+    assert meta["hyperparameters"]["world_size"] == 2 and meta["steps"] == 2
+    before, after = weights(tiny_model_dir), weights(out)
+    for n in meta["frozen"]["parameters"]:
+        assert torch.equal(after[n], before[n])
