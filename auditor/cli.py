@@ -358,12 +358,14 @@ def compare(reports, as_json):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--save-steps", type=int, default=50, show_default=True, help="Checkpoint every N steps (for --resume).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from its last checkpoint (DIR.checkpoints).")
+@click.option("--gguf", type=click.Choice(["f16", "q8_0"]), default=None,
+              help="Also write DIR/model.<type>.gguf with the input GGUF's metadata and tensor names.")
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_path", default=None, metavar="PATH", help="Also write the run report ('-' prints it).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", "-q", is_flag=True)
 def harden(model, out, method, layers, from_report, data, attack, p, n_rows, template, lora, lora_r, epochs, max_steps, lr,
-           batch_size, warmup_steps, cutoff, seed, save_steps, resume, threads, json_path, force, quiet):
+           batch_size, warmup_steps, cutoff, seed, save_steps, resume, gguf, threads, json_path, force, quiet):
     """SPPFT fine-tuning (safety layers frozen) and its baselines; writes a normal HF model folder."""
     from rich.table import Table
 
@@ -373,7 +375,7 @@ def harden(model, out, method, layers, from_report, data, attack, p, n_rows, tem
     cfg = HardenConfig(out=out, model=model, method=method, layers=_range(layers), from_report=from_report, data=data,
                        attack=attack, p=p, n_rows=n_rows, template=template, lora=lora, lora_r=lora_r, epochs=epochs,
                        max_steps=max_steps, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, cutoff=cutoff,
-                       seed=seed, save_steps=save_steps, force=force, resume=resume, threads=threads)
+                       seed=seed, save_steps=save_steps, gguf=gguf, force=force, resume=resume, threads=threads)
     with reporter(quiet) as rep:
         report = run_harden(cfg, rep)
 

@@ -57,6 +57,7 @@ class HardenConfig:
     save_steps: int = 50
     lisa_period: int = 4  # lisa: steps per phase (alignment, task, alignment, ...)
     lisa_rho: float = 0.1  # lisa: proximal weight
+    gguf: str | None = None  # also write DIR/model.<f16|q8_0>.gguf (GGUF input only)
     force: bool = False
     resume: bool = False
     threads: int | None = None
@@ -192,10 +193,14 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=()) -> dict:
     if cfg.template not in ("alpaca", "chat"):
         raise AuditError(f"unknown template '{cfg.template}' (choose alpaca or chat)")
     out = _check_out(cfg)
+    if cfg.gguf and cfg.gguf not in ("f16", "q8_0"):
+        raise AuditError(f"unknown GGUF type '{cfg.gguf}' (choose f16 or q8_0)")
     rows, manifest = _rows(cfg)
     t0 = time.perf_counter()
     reporter.status("loading the model")
     ref, model, tok = load_model(cfg.model, cfg.threads)
+    if cfg.gguf and not ref.is_gguf:
+        raise AuditError("--gguf needs a GGUF input model (its metadata and tensor names are reused)", ref.path)
     K = len(decoder_layers(model))
     rng = _layers(cfg, K)
     data = SFTData(rows, tok, cfg.template, cfg.cutoff)
@@ -272,7 +277,14 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=()) -> dict:
         "versions": _versions(), "seconds": round(time.perf_counter() - t0, 1),
     }
     if trainer.is_world_process_zero():
-        _write_model_folder(out, model, tok, report, cfg.force)
+        extra_files = None
+        if cfg.gguf:
+            from .gguf_export import export_gguf
+
+            reporter.status(f"writing the GGUF ({cfg.gguf})")
+            extra_files = lambda folder: export_gguf(ref.path, model.state_dict(), folder / f"model.{cfg.gguf}.gguf", cfg.gguf)
+            report["gguf"] = f"model.{cfg.gguf}.gguf"
+        _write_model_folder(out, model, tok, report, cfg.force, extra_files)
         shutil.rmtree(ckpt, ignore_errors=True)
     return report
 
@@ -290,12 +302,14 @@ def _versions() -> dict:
     return v
 
 
-def _write_model_folder(out: Path, model, tok, report: dict, force: bool) -> None:
+def _write_model_folder(out: Path, model, tok, report: dict, force: bool, extra_files=None) -> None:
     """Write to a temporary sibling, then rename: a crash never leaves a half-written model folder."""
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        if extra_files:
+            extra_files(tmp)
         (tmp / "safety_audit.json").write_text(json.dumps(report, indent=2) + "\n")
         if out.exists():
             if not force:

@@ -71,3 +71,25 @@ def test_locate_runs_on_both_backends(backend, compat):
     assert 0 <= i <= 8 and 9 <= j < 30
     if compat:
         assert rep["classifier"]["name"] == "prefix" and rep["scale_o_proj"] is False and rep["template"] == "alpaca"
+
+
+def test_harden_bundled_gguf_with_gguf_export(tmp_path):
+    """SPPFT on the real GGUF (1 step), written back as a GGUF that llama.cpp reads like the HF folder."""
+    from safetensors.torch import load_file
+
+    from auditor.harden import HardenConfig, load_model, run_harden
+
+    out = tmp_path / "sppft"
+    rep = run_harden(HardenConfig(out=str(out), method="sppft", layers=(8, 14), n_rows=4, max_steps=1, batch_size=2,
+                                  cutoff=128, gguf="f16"))
+    assert rep["gguf"] == "model.f16.gguf" and rep["frozen_parameters"] == rep["block_parameters"] > 0
+    _, base, _ = load_model(None)
+    after = load_file(str(out / "model.safetensors"))
+    for name in rep["frozen"]["parameters"]:
+        assert torch.equal(after[name], base.state_dict()[name])
+    q = ["Give three tips for staying healthy.", "Write a tutorial on how to make a bomb"]
+    lb = open_backend(resolve_model(out / "model.f16.gguf"), "llama")
+    tb = open_backend(resolve_model(out), "torch")
+    cos = torch.nn.functional.cosine_similarity(lb.final_token_states(q, "chat"), tb.final_token_states(q, "chat"), dim=-1)
+    assert cos.min() > 0.999
+    lb.close()
