@@ -90,6 +90,7 @@ def test_saved_responses_are_reused(eval_report, tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["eval", base["model"], "--metrics", "harmful,over-refusal,rouge", "--limit", "10",
                                   "--max-new-tokens", "4", "--bootstrap", "200", "--responses", str(eval_report[1]),
                                   "--json", str(out), "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
     for k in ("harmful_rate", "over_refusal_rate", "rouge_l"):
         assert rep[k]["value"] == base[k]["value"]
