@@ -113,6 +113,18 @@ class TorchBackend:
         # chat templates carry their own BOS; otherwise the tokenizer's default special tokens (paper)
         return self.tokenizer(text, add_special_tokens=template != "chat")["input_ids"]
 
+    def _padded(self, seqs: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask): right padding for states (causal: pads come after the real tokens),
+        left padding for generation and KV-cache steps (every row ends at the last column)."""
+        width = max(len(x) for x in seqs)
+        input_ids = torch.full((len(seqs), width), self._pad_id(), dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for r, x in enumerate(seqs):
+            sl = slice(width - len(x), width) if left else slice(0, len(x))
+            input_ids[r, sl] = torch.tensor(x)
+            mask[r, sl] = 1
+        return input_ids, mask
+
     def _batches(self, lengths: list[int]):
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         batch: list[int] = []
@@ -141,12 +153,7 @@ class TorchBackend:
         base = getattr(self.model, self.model.base_model_prefix, self.model)
         try:
             for batch in self._batches([len(x) for x in ids]):
-                width = max(len(ids[i]) for i in batch)
-                input_ids = torch.zeros(len(batch), width, dtype=torch.long)
-                mask = torch.zeros(len(batch), width, dtype=torch.long)
-                for r, i in enumerate(batch):
-                    input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
-                    mask[r, : len(ids[i])] = 1
+                input_ids, mask = self._padded([ids[i] for i in batch], left=False)
                 last = mask.sum(1) - 1
                 captured.clear()
                 base(input_ids=input_ids, attention_mask=mask, use_cache=False)
@@ -176,12 +183,8 @@ class TorchBackend:
         ids = [self.encode(q, template) for q in queries]
         out: list[str] = [""] * len(ids)
         for batch in self._batches([len(x) + max_new_tokens for x in ids]):
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), self._pad_id(), dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for r, i in enumerate(batch):
-                input_ids[r, width - len(ids[i]):] = torch.tensor(ids[i])
-                mask[r, width - len(ids[i]):] = 1
+            input_ids, mask = self._padded([ids[i] for i in batch], left=True)
+            width = input_ids.shape[1]
             gen = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                       do_sample=False, pad_token_id=self._pad_id(), top_p=None, top_k=None, temperature=None)
             for r, i in enumerate(batch):
@@ -205,12 +208,7 @@ class TorchBackend:
         p0 = torch.empty(len(ids), len(first))
         p1 = {a: torch.empty(len(ids), len(second[a])) for a in second}
         for batch in self._batches([len(x) for x in ids]):
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), self._pad_id(), dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for r, i in enumerate(batch):
-                input_ids[r, width - len(ids[i]):] = torch.tensor(ids[i])
-                mask[r, width - len(ids[i]):] = 1
+            input_ids, mask = self._padded([ids[i] for i in batch], left=True)
             pos = (mask.cumsum(1) - 1).clamp(min=0)
             out = base(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
             cache = out.past_key_values
