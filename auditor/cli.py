@@ -284,9 +284,7 @@ def check(candidate, baseline, max_harmful_increase, max_harmful_score_increase,
     passed = all(r["passed"] for r in rows)
     result = {"schema_version": 1, "command": "check", "candidate": cand.get("model"), "baseline": base.get("model"),
               "passed": passed, "checks": rows}
-    if json_path == "-":
-        click.echo(json.dumps(result, indent=2))
-    else:
+    def render(_):
         t = Table(title=f"check {cand.get('model')} against {base.get('model')}", header_style="bold")
         for col in ("metric", "baseline", "candidate", "Δ", "limit", "verdict"):
             t.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
@@ -297,10 +295,8 @@ def check(candidate, baseline, max_harmful_increase, max_harmful_score_increase,
                       "[green]pass[/green]" if r["passed"] else f"[red]FAIL[/red] {r['reason']}")
         Console().print(t)
         Console().print("[green]PASS[/green]" if passed else "[red]REGRESSION[/red]")
-    if json_path and json_path != "-":
-        from .io import write_json
 
-        write_json(json_path, result, force)
+    _emit(result, json_path, None, force, render, None)
     if junit:
         xml = junit_xml(rows, str(cand.get("model")))
         atomic_write(junit, lambda t: t.write_text(xml), force)

@@ -162,7 +162,7 @@ def control_ranges(final: tuple[int, int], n_layers: int, most: int = 6) -> list
     return windows
 
 
-def _start_range(cfg: LocateConfig, n_layers: int, reporter) -> tuple[tuple[int, int], str]:
+def _start_range(cfg: LocateConfig, reporter) -> tuple[tuple[int, int], str]:
     if cfg.start:
         return tuple(cfg.start), "--start"
     if cfg.from_scan:
@@ -205,7 +205,7 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     backend = open_backend(model, cfg.backend, threads=cfg.threads)
     try:
         K = backend.n_layers
-        start, start_from = _start_range(cfg, K, reporter)
+        start, start_from = _start_range(cfg, reporter)
         if not (0 <= start[0] <= start[1] < K):
             raise AuditError(f"start range {start[0]}-{start[1]} is outside the model (layers 0..{K - 1})")
         fp = file_fingerprint(model.path) if model.is_gguf else str(model.path)

@@ -82,12 +82,11 @@ class ModelScan:
 
 
 def _state_key(model: ModelRef, backend: str, template: str, prompts: PromptSet) -> str:
-    import llama_cpp
-    import transformers
+    from importlib.metadata import version  # not an import of the backend: a fully cached scan loads none
 
     h = hashlib.sha256()
     fp = file_fingerprint(model.path) if model.is_gguf else _folder_fingerprint(model.path)
-    versions = llama_cpp.__version__ if backend == "llama" else transformers.__version__
+    versions = version("llama_cpp_python") if backend == "llama" else version("transformers")
     h.update(json.dumps([fp, backend, template, versions, list(prompts.prompts)]).encode())
     return h.hexdigest()[:32]
 
@@ -214,7 +213,7 @@ def run_scan(cfg: ScanConfig, reporter: Reporter | None = None) -> dict:
     }
     if contrast:
         other, gs2 = _scan_one(contrast, cfg.contrast_backend, cfg, normal, malicious, weights, reporter)
-        report["contrast"] = {k: v for k, v in asdict(other).items()}
+        report["contrast"] = asdict(other)
         if other.n_layers == main.n_layers:
             diff = gs.gap - gs2.gap
             lo, hi = percentile_ci(gs.replicates - gs2.replicates, diff) if weights is not None else (diff, diff)
