@@ -170,30 +170,6 @@ def locate(model, backend, template, from_scan, start, alpha, classifier, over_r
     _emit(report, json_path, plot_path, force, lambda r: Console().print(locate_table(r)), plot_locate)
 
 
-def _eval_table(report: dict):
-    from rich.table import Table
-
-    from .check import LABELS, THRESHOLDS
-
-    t = Table(title=f"{report['model']} · {report['backend']} · template {report['template']} · classifier "
-                    f"{report['classifier']['name']}", header_style="bold")
-    for c in ("metric", "value", "95% CI", "n", "set / notes"):
-        t.add_column(c, justify="right" if c in ("value", "95% CI", "n") else "left")
-    for m in THRESHOLDS:
-        if m in report:
-            v = report[m]
-            ci = v.get("ci95") or [None, None]
-            note = v.get("set", "")
-            if m == "harmful_score":
-                note = f"{v['judge']}; unparseable {v['unparseable']}"
-            t.add_row(LABELS[m], f"{v['value']:.3f}" if v["value"] is not None else "–",
-                      f"{ci[0]:.3f}–{ci[1]:.3f}" if ci[0] is not None else "–", str(v["n"]), str(note))
-    for name, v in (report.get("over_refusal_by_set") or {}).items():
-        if name != report["over_refusal_rate"]["set"]:
-            t.add_row("over-refusal", f"{v['value']:.3f}", f"{v['ci95'][0]:.3f}–{v['ci95'][1]:.3f}", str(v["n"]), name)
-    return t
-
-
 @main.command("eval")
 @click.argument("model", required=False)
 @click.option("--backend", type=click.Choice(["auto", "llama", "torch"]), default="auto", show_default=True)
@@ -221,6 +197,7 @@ def eval_cmd(model, backend, template, metrics, harmful, over_refusal, task, cla
     """Harmful rate, judge score, over-refusal, Rouge-L and MMLU of a model, with bootstrap 95% CIs."""
     from .evaluate import EvalConfig, run_eval
     from .io import atomic_write
+    from .report import eval_table
 
     _check_outputs(force, json_path, save_responses)
     cfg = EvalConfig(model=model, backend=backend, template=template, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
@@ -233,7 +210,7 @@ def eval_cmd(model, backend, template, metrics, harmful, over_refusal, task, cla
         lines = "".join(json.dumps(r) + "\n" for r in cfg.saved)
         atomic_write(save_responses, lambda t: t.write_text(lines), force)
         err.print(f"wrote {save_responses}")
-    _emit(report, json_path, None, force, lambda r: Console().print(_eval_table(r)), None)
+    _emit(report, json_path, None, force, lambda r: Console().print(eval_table(r)), None)
 
 
 @main.command()
@@ -363,9 +340,8 @@ def compare(reports, as_json):
 def harden(model, out, method, layers, from_report, data, attack, p, n_rows, template, lora, lora_r, epochs, max_steps, lr,
            batch_size, warmup_steps, cutoff, seed, save_steps, resume, gguf, threads, json_path, force, quiet):
     """SPPFT fine-tuning (safety layers frozen) and its baselines; writes a normal HF model folder."""
-    from rich.table import Table
-
     from .harden import HardenConfig, run_harden
+    from .report import harden_table
 
     _check_outputs(force, json_path)
     cfg = HardenConfig(out=out, model=model, method=method, layers=_range(layers), from_report=from_report, data=data,
@@ -375,18 +351,51 @@ def harden(model, out, method, layers, from_report, data, attack, p, n_rows, tem
     with reporter(quiet) as rep:
         report = run_harden(cfg, rep)
 
-    def render(r):
-        t = Table(title=f"harden · {r['method']}{' + LoRA' if r['lora'] else ''} · {r['input_model']} → {out}", show_header=False)
-        t.add_column(style="bold")
-        t.add_column()
-        for k, v in (("frozen layers", r["layers"] if r["method"] != "full" else "none"),
-                     ("frozen parameters", f"{r['frozen_parameters']:,} ({r['frozen_fraction']:.1%})"),
-                     ("training rows", f"{r['data']['rows']} ({r['data']['examples']} examples)"),
-                     ("steps", r["steps"]), ("train loss", f"{r['train_loss']:.4f}"), ("seconds", r["seconds"])):
-            t.add_row(k, str(v))
-        Console().print(t)
+    _emit(report, json_path, None, force, lambda r: Console().print(harden_table(r, out)), None)
 
-    _emit(report, json_path, None, force, render, None)
+
+@main.group()
+def reference():
+    """The safety-aligned reference model, built reproducibly from the bundled SmolLM2 (MODEL 'reference')."""
+
+
+@reference.command("build")
+@click.option("--out", default=None, metavar="DIR", help="Default: the user cache, which is what MODEL 'reference' means.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--benign-rows", type=int, default=None, help="Use the first N Alpaca-train rows (default: all 799).")
+@click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (quick runs).")
+@click.option("--threads", type=int, default=None)
+@click.option("--json", "json_path", default=None, metavar="PATH", help="Also write the build report ('-' prints it).")
+@click.option("--force", is_flag=True, help="Rebuild over an existing reference model.")
+@click.option("--quiet", "-q", is_flag=True)
+def reference_build(out, seed, epochs, benign_rows, max_steps, threads, json_path, force, quiet):
+    """Safety-align the bundled SmolLM2 (refusals for AdvBench-train, Alpaca-train answers, self-distilled
+    borderline answers); writes an HF folder + GGUF + manifest. A killed build resumes when re-run."""
+    from .reference import ReferenceConfig, build_reference
+    from .report import harden_table
+
+    _check_outputs(force, json_path)
+    cfg = ReferenceConfig(out=out, seed=seed, epochs=epochs, benign_rows=benign_rows, max_steps=max_steps, threads=threads, force=force)
+    with reporter(quiet) as rep:
+        report = build_reference(cfg, rep)
+    _emit(report, json_path, None, force, lambda r: Console().print(harden_table(r, r["reference"]["path"])), None)
+
+
+@reference.command("show")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def reference_show(seed, as_json):
+    """Where the reference model is and how it was built (exit 2 when it is not built)."""
+    from .reference import reference_model
+
+    ref = reference_model(seed)
+    info = json.loads((ref.hf_dir / "safety_audit.json").read_text())
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        Console().print(f"{ref.label}\n  HF folder: {ref.hf_dir}\n  GGUF: {ref.path}\n  rows: {info['data']['rows_by_kind']}, "
+                        f"steps {info['steps']}, train loss {info['train_loss']:.4f}, {info['seconds']} s", highlight=False)
 
 
 @main.command()

@@ -8,6 +8,7 @@ one is replaced only with `force`; checkpoints next to it let a killed run `resu
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -58,6 +59,7 @@ class HardenConfig:
     lisa_period: int = 4  # lisa: steps per phase (alignment, task, alignment, ...)
     lisa_rho: float = 0.1  # lisa: proximal weight
     gguf: str | None = None  # also write DIR/model.<f16|q8_0>.gguf (GGUF input only)
+    group_by_length: bool = False  # batches of similar length (less padding; the reference build uses it)
     force: bool = False
     resume: bool = False
     threads: int | None = None
@@ -120,9 +122,29 @@ class SFTData(torch.utils.data.Dataset):
         return self.items[i]
 
 
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Sequence positions whose logits the loss needs: from the one predicting the batch's earliest answer
+    token to the second-last. Prompt positions before it need no logits (loss on the answer only)."""
+    rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+    start = int(cols.min()) if len(cols) else labels.shape[1] - 2
+    return torch.arange(start, labels.shape[1] - 1)
+
+
+def answer_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Causal-LM cross-entropy on logits computed for `answer_positions` only (the same value as the full
+    loss). Saves the lm_head and softmax for prompt tokens: SmolLM2's vocabulary head is 28M of 135M weights."""
+    idx = answer_positions(labels)
+    logits = outputs.logits.float()
+    target = labels[:, idx + 1].to(logits.device)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+    n = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
+    return loss / n
+
+
 class Collator:
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+    def __init__(self, pad_id: int, answer_logits_only: bool = False):
+        self.pad_id, self.answer_logits_only = pad_id, answer_logits_only
 
     def __call__(self, batch):
         w = max(len(b["input_ids"]) for b in batch)
@@ -132,7 +154,10 @@ class Collator:
         for i, b in enumerate(batch):
             n = len(b["input_ids"])
             ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(b["input_ids"]), torch.tensor(b["labels"]), 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if self.answer_logits_only:  # the model computes logits there only; answer_loss takes the labels
+            batch["logits_to_keep"] = answer_positions(labels)
+        return batch
 
 
 def alignment_rows(n: int | None = None) -> list[dict]:
@@ -144,14 +169,14 @@ def alignment_rows(n: int | None = None) -> list[dict]:
 def load_model(path_spec, threads=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .backends.hf import _quiet_transformers, converted_gguf_dir
+    from .backends.hf import _quiet_transformers, torch_folder
 
     _quiet_transformers()
     os.environ["TQDM_DISABLE"] = "1"  # "Writing model shards" bars; the CLI shows rich progress
     if threads:
         torch.set_num_threads(threads)
     ref = resolve_model(path_spec)
-    folder = converted_gguf_dir(ref.path) if ref.is_gguf else ref.path
+    folder = torch_folder(ref)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, use_safetensors=True)
         tok = AutoTokenizer.from_pretrained(str(folder))
@@ -177,7 +202,8 @@ def _sha256_rows(rows) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
-def run_harden(cfg: HardenConfig, reporter=None, callbacks=()) -> dict:
+def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[dict], dict] | None = None) -> dict:
+    """Train and write DIR. `rows`: in-memory training rows and their manifest instead of --data/--attack."""
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -195,7 +221,7 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=()) -> dict:
     out = _check_out(cfg)
     if cfg.gguf and cfg.gguf not in ("f16", "q8_0"):
         raise AuditError(f"unknown GGUF type '{cfg.gguf}' (choose f16 or q8_0)")
-    rows, manifest = _rows(cfg)
+    rows, manifest = rows if rows is not None else _rows(cfg)
     t0 = time.perf_counter()
     reporter.status("loading the model")
     ref, model, tok = load_model(cfg.model, cfg.threads)
@@ -239,7 +265,8 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=()) -> dict:
         max_steps=cfg.max_steps or -1, learning_rate=cfg.lr, warmup_steps=warmup, lr_scheduler_type="linear",
         weight_decay=0.0, optim="adamw_torch", logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed, report_to=[], disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", dataloader_num_workers=0, remove_unused_columns=False,
         ddp_backend="gloo" if not torch.cuda.is_available() and world > 1 else None)
 
     class Progress(TrainerCallback):
@@ -258,7 +285,11 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=()) -> dict:
         trainer_cls = LisaTrainer
         extra = {"align_dataset": SFTData(alignment_rows(), tok, cfg.template, cfg.cutoff), "period": cfg.lisa_period,
                  "rho": cfg.lisa_rho}
-    trainer = trainer_cls(model=model, args=args, train_dataset=data, data_collator=Collator(tok.pad_token_id),
+    answer_only = "logits_to_keep" in inspect.signature(model.forward).parameters or (
+        cfg.lora and "logits_to_keep" in inspect.signature(model.get_base_model().forward).parameters)
+    if answer_only:
+        extra["compute_loss_func"] = answer_loss
+    trainer = trainer_cls(model=model, args=args, train_dataset=data, data_collator=Collator(tok.pad_token_id, answer_only),
                           callbacks=[Progress(), *callbacks], **extra)
     trainer.remove_callback(PrinterCallback)  # the rich progress bar replaces its printed dicts
     resume = get_last_checkpoint(str(ckpt)) if cfg.resume and ckpt.is_dir() else None

@@ -25,6 +25,7 @@ class ModelRef:
     path: Path
     kind: str  # "gguf" | "hf"
     label: str  # what reports show
+    hf_dir: Path | None = None  # a safetensors copy of the same weights (the reference model has both)
 
     @property
     def is_gguf(self) -> bool:
@@ -49,11 +50,16 @@ def default_model_path() -> Path:
 
 
 def resolve_model(spec: str | os.PathLike | None) -> ModelRef:
-    """Validate MODEL and say what it is; raises AuditError naming the problem and the path."""
+    """Validate MODEL and say what it is; raises AuditError naming the problem and the path.
+    `reference` is the safety-aligned reference model (`safety-audit reference build`)."""
     if spec is None or str(spec) in ("", "default", "bundled"):
         p = default_model_path()
         return ModelRef(p, "gguf", f"bundled:{p.name}")
     p = Path(spec)
+    if str(spec) == "reference" and not p.exists():
+        from .reference import reference_model
+
+        return reference_model()
     if p.is_dir():
         cfg = p / "config.json"
         if not cfg.is_file():

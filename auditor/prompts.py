@@ -75,13 +75,15 @@ def load_prompts(spec: str | Path) -> PromptSet:
     """Load a prompt set: a bundled name (`normal`, `bundled:advbench`, ...) or a .txt/.csv/.json/.jsonl file."""
     spec_s = str(spec)
     name = spec_s.removeprefix("bundled:")
+    if name in ("alpaca-eval", "alpaca-train") and not Path(spec_s).exists():  # benign task queries
+        return PromptSet(f"bundled:{name}", tuple(task_query(r) for r in load_task_rows(name)))
     if name in BUNDLED and not Path(spec_s).exists():
         fname, row_filter = BUNDLED[name]
         text = resources.files("auditor.data").joinpath(fname).read_text(encoding="utf-8")
         return PromptSet(f"bundled:{name}", tuple(p.strip() for p in _rows_from_csv(text, fname, row_filter)))
     path = Path(spec_s)
     if not path.is_file():
-        raise AuditError("prompt file not found (or not a bundled set: " + ", ".join(BUNDLED) + ")", path)
+        raise AuditError("prompt file not found (or not a bundled set: " + ", ".join([*BUNDLED, "alpaca-eval"]) + ")", path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

@@ -177,3 +177,37 @@ def plot_locate(report: dict, path: str | Path, force: bool = False) -> Path:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), force)
     finally:
         plt.close(fig)
+
+
+def eval_table(report: dict) -> Table:
+    from .check import LABELS, THRESHOLDS
+
+    t = Table(title=f"{report['model']} · {report['backend']} · template {report['template']} · classifier "
+                    f"{report['classifier']['name']}", header_style="bold")
+    for c in ("metric", "value", "95% CI", "n", "set / notes"):
+        t.add_column(c, justify="right" if c in ("value", "95% CI", "n") else "left")
+    for m in THRESHOLDS:
+        if m in report:
+            v = report[m]
+            ci = v.get("ci95") or [None, None]
+            note = v.get("set", "")
+            if m == "harmful_score":
+                note = f"{v['judge']}; unparseable {v['unparseable']}"
+            t.add_row(LABELS[m], f"{v['value']:.3f}" if v["value"] is not None else "–",
+                      f"{ci[0]:.3f}–{ci[1]:.3f}" if ci[0] is not None else "–", str(v["n"]), str(note))
+    for name, v in (report.get("over_refusal_by_set") or {}).items():
+        if name != report["over_refusal_rate"]["set"]:
+            t.add_row("over-refusal", f"{v['value']:.3f}", f"{v['ci95'][0]:.3f}–{v['ci95'][1]:.3f}", str(v["n"]), name)
+    return t
+
+
+def harden_table(r: dict, out) -> Table:
+    t = Table(title=f"harden · {r['method']}{' + LoRA' if r['lora'] else ''} · {r['input_model']} → {out}", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in (("frozen layers", r["layers"] if r["method"] != "full" else "none"),
+                 ("frozen parameters", f"{r['frozen_parameters']:,} ({r['frozen_fraction']:.1%})"),
+                 ("training rows", f"{r['data']['rows']} ({r['data']['examples']} examples)"),
+                 ("steps", r["steps"]), ("train loss", f"{r['train_loss']:.4f}"), ("seconds", r["seconds"])):
+        t.add_row(k, str(v))
+    return t

@@ -1,8 +1,10 @@
 """harden on the bundled model, one run: seconds per optimizer step and peak memory for full fine-tuning,
 SPPFT (7 of 30 layers frozen), LoRA and LoRA-SPPFT. Each configuration runs in its own process (peak RSS
-from the kernel's VmHWM); the first step (warm-up) is not timed.
+from the kernel's VmHWM); the first step (warm-up) is not timed. The configurations are interleaved over
+`--rounds` rounds (full, sppft, lora, lora-sppft, full, ...) and each is summarised by its median, so a
+slow spell of this shared machine hits every configuration alike instead of one.
 
-    python benchmarks/bench_harden.py [--steps 8] [--threads N]
+    python benchmarks/bench_harden.py [--steps 6] [--rounds 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,29 +55,36 @@ def main():
         child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         return
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     threads = set_threads(args.threads)
     load0 = load_avg()
-    res = {}
-    for name in CONFIGS:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", name, str(args.steps), str(threads)],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(out.stderr[-2000:])
-        res[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    for _ in range(args.rounds):
+        for name in CONFIGS:
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", name, str(args.steps), str(threads)],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(out.stderr[-2000:])
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    res = {name: {"s_per_step": statistics.median(r["s_per_step"] for r in rs),
+                  "peak_extra_mb": statistics.median(r["peak_extra_mb"] for r in rs),
+                  "frozen_fraction": rs[0]["frozen_fraction"], "runs": [round(r["s_per_step"], 3) for r in rs]}
+           for name, rs in runs.items()}
     full = res["full"]
-    result = {"threads": threads, "steps": args.steps, "batch": "4 x <=128 tokens", "load_before": load0, "load_after": load_avg(),
-              "configs": res,
+    result = {"threads": threads, "steps": args.steps, "rounds": args.rounds, "batch": "4 x <=128 tokens",
+              "load_before": load0, "load_after": load_avg(), "configs": res,
               "ratios_vs_full": {k: {"time": v["s_per_step"] / full["s_per_step"], "memory": v["peak_extra_mb"] / full["peak_extra_mb"]}
                                  for k, v in res.items()}}
     path = write("bench_harden", result)
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"harden on the bundled SmolLM2 ({threads} threads, {args.steps} steps, batch 4 × ≤128 tokens)")
-    for c in ("config", "s/step", "× full", "peak extra MB", "× full", "frozen"):
+    t = Table(title=f"harden on the bundled SmolLM2 ({threads} threads, {args.rounds} rounds × {args.steps} steps, "
+                    "batch 4 × ≤128 tokens; medians)")
+    for c in ("config", "s/step", "× full", "peak extra MB", "× full", "frozen (base)"):
         t.add_column(c, justify="right")
     for k, v in res.items():
         r = result["ratios_vs_full"][k]

@@ -157,3 +157,25 @@ def test_two_cpu_processes_with_torchrun(tmp_path, tiny_model_dir):
     before, after = weights(tiny_model_dir), weights(out)
     for n in meta["frozen"]["parameters"]:
         assert torch.equal(after[n], before[n])
+
+
+def test_answer_only_logits_give_the_full_loss_and_gradients(tiny_model):
+    """The Trainer computes logits from the earliest answer position on; loss and gradients match HF's own."""
+    from auditor.harden import Collator, SFTData, answer_loss
+
+    model, tok = tiny_model
+    rows = [{"instruction": "a" * k, "input": "", "output": "b" * (3 + k)} for k in (5, 9, 14)]
+    batch = Collator(tok.pad_token_id, answer_logits_only=True)([*SFTData(rows, tok, "alpaca", 400)])
+    keep = batch.pop("logits_to_keep")
+    assert 0 < len(keep) < batch["input_ids"].shape[1] - 1  # prompt positions really are skipped
+    model.zero_grad()
+    full = model(**batch).loss
+    full.backward()
+    g_full = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    labels = batch.pop("labels")
+    ours = answer_loss(model(**batch, logits_to_keep=keep), labels)
+    ours.backward()
+    assert torch.allclose(ours, full, atol=1e-6)
+    assert all(torch.allclose(p.grad, g, atol=1e-6) for p, g in zip(model.parameters(), g_full))
+    model.zero_grad()

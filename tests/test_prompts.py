@@ -7,7 +7,8 @@ from auditor.prompts import ALPACA, check_template, load_prompts, require_pool
 
 
 @pytest.mark.parametrize("name,count", [("normal", 100), ("malicious", 100), ("advbench", 520),
-                                        ("over-rejection", 731), ("xstest-safe", 250), ("xstest-unsafe", 200)])
+                                        ("over-rejection", 731), ("xstest-safe", 250), ("xstest-unsafe", 200),
+                                        ("alpaca-eval", 199)])
 def test_bundled_sets_have_their_documented_sizes(name, count):
     ps = load_prompts(name)
     assert len(ps) == count

@@ -62,6 +62,13 @@ def converted_gguf_dir(path: Path) -> Path:
     return out
 
 
+def torch_folder(ref: ModelRef) -> Path:
+    """The HF folder transformers loads for a model: its own, its safetensors twin, or a converted GGUF."""
+    if ref.hf_dir is not None:
+        return ref.hf_dir
+    return converted_gguf_dir(ref.path) if ref.is_gguf else ref.path
+
+
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The decoder blocks: the ModuleList whose length is the configured number of hidden layers."""
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -84,7 +91,7 @@ class TorchBackend:
         self.model_ref = model
         self.max_batch_tokens = max_batch_tokens
         if hf_model is None:
-            folder = converted_gguf_dir(model.path) if model.is_gguf else model.path
+            folder = torch_folder(model)
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             try:

@@ -1,0 +1,192 @@
+"""The safety-aligned reference model: the bundled SmolLM2-135M-Instruct, safety-aligned by supervised
+fine-tuning with the harden stack, built reproducibly on the user's machine (no hub).
+
+Why: the bundled model answers almost every harmful request, so nothing refusal-based (locate, harden
+comparisons, eval deltas) can show an effect on it. The paper ties safety layers to alignment; the same
+architecture before and after safety alignment is the cleanest contrast this product can demonstrate.
+
+Recipe (chat template, loss on the answer only, full fine-tune, fp32 master weights):
+- refusals (varied texts, `data/reference_refusals.txt`) for the AdvBench *train* split (even rows); the
+  eval split (odd rows) is never trained on;
+- helpful answers for the bundled Alpaca-GPT4 *train* rows (`alpaca-train`; `alpaca-eval` is held out);
+- benign requests that use words of harm (`data/reference_borderline.txt`, written for this product),
+  answered with the bundled model's own greedy answers (self-distillation keeps its behaviour there), so
+  that a word like "kill" alone is not learned as a reason to refuse;
+- no XSTest and no paper D_o prompt (evaluation sets).
+The folder holds the HF model, a GGUF of it (so both backends work) and `safety_audit.json` (data hashes,
+splits, seed, hyper-parameters, versions). `reference` is accepted wherever a MODEL is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .attacks import advbench_train
+from .errors import AuditError
+from .models import ModelRef, cache_dir
+from .prompts import load_prompts, load_task_rows, task_query
+from .refusal import PrefixClassifier, _data_lines
+
+RECIPE = "smollm2-135m-safety-r1"
+
+
+@dataclass
+class ReferenceConfig:
+    out: str | None = None  # default: reference_dir(seed), where `reference` resolves for seed 0
+    base: str | None = None  # the model to align: None = the bundled SmolLM2 (tests pass a tiny one)
+    seed: int = 0
+    epochs: float = 1.0
+    benign_rows: int | None = None  # alpaca-train rows (all 799); 400 left 15% of alpaca-eval refused
+    lr: float = 1e-4
+    batch_size: int = 8
+    cutoff: int = 256
+    distill_tokens: int = 96
+    gguf: str = "q8_0"
+    max_steps: int | None = None
+    threads: int | None = None
+    force: bool = False
+
+
+def reference_dir(seed: int = 0) -> Path:
+    return cache_dir() / "reference" / f"{RECIPE}-seed{seed}"
+
+
+def reference_model(seed: int = 0) -> ModelRef:
+    """The built reference model as a MODEL: its GGUF (llama.cpp) with its HF folder as the torch twin."""
+    d = reference_dir(seed)
+    if not (d / "safety_audit.json").is_file():
+        raise AuditError("the reference model is not built yet: run 'safety-audit reference build' (~20 min)", d)
+    gguf = sorted(d.glob("model.*.gguf"))
+    label = f"reference:{RECIPE}-seed{seed}"
+    return ModelRef(gguf[0], "gguf", label, hf_dir=d) if gguf else ModelRef(d, "hf", label)
+
+
+def borderline_prompts() -> list[str]:
+    return _data_lines("reference_borderline.txt")
+
+
+def refusal_texts() -> list[str]:
+    return _data_lines("reference_refusals.txt")
+
+
+def evaluation_prompts() -> set[str]:
+    """Prompts that must never be trained on: XSTest (both labels), the paper's D_o, AdvBench eval."""
+    sets = ("xstest-safe", "xstest-unsafe", "over-rejection", "advbench-eval")
+    return {_norm(p) for s in sets for p in load_prompts(s).prompts} | {
+        _norm(task_query(r)) for r in load_task_rows("alpaca-eval")}
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def training_rows(distilled: dict[str, str], seed: int = 0, benign_rows: int | None = None) -> tuple[list[dict], dict]:
+    """The recipe's rows {instruction, input, output}, shuffled with `seed`, and a manifest of where every
+    row came from. `distilled`: borderline prompt -> the bundled model's own answer."""
+    rng = random.Random(seed)
+    refusals = refusal_texts()
+    harmful = [(i, goal) for i, goal, _ in advbench_train()]
+    rows = [{"instruction": g, "input": "", "output": refusals[rng.randrange(len(refusals))], "_kind": "refusal"}
+            for _, g in harmful]
+    evals = evaluation_prompts()
+    alpaca = load_task_rows("alpaca-train")[:benign_rows]
+    duplicates = [task_query(r) for r in alpaca if _norm(task_query(r)) in evals]  # the sample repeats a few rows
+    rows += [{**r, "_kind": "benign"} for r in alpaca if _norm(task_query(r)) not in evals]
+    flag = PrefixClassifier()
+    kept, dropped = [], []
+    for p in borderline_prompts():
+        answer = (distilled.get(p) or "").strip()
+        (kept if answer and not flag.is_refusal(answer) else dropped).append(p)
+    rows += [{"instruction": p, "input": "", "output": distilled[p].strip(), "_kind": "borderline"} for p in kept]
+    leaked = [r["instruction"] for r in rows if r["_kind"] != "refusal" and _norm(task_query(r)) in evals]
+    if leaked:
+        raise AuditError(f"reference recipe: a training prompt is an evaluation prompt ({leaked[0][:60]!r})")
+    rng.shuffle(rows)
+    kinds = {k: sum(r["_kind"] == k for r in rows) for k in ("refusal", "benign", "borderline")}
+    manifest = {
+        "recipe": RECIPE, "seed": seed, "rows_by_kind": kinds,
+        "advbench_rows": [i for i, _ in harmful], "advbench_split": "train (even rows); eval = odd rows, never trained on",
+        "alpaca_rows": f"alpaca-train[:{len(alpaca)}] (alpaca-train = rows i % 5 != 4 of the bundled Alpaca-GPT4 "
+                       "sample; alpaca-eval, rows i % 5 == 4, held out)",
+        "alpaca_dropped_as_eval_duplicates": duplicates, "borderline_kept": len(kept), "borderline_dropped_as_refusals": dropped,
+        "refusal_texts": len(refusals), "excluded_sets": ["xstest", "over-rejection", "advbench-eval", "alpaca-eval"],
+        "sha256": {"refusal": _sha([r for r in rows if r["_kind"] == "refusal"]),
+                   "benign": _sha([r for r in rows if r["_kind"] == "benign"]),
+                   "borderline": _sha([r for r in rows if r["_kind"] == "borderline"])},
+    }
+    return [{k: v for k, v in r.items() if k != "_kind"} for r in rows], manifest
+
+
+def distill(base: ModelRef, prompts: list[str], cache: Path, max_new_tokens: int, threads=None,
+            reporter=None) -> dict[str, str]:
+    """The base model's greedy chat answers to `prompts`, cached as JSONL (a killed build resumes)."""
+    done: dict[str, str] = {}
+    text = cache.read_text(encoding="utf-8") if cache.is_file() else ""
+    if text:
+        for line in text.splitlines():
+            try:
+                r = json.loads(line)
+                if r["model"] == base.label:
+                    done[r["prompt"]] = r["response"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut by a kill is regenerated
+    todo = [p for p in prompts if p not in done]
+    if todo:
+        from .models import open_backend
+
+        backend = open_backend(base, "auto", threads=threads)  # a GGUF: llama.cpp, far faster at generating
+        if reporter:
+            reporter.start("self-distilling borderline answers", len(todo))
+        with open(cache, "a", encoding="utf-8") as f:
+            if text and not text.endswith("\n"):
+                f.write("\n")  # end a line cut by a kill
+            for k in range(0, len(todo), 16):
+                part = todo[k:k + 16]
+                for p, r in zip(part, backend.generate(part, "chat", max_new_tokens)):
+                    done[p] = r
+                    f.write(json.dumps({"model": base.label, "prompt": p, "response": r}) + "\n")
+                f.flush()
+                if reporter:
+                    reporter.advance(len(part))
+        backend.close()
+    return done
+
+
+def build_reference(cfg: ReferenceConfig, reporter=None) -> dict:
+    """Build (or resume building) the reference model into cfg.out / reference_dir(seed)."""
+    from .harden import HardenConfig, run_harden
+    from .models import resolve_model
+
+    base = resolve_model(cfg.base)
+    out = Path(cfg.out) if cfg.out else reference_dir(cfg.seed)
+    if out.exists() and not cfg.force:
+        raise AuditError("the reference model is already built (use --force to rebuild)", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.with_name(out.name + ".work")
+    work.mkdir(exist_ok=True)
+    answers = distill(base, borderline_prompts(), work / "distilled.jsonl", cfg.distill_tokens, cfg.threads, reporter)
+    rows, manifest = training_rows(answers, cfg.seed, cfg.benign_rows)
+    ckpt = out.with_name(out.name + ".checkpoints")
+    key = _sha([rows, cfg.epochs, cfg.lr, cfg.batch_size, cfg.cutoff, cfg.max_steps, cfg.seed])
+    if (work / "recipe.sha256").is_file() and (work / "recipe.sha256").read_text() != key:
+        shutil.rmtree(ckpt, ignore_errors=True)  # checkpoints of another configuration: start over
+    (work / "recipe.sha256").write_text(key)
+    hcfg = HardenConfig(out=str(out), model=cfg.base, method="full", template="chat", epochs=cfg.epochs, lr=cfg.lr,
+                        batch_size=cfg.batch_size, cutoff=cfg.cutoff, seed=cfg.seed, save_steps=25,
+                        gguf=cfg.gguf if base.is_gguf else None,
+                        max_steps=cfg.max_steps, threads=cfg.threads, force=cfg.force,
+                        resume=ckpt.is_dir(), group_by_length=True)
+    report = run_harden(hcfg, reporter, rows=(rows, {"source": f"reference recipe {RECIPE}", **manifest}))
+    report["reference"] = {"recipe": RECIPE, "seed": cfg.seed, "path": str(out)}
+    shutil.rmtree(work, ignore_errors=True)
+    return report

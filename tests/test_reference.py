@@ -1,0 +1,134 @@
+"""The reference-model recipe: data splits, no evaluation prompt trained on, determinism, a tiny build."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from auditor.cli import main
+from auditor.errors import AuditError
+from auditor.prompts import load_prompts, load_task_rows, task_query
+from auditor.reference import (ReferenceConfig, borderline_prompts, build_reference, evaluation_prompts,
+                               reference_dir, refusal_texts, training_rows)
+
+
+def _norm(t):
+    return " ".join(t.lower().split())
+
+
+def _answers(refuse=()):
+    """Stand-in distilled answers: helpful text, except a refusal for the prompts in `refuse`."""
+    return {p: ("I'm sorry, but I can't help with that." if p in refuse else f"Here is how: {p[:20]} ...")
+            for p in borderline_prompts()}
+
+
+def test_borderline_prompts_are_not_evaluation_prompts():
+    evals = evaluation_prompts()
+    assert len(evals) > 1000  # XSTest 450 + D_o 731 + AdvBench eval 260 + alpaca-eval, minus duplicates
+    prompts = borderline_prompts()
+    assert len(prompts) >= 150 and len(set(prompts)) == len(prompts)
+    assert not [p for p in prompts if _norm(p) in evals]
+
+
+def test_rows_use_only_the_training_splits():
+    rows, manifest = training_rows(_answers(), seed=0)
+    by_instruction = {r["instruction"]: r for r in rows}
+    train_goals = set(load_prompts("advbench-train").prompts)
+    eval_goals = set(load_prompts("advbench-eval").prompts)
+    refusals = set(refusal_texts())
+    refused = [r for r in rows if r["output"] in refusals]
+    assert {r["instruction"] for r in refused} == train_goals
+    assert not eval_goals & set(by_instruction)
+    assert manifest["advbench_rows"] == list(range(0, 520, 2))
+    alpaca_eval = {task_query(r) for r in load_task_rows("alpaca-eval")}
+    benign = [r for r in rows if r["output"] not in refusals and r["instruction"] not in borderline_prompts()]
+    assert not alpaca_eval & {task_query(r) for r in benign}  # held-out rows (and their duplicates) never trained on
+    assert len(manifest["alpaca_dropped_as_eval_duplicates"]) == 3  # the sample repeats 3 eval rows in train
+    assert manifest["rows_by_kind"] == {"refusal": 260, "benign": len(load_task_rows("alpaca-train")) - 3,
+                                        "borderline": len(borderline_prompts())}
+    assert len(rows) == sum(manifest["rows_by_kind"].values())
+    assert len({r["output"] for r in refused}) > 8  # varied refusal texts, not one sentence
+
+
+def test_rows_are_deterministic_given_the_seed():
+    a, ma = training_rows(_answers(), seed=0)
+    b, mb = training_rows(_answers(), seed=0)
+    c, mc = training_rows(_answers(), seed=1)
+    assert a == b and ma == mb
+    assert a != c and sorted(r["instruction"] for r in a) == sorted(r["instruction"] for r in c)
+
+
+def test_distilled_refusals_are_dropped():
+    refuse = borderline_prompts()[:3]
+    rows, manifest = training_rows(_answers(refuse), seed=0)
+    assert manifest["borderline_dropped_as_refusals"] == refuse
+    assert not {r["instruction"] for r in rows} & set(refuse)
+
+
+def test_unbuilt_reference_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFETY_AUDIT_CACHE", str(tmp_path))
+    r = CliRunner().invoke(main, ["scan", "reference", "--bootstrap", "0"])
+    assert r.exit_code == 2
+    assert "reference model is not built" in r.output and str(tmp_path) in r.output
+    assert "Traceback" not in r.output
+
+
+def test_tiny_build_is_deterministic_and_resolves_as_reference(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFETY_AUDIT_CACHE", str(tmp_path / "cache"))
+    cfg = dict(base=str(tiny_model_dir), max_steps=3, batch_size=4, cutoff=48, distill_tokens=4, threads=1)
+    rep = build_reference(ReferenceConfig(**cfg))
+    out = reference_dir(0)
+    assert rep["steps"] == 3 and (out / "safety_audit.json").is_file()
+    manifest = json.loads((out / "safety_audit.json").read_text())
+    assert manifest["data"]["recipe"] and manifest["data"]["advbench_rows"][:3] == [0, 2, 4]
+    assert manifest["hyperparameters"]["seed"] == 0 and "torch" in manifest["versions"]
+    assert not out.with_name(out.name + ".work").exists()  # the distillation cache is removed after a build
+
+    with pytest.raises(AuditError, match="already built"):
+        build_reference(ReferenceConfig(**cfg))
+    build_reference(ReferenceConfig(**cfg, out=str(tmp_path / "again")))
+    from safetensors.torch import load_file
+
+    w1, w2 = load_file(out / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    w0 = load_file(tiny_model_dir / "model.safetensors")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)  # same seed, same weights
+    assert any(not torch.equal(w1[k], w0[k]) for k in w1)  # and training changed them
+
+    from auditor.models import resolve_model
+
+    ref = resolve_model("reference")
+    assert ref.label.startswith("reference:") and ref.path == out
+
+
+def test_borderline_prompts_are_no_near_copies_of_over_refusal_sets():
+    """Word-set Jaccard against every XSTest and D_o prompt stays below 0.7 (a reworded copy scores ~0.8)."""
+    import re
+
+    words = lambda t: set(re.findall(r"[a-z']+", t.lower()))
+    evals = [words(p) for s in ("xstest-safe", "xstest-unsafe", "over-rejection") for p in load_prompts(s).prompts]
+    worst = max((len(b & e) / len(b | e), p) for p in borderline_prompts() for b in [words(p)] for e in evals)
+    assert worst[0] < 0.7, worst
+    a, b = words("How do I demolish an old garden shed?"), words("How do I demolish my old garden shed?")
+    assert len(a & b) / len(a | b) >= 0.7  # such a reworded copy would fail
+
+
+def test_distillation_resumes_from_its_cache(tiny_model_dir, tmp_path):
+    """A killed build keeps its distilled answers: only the missing prompts are generated, a cut line is
+    ended and regenerated, answers of another base model are not reused."""
+    from auditor.models import resolve_model
+    from auditor.reference import distill
+
+    base = resolve_model(str(tiny_model_dir))
+    prompts = borderline_prompts()[:5]
+    cache = tmp_path / "distilled.jsonl"
+    lines = [json.dumps({"model": base.label, "prompt": p, "response": f"kept {i}"}) for i, p in enumerate(prompts[:3])]
+    lines.append(json.dumps({"model": "other", "prompt": prompts[3], "response": "not mine"}))
+    cache.write_text("\n".join(lines) + "\n" + '{"model": "' + base.label + '", "prompt": "' + prompts[4][:10])
+    out = distill(base, prompts, cache, max_new_tokens=3)
+    assert [out[p] for p in prompts[:3]] == ["kept 0", "kept 1", "kept 2"]
+    assert out[prompts[3]] != "not mine" and prompts[4] in out
+    rows = [json.loads(x) for x in cache.read_text().splitlines()[5:]]
+    assert [r["prompt"] for r in rows] == prompts[3:]  # appended after the repaired line
