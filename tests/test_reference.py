@@ -103,12 +103,13 @@ def test_tiny_build_is_deterministic_and_resolves_as_reference(tiny_model_dir, t
     assert ref.label.startswith("reference:") and ref.path == out
 
 
-def test_borderline_prompts_are_no_near_copies_of_over_refusal_sets():
-    """Word-set Jaccard against every XSTest and D_o prompt stays below 0.7 (a reworded copy scores ~0.8)."""
+def test_borderline_prompts_are_no_near_copies_of_evaluation_prompts():
+    """Word-set Jaccard against every XSTest, D_o and alpaca-eval prompt stays below 0.7 (a reworded copy
+    scores ~0.8)."""
     import re
 
     words = lambda t: set(re.findall(r"[a-z']+", t.lower()))
-    evals = [words(p) for s in ("xstest-safe", "xstest-unsafe", "over-rejection") for p in load_prompts(s).prompts]
+    evals = [words(p) for s in ("xstest-safe", "xstest-unsafe", "over-rejection", "alpaca-eval") for p in load_prompts(s).prompts]
     worst = max((len(b & e) / len(b | e), p) for p in borderline_prompts() for b in [words(p)] for e in evals)
     assert worst[0] < 0.7, worst
     a, b = words("How do I demolish an old garden shed?"), words("How do I demolish my old garden shed?")
