@@ -363,7 +363,7 @@ def reference():
 @click.option("--out", default=None, metavar="DIR", help="Default: the user cache, which is what MODEL 'reference' means.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=float, default=1.0, show_default=True)
-@click.option("--benign-rows", type=int, default=None, help="Use the first N Alpaca-train rows (default: all 799).")
+@click.option("--benign-rows", type=int, default=None, help="Use the first N Alpaca-train rows (default: all 800).")
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (quick runs).")
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_path", default=None, metavar="PATH", help="Also write the build report ('-' prints it).")
@@ -387,14 +387,15 @@ def reference_build(out, seed, epochs, benign_rows, max_steps, threads, json_pat
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def reference_show(seed, as_json):
     """Where the reference model is and how it was built (exit 2 when it is not built)."""
-    from .reference import reference_model
+    from .reference import reference_dir, reference_model
 
     ref = reference_model(seed)
-    info = json.loads((ref.hf_dir / "safety_audit.json").read_text())
+    folder = reference_dir(seed)
+    info = json.loads((folder / "safety_audit.json").read_text())
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        Console().print(f"{ref.label}\n  HF folder: {ref.hf_dir}\n  GGUF: {ref.path}\n  rows: {info['data']['rows_by_kind']}, "
+        Console().print(f"{ref.label}\n  HF folder: {folder}\n  GGUF: {ref.path}\n  rows: {info['data']['rows_by_kind']}, "
                         f"steps {info['steps']}, train loss {info['train_loss']:.4f}, {info['seconds']} s", highlight=False)
 
 

@@ -125,7 +125,7 @@ class SFTData(torch.utils.data.Dataset):
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:
     """Sequence positions whose logits the loss needs: from the one predicting the batch's earliest answer
     token to the second-last. Prompt positions before it need no logits (loss on the answer only)."""
-    rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+    _, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
     start = int(cols.min()) if len(cols) else labels.shape[1] - 2
     return torch.arange(start, labels.shape[1] - 1)
 
@@ -198,8 +198,9 @@ def _check_out(cfg: HardenConfig) -> Path:
     return out
 
 
-def _sha256_rows(rows) -> str:
-    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+def sha256_json(obj) -> str:
+    """Content hash of JSON-able data (training rows, recipe keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[dict], dict] | None = None) -> dict:
@@ -285,8 +286,8 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[
         trainer_cls = LisaTrainer
         extra = {"align_dataset": SFTData(alignment_rows(), tok, cfg.template, cfg.cutoff), "period": cfg.lisa_period,
                  "rho": cfg.lisa_rho}
-    answer_only = "logits_to_keep" in inspect.signature(model.forward).parameters or (
-        cfg.lora and "logits_to_keep" in inspect.signature(model.get_base_model().forward).parameters)
+    causal_lm = model.get_base_model() if cfg.lora else model
+    answer_only = "logits_to_keep" in inspect.signature(causal_lm.forward).parameters
     if answer_only:
         extra["compute_loss_func"] = answer_loss
     trainer = trainer_cls(model=model, args=args, train_dataset=data, data_collator=Collator(tok.pad_token_id, answer_only),
@@ -301,7 +302,7 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[
         "lora": cfg.lora, "input_model": ref.label, "template": cfg.template,
         "layers": list(rng) if rng else None, "frozen": frozen, "frozen_parameters": n_frozen,
         "frozen_fraction": n_frozen / n_total, "block_parameters": budget,
-        "data": {"rows": len(rows), "examples": len(data), "sha256": _sha256_rows(rows), **manifest},
+        "data": {"rows": len(rows), "examples": len(data), "sha256": sha256_json(rows), **manifest},
         "hyperparameters": {k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "resume", "threads")}
                            | {"warmup_steps": warmup, "total_steps": total, "world_size": world},
         "resumed_from": resume, "train_loss": result.training_loss, "steps": trainer.state.global_step,

@@ -20,6 +20,7 @@ ALPACA = (
     "request.\n\n### Instruction:\n{q}\n\n### Response:\n"
 )
 TEMPLATES = ("alpaca", "chat", "raw")
+TASK_SETS = ("alpaca-eval", "alpaca-train")  # bundled Alpaca-GPT4 rows: held-out every 5th row, and the rest
 PROMPT_FIELDS = ("prompt", "goal", "instruction")
 
 # name -> (file, column filter); bundled sets are package data (see auditor/data/SOURCES.md)
@@ -75,7 +76,7 @@ def load_prompts(spec: str | Path) -> PromptSet:
     """Load a prompt set: a bundled name (`normal`, `bundled:advbench`, ...) or a .txt/.csv/.json/.jsonl file."""
     spec_s = str(spec)
     name = spec_s.removeprefix("bundled:")
-    if name in ("alpaca-eval", "alpaca-train") and not Path(spec_s).exists():  # benign task queries
+    if name in TASK_SETS and not Path(spec_s).exists():  # benign task queries
         return PromptSet(f"bundled:{name}", tuple(task_query(r) for r in load_task_rows(name)))
     if name in BUNDLED and not Path(spec_s).exists():
         fname, row_filter = BUNDLED[name]
@@ -83,7 +84,7 @@ def load_prompts(spec: str | Path) -> PromptSet:
         return PromptSet(f"bundled:{name}", tuple(p.strip() for p in _rows_from_csv(text, fname, row_filter)))
     path = Path(spec_s)
     if not path.is_file():
-        raise AuditError("prompt file not found (or not a bundled set: " + ", ".join([*BUNDLED, "alpaca-eval"]) + ")", path)
+        raise AuditError("prompt file not found (or not a bundled set: " + ", ".join([*BUNDLED, *TASK_SETS]) + ")", path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -123,7 +124,7 @@ def load_task_rows(spec: str | Path = "alpaca-eval") -> list[dict]:
     """Alpaca-form rows {instruction, input, output}: bundled `alpaca-eval` (every 5th row of the bundled
     Alpaca-GPT4 sample, held out from any training split: `alpaca-train` is the rest) or a .json/.jsonl/.csv file."""
     name = str(spec).removeprefix("bundled:")
-    if name in ("alpaca-eval", "alpaca-train") and not Path(str(spec)).exists():
+    if name in TASK_SETS and not Path(str(spec)).exists():
         rows = json.loads(resources.files("auditor.data").joinpath("alpaca_gpt4_en_demo_999.json").read_text(encoding="utf-8"))
         return [r for i, r in enumerate(rows) if (i % 5 == 4) == (name == "alpaca-eval")]
     path = Path(spec)

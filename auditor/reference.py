@@ -19,7 +19,6 @@ splits, seed, hyper-parameters, versions). `reference` is accepted wherever a MO
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -29,9 +28,10 @@ from pathlib import Path
 
 from .attacks import advbench_train
 from .errors import AuditError
+from .harden import sha256_json
 from .models import ModelRef, cache_dir
 from .prompts import load_prompts, load_task_rows, task_query
-from .refusal import PrefixClassifier, _data_lines
+from .refusal import PrefixClassifier, data_lines
 
 RECIPE = "smollm2-135m-safety-r1"
 
@@ -42,7 +42,7 @@ class ReferenceConfig:
     base: str | None = None  # the model to align: None = the bundled SmolLM2 (tests pass a tiny one)
     seed: int = 0
     epochs: float = 1.0
-    benign_rows: int | None = None  # alpaca-train rows (all 799); 400 left 15% of alpaca-eval refused
+    benign_rows: int | None = None  # alpaca-train rows (all 800); 400 left 15% of alpaca-eval refused
     lr: float = 1e-4
     batch_size: int = 8
     cutoff: int = 256
@@ -61,18 +61,18 @@ def reference_model(seed: int = 0) -> ModelRef:
     """The built reference model as a MODEL: its GGUF (llama.cpp) with its HF folder as the torch twin."""
     d = reference_dir(seed)
     if not (d / "safety_audit.json").is_file():
-        raise AuditError("the reference model is not built yet: run 'safety-audit reference build' (~20 min)", d)
+        raise AuditError("the reference model is not built yet: run 'safety-audit reference build' (~30 min)", d)
     gguf = sorted(d.glob("model.*.gguf"))
     label = f"reference:{RECIPE}-seed{seed}"
     return ModelRef(gguf[0], "gguf", label, hf_dir=d) if gguf else ModelRef(d, "hf", label)
 
 
 def borderline_prompts() -> list[str]:
-    return _data_lines("reference_borderline.txt")
+    return data_lines("reference_borderline.txt")
 
 
 def refusal_texts() -> list[str]:
-    return _data_lines("reference_refusals.txt")
+    return data_lines("reference_refusals.txt")
 
 
 def evaluation_prompts() -> set[str]:
@@ -86,45 +86,43 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
 def training_rows(distilled: dict[str, str], seed: int = 0, benign_rows: int | None = None) -> tuple[list[dict], dict]:
     """The recipe's rows {instruction, input, output}, shuffled with `seed`, and a manifest of where every
     row came from. `distilled`: borderline prompt -> the bundled model's own answer."""
     rng = random.Random(seed)
     refusals = refusal_texts()
     harmful = [(i, goal) for i, goal, _ in advbench_train()]
-    rows = [{"instruction": g, "input": "", "output": refusals[rng.randrange(len(refusals))], "_kind": "refusal"}
-            for _, g in harmful]
+    parts: dict[str, list[dict]] = {"refusal": [{"instruction": g, "input": "", "output": refusals[rng.randrange(len(refusals))]}
+                                                for _, g in harmful], "benign": [], "borderline": []}
     evals = evaluation_prompts()
     alpaca = load_task_rows("alpaca-train")[:benign_rows]
-    duplicates = [task_query(r) for r in alpaca if _norm(task_query(r)) in evals]  # the sample repeats a few rows
-    rows += [{**r, "_kind": "benign"} for r in alpaca if _norm(task_query(r)) not in evals]
+    duplicates = []  # the sample repeats a few alpaca-eval rows in its train part
+    for r in alpaca:
+        if _norm(task_query(r)) in evals:
+            duplicates.append(task_query(r))
+        else:
+            parts["benign"].append(r)
     flag = PrefixClassifier()
     kept, dropped = [], []
     for p in borderline_prompts():
         answer = (distilled.get(p) or "").strip()
         (kept if answer and not flag.is_refusal(answer) else dropped).append(p)
-    rows += [{"instruction": p, "input": "", "output": distilled[p].strip(), "_kind": "borderline"} for p in kept]
-    leaked = [r["instruction"] for r in rows if r["_kind"] != "refusal" and _norm(task_query(r)) in evals]
+    leaked = [p for p in kept if _norm(p) in evals]
     if leaked:
         raise AuditError(f"reference recipe: a training prompt is an evaluation prompt ({leaked[0][:60]!r})")
+    parts["borderline"] = [{"instruction": p, "input": "", "output": distilled[p].strip()} for p in kept]
+    rows = [r for part in parts.values() for r in part]
     rng.shuffle(rows)
-    kinds = {k: sum(r["_kind"] == k for r in rows) for k in ("refusal", "benign", "borderline")}
     manifest = {
-        "recipe": RECIPE, "seed": seed, "rows_by_kind": kinds,
+        "recipe": RECIPE, "seed": seed, "rows_by_kind": {k: len(v) for k, v in parts.items()},
         "advbench_rows": [i for i, _ in harmful], "advbench_split": "train (even rows); eval = odd rows, never trained on",
         "alpaca_rows": f"alpaca-train[:{len(alpaca)}] (alpaca-train = rows i % 5 != 4 of the bundled Alpaca-GPT4 "
                        "sample; alpaca-eval, rows i % 5 == 4, held out)",
         "alpaca_dropped_as_eval_duplicates": duplicates, "borderline_kept": len(kept), "borderline_dropped_as_refusals": dropped,
         "refusal_texts": len(refusals), "excluded_sets": ["xstest", "over-rejection", "advbench-eval", "alpaca-eval"],
-        "sha256": {"refusal": _sha([r for r in rows if r["_kind"] == "refusal"]),
-                   "benign": _sha([r for r in rows if r["_kind"] == "benign"]),
-                   "borderline": _sha([r for r in rows if r["_kind"] == "borderline"])},
+        "sha256": {k: sha256_json(v) for k, v in parts.items()},
     }
-    return [{k: v for k, v in r.items() if k != "_kind"} for r in rows], manifest
+    return rows, manifest
 
 
 def distill(base: ModelRef, prompts: list[str], cache: Path, max_new_tokens: int, threads=None,
@@ -169,15 +167,18 @@ def build_reference(cfg: ReferenceConfig, reporter=None) -> dict:
 
     base = resolve_model(cfg.base)
     out = Path(cfg.out) if cfg.out else reference_dir(cfg.seed)
+    if cfg.out is None:
+        out.parent.mkdir(parents=True, exist_ok=True)  # the user cache; a given --out's parent must exist
+    elif not out.parent.is_dir():
+        raise AuditError("output's parent folder does not exist", out.parent)
     if out.exists() and not cfg.force:
         raise AuditError("the reference model is already built (use --force to rebuild)", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     work = out.with_name(out.name + ".work")
     work.mkdir(exist_ok=True)
     answers = distill(base, borderline_prompts(), work / "distilled.jsonl", cfg.distill_tokens, cfg.threads, reporter)
     rows, manifest = training_rows(answers, cfg.seed, cfg.benign_rows)
     ckpt = out.with_name(out.name + ".checkpoints")
-    key = _sha([rows, cfg.epochs, cfg.lr, cfg.batch_size, cfg.cutoff, cfg.max_steps, cfg.seed])
+    key = sha256_json([rows, cfg.epochs, cfg.lr, cfg.batch_size, cfg.cutoff, cfg.max_steps, cfg.seed])
     if (work / "recipe.sha256").is_file() and (work / "recipe.sha256").read_text() != key:
         shutil.rmtree(ckpt, ignore_errors=True)  # checkpoints of another configuration: start over
     (work / "recipe.sha256").write_text(key)

@@ -22,7 +22,7 @@ from .errors import AuditError
 CLASSIFIERS = ("prefix", "probe")
 
 
-def _data_lines(name: str) -> list[str]:
+def data_lines(name: str) -> list[str]:
     text = resources.files("auditor.data").joinpath(name).read_text(encoding="utf-8")
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
 
@@ -32,7 +32,7 @@ class PrefixClassifier:
     """Keyword match on greedy generations (`max_new_tokens`, paper: 16)."""
 
     max_new_tokens: int = 16
-    phrases: list[str] = field(default_factory=lambda: _data_lines("refusal_phrases.txt"))
+    phrases: list[str] = field(default_factory=lambda: data_lines("refusal_phrases.txt"))
     name: str = "prefix"
 
     def is_refusal(self, text: str) -> bool:
@@ -52,7 +52,7 @@ class ProbeClassifier:
     """Teacher-forced refusal-opening probability (no generation)."""
 
     threshold: float = 0.5
-    starts: list[str] = field(default_factory=lambda: _data_lines("refusal_starts.txt"))
+    starts: list[str] = field(default_factory=lambda: data_lines("refusal_starts.txt"))
     name: str = "probe"
 
     def plan(self, backend) -> tuple[set[int], dict[int, set[int]]]:
