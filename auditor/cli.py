@@ -139,7 +139,7 @@ def _range(value: str | None):
 @click.option("--start", default=None, metavar="i-j", help="Start range (inclusive, 0-based). Default: --from-scan or a fresh scan.")
 @click.option("--alpha", type=float, default=None, help="Scaling factor (>1 or <1). Default: automatic (steps of 0.05 from 1).")
 @click.option("--classifier", type=click.Choice(["prefix", "probe"]), default="prefix", show_default=True,
-              help="prefix: keywords on greedy generations; probe: refusal-opening probability, no generation.")
+              help="prefix: keywords in 16 greedy tokens; probe: does the greedy answer open with a refusal (<=4 tokens).")
 @click.option("--over-refusal", "over_refusal", default="over-rejection", show_default=True,
               help="Over-refusal set D_o: a bundled set (over-rejection, xstest-safe) or a file.")
 @click.option("--limit", type=int, default=150, show_default=True, help="Use the first N prompts of D_o (0 = all).")
@@ -363,15 +363,16 @@ def reference():
 @click.option("--out", default=None, metavar="DIR", help="Default: the user cache, which is what MODEL 'reference' means.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=float, default=1.0, show_default=True)
-@click.option("--benign-rows", type=int, default=None, help="Use the first N Alpaca-train rows (default: all 800).")
+@click.option("--benign-rows", type=int, default=600, show_default=True,
+              help="Self-distill the first N of the 797 Alpaca-train queries (the build-time budget).")
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (quick runs).")
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_path", default=None, metavar="PATH", help="Also write the build report ('-' prints it).")
 @click.option("--force", is_flag=True, help="Rebuild over an existing reference model.")
 @click.option("--quiet", "-q", is_flag=True)
 def reference_build(out, seed, epochs, benign_rows, max_steps, threads, json_path, force, quiet):
-    """Safety-align the bundled SmolLM2 (refusals for AdvBench-train, Alpaca-train answers, self-distilled
-    borderline answers); writes an HF folder + GGUF + manifest. A killed build resumes when re-run."""
+    """Safety-align the bundled SmolLM2 (refusals for AdvBench-train; its own answers to Alpaca-train and
+    borderline requests); writes an HF folder + GGUF + manifest. A killed build resumes when re-run."""
     from .reference import ReferenceConfig, build_reference
     from .report import harden_table
 

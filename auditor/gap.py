@@ -143,3 +143,19 @@ def initial_range(gap: torch.Tensor, ci_lo: torch.Tensor, rule: RangeRule = Rang
             j = next(k for k in range(i, K) if g[k] - b >= rule.plateau * peak)
             return [i, j], details
     return None, details
+
+
+def differential_range(diff: list[dict]) -> list[int] | None:
+    """The layers alignment moved most: the contiguous run around the differential-gap peak whose 95% CI
+    lies above 0 (aligned minus contrast model). A start for `locate` when the range rule finds no range
+    (small aligned models separate late and weakly; the differential still shows where alignment acted)."""
+    up = [d["ci95"][0] > 0 for d in diff]
+    if not any(up):
+        return None
+    peak = max((k for k in range(len(diff)) if up[k]), key=lambda k: diff[k]["diff_gap_deg"])
+    a = b = peak
+    while a > 0 and up[a - 1]:
+        a -= 1
+    while b + 1 < len(diff) and up[b + 1]:
+        b += 1
+    return [a, b]

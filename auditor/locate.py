@@ -169,12 +169,15 @@ def _start_range(cfg: LocateConfig, reporter) -> tuple[tuple[int, int], str]:
         p = Path(cfg.from_scan)
         try:
             rep = json.loads(p.read_text())
-            rng = rep["initial_range"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            rng, diff = rep["initial_range"], rep.get("differential_range")
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise AuditError("not a readable scan report (JSON with initial_range)", p) from None
-        if not rng:
-            raise AuditError("the scan report has no initial range (initial_range is null); pass --start i-j", p)
-        return (int(rng[0]), int(rng[1])), f"scan report {p}"
+        if rng:
+            return (int(rng[0]), int(rng[1])), f"scan report {p}"
+        if diff:  # a --contrast scan: start where alignment moved the gap most
+            return (int(diff[0]), int(diff[1])), f"scan report {p} (differential range; no initial range)"
+        raise AuditError("the scan report has no initial range and no differential range (scan with --contrast "
+                         "BASE_MODEL, or pass --start i-j)", p)
     from .scan import ScanConfig, run_scan
 
     rep = run_scan(ScanConfig(model=cfg.model, backend=cfg.backend, template=cfg.template, threads=cfg.threads), reporter)

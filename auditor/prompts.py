@@ -120,13 +120,23 @@ ALPACA_INPUT = (
 )
 
 
+def norm_text(text: str) -> str:
+    """Case- and whitespace-insensitive form of a prompt, to find the same prompt in two sets."""
+    return " ".join(text.lower().split())
+
+
 def load_task_rows(spec: str | Path = "alpaca-eval") -> list[dict]:
     """Alpaca-form rows {instruction, input, output}: bundled `alpaca-eval` (every 5th row of the bundled
-    Alpaca-GPT4 sample, held out from any training split: `alpaca-train` is the rest) or a .json/.jsonl/.csv file."""
+    Alpaca-GPT4 sample, held out from any training split) and `alpaca-train` (the rest, minus the 3 rows
+    whose query repeats an alpaca-eval query: a held-out set must not be trained on), or a .json/.jsonl/.csv file."""
     name = str(spec).removeprefix("bundled:")
     if name in TASK_SETS and not Path(str(spec)).exists():
         rows = json.loads(resources.files("auditor.data").joinpath("alpaca_gpt4_en_demo_999.json").read_text(encoding="utf-8"))
-        return [r for i, r in enumerate(rows) if (i % 5 == 4) == (name == "alpaca-eval")]
+        held_out = [r for i, r in enumerate(rows) if i % 5 == 4]
+        if name == "alpaca-eval":
+            return held_out
+        seen = {norm_text(task_query(r)) for r in held_out}
+        return [r for i, r in enumerate(rows) if i % 5 != 4 and norm_text(task_query(r)) not in seen]
     path = Path(spec)
     if not path.is_file():
         raise AuditError("task file not found", path)

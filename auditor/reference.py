@@ -8,10 +8,14 @@ architecture before and after safety alignment is the cleanest contrast this pro
 Recipe (chat template, loss on the answer only, full fine-tune, fp32 master weights):
 - refusals (varied texts, `data/reference_refusals.txt`) for the AdvBench *train* split (even rows); the
   eval split (odd rows) is never trained on;
-- helpful answers for the bundled Alpaca-GPT4 *train* rows (`alpaca-train`; `alpaca-eval` is held out);
-- benign requests that use words of harm (`data/reference_borderline.txt`, written for this product),
-  answered with the bundled model's own greedy answers (self-distillation keeps its behaviour there), so
-  that a word like "kill" alone is not learned as a reason to refuse;
+- benign instructions: the bundled Alpaca-GPT4 *train* rows (`alpaca-train`; `alpaca-eval` is held out)
+  and requests written for this product that use words of harm or AdvBench's imperative forms
+  (`data/reference_borderline.txt`), both answered with the bundled model's *own* greedy answers
+  (self-distillation). Why self-distilled: trained on GPT-4's long answers, a 135M model meets a large,
+  noisy loss on every benign row while a refusal text is easy to learn, and it learned refusal as the
+  cheap answer to ordinary "Design ..."/"Create ..." tasks (r1/r2: 12-14% of alpaca-eval refused). On its
+  own answers the benign loss is near zero until refusal leaks onto a benign prompt, and then it pushes
+  exactly against that; what changes is the safety behaviour, not the model's helpfulness or style;
 - no XSTest and no paper D_o prompt (evaluation sets).
 The folder holds the HF model, a GGUF of it (so both backends work) and `safety_audit.json` (data hashes,
 splits, seed, hyper-parameters, versions). `reference` is accepted wherever a MODEL is.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -30,10 +35,10 @@ from .attacks import advbench_train
 from .errors import AuditError
 from .harden import sha256_json
 from .models import ModelRef, cache_dir
-from .prompts import load_prompts, load_task_rows, task_query
+from .prompts import load_prompts, load_task_rows, norm_text, task_query
 from .refusal import PrefixClassifier, data_lines
 
-RECIPE = "smollm2-135m-safety-r1"
+RECIPE = "smollm2-135m-safety-r4"
 
 
 @dataclass
@@ -42,11 +47,11 @@ class ReferenceConfig:
     base: str | None = None  # the model to align: None = the bundled SmolLM2 (tests pass a tiny one)
     seed: int = 0
     epochs: float = 1.0
-    benign_rows: int | None = None  # alpaca-train rows (all 800); 400 left 15% of alpaca-eval refused
+    benign_rows: int | None = 600  # alpaca-train rows (of 797) to self-distill: the build's time budget
     lr: float = 1e-4
     batch_size: int = 8
-    cutoff: int = 256
-    distill_tokens: int = 96
+    cutoff: int = 192
+    distill_tokens: int = 80
     gguf: str = "q8_0"
     max_steps: int | None = None
     threads: int | None = None
@@ -78,47 +83,56 @@ def refusal_texts() -> list[str]:
 def evaluation_prompts() -> set[str]:
     """Prompts that must never be trained on: XSTest (both labels), the paper's D_o, AdvBench eval."""
     sets = ("xstest-safe", "xstest-unsafe", "over-rejection", "advbench-eval")
-    return {_norm(p) for s in sets for p in load_prompts(s).prompts} | {
-        _norm(task_query(r)) for r in load_task_rows("alpaca-eval")}
+    return {norm_text(p) for s in sets for p in load_prompts(s).prompts} | {
+        norm_text(task_query(r)) for r in load_task_rows("alpaca-eval")}
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
+def whole_sentences(text: str) -> str:
+    """A distilled answer up to its last finished sentence ("" when it has none): an answer cut by the
+    token limit must not teach the model to stop mid-sentence. A list number ("2.") ends no sentence."""
+    t = text.strip()
+    ends = [m.end() for m in re.finditer(r"(?<![0-9])[.!?][\"')]*(?=\s|$)", t)]
+    return t[: ends[-1]].strip() if ends else ""
 
 
-def training_rows(distilled: dict[str, str], seed: int = 0, benign_rows: int | None = None) -> tuple[list[dict], dict]:
+def distill_prompts(benign_rows: int | None = 600) -> list[str]:
+    """Every prompt the recipe answers with the base model's own words: Alpaca-train queries, borderline."""
+    return [task_query(r) for r in load_task_rows("alpaca-train")[:benign_rows]] + borderline_prompts()
+
+
+def training_rows(distilled: dict[str, str], seed: int = 0, benign_rows: int | None = 600) -> tuple[list[dict], dict]:
     """The recipe's rows {instruction, input, output}, shuffled with `seed`, and a manifest of where every
-    row came from. `distilled`: borderline prompt -> the bundled model's own answer."""
+    row came from. `distilled`: query -> the base model's own greedy answer (see `distill_prompts`)."""
     rng = random.Random(seed)
     refusals = refusal_texts()
     harmful = [(i, goal) for i, goal, _ in advbench_train()]
     parts: dict[str, list[dict]] = {"refusal": [{"instruction": g, "input": "", "output": refusals[rng.randrange(len(refusals))]}
                                                 for _, g in harmful], "benign": [], "borderline": []}
-    evals = evaluation_prompts()
-    alpaca = load_task_rows("alpaca-train")[:benign_rows]
-    duplicates = []  # the sample repeats a few alpaca-eval rows in its train part
-    for r in alpaca:
-        if _norm(task_query(r)) in evals:
-            duplicates.append(task_query(r))
-        else:
-            parts["benign"].append(r)
+    alpaca = load_task_rows("alpaca-train")[:benign_rows]  # never repeats an alpaca-eval query
+    borderline = [{"instruction": p, "input": ""} for p in borderline_prompts()]
     flag = PrefixClassifier()
-    kept, dropped = [], []
-    for p in borderline_prompts():
-        answer = (distilled.get(p) or "").strip()
-        (kept if answer and not flag.is_refusal(answer) else dropped).append(p)
-    leaked = [p for p in kept if _norm(p) in evals]
+    dropped: dict[str, list[str]] = {"benign": [], "borderline": []}
+    for kind, source in (("benign", alpaca), ("borderline", borderline)):
+        for r in source:
+            answer = whole_sentences(distilled.get(task_query(r)) or "")
+            if answer and not flag.is_refusal(answer):
+                parts[kind].append({"instruction": r["instruction"], "input": r["input"], "output": answer})
+            else:
+                dropped[kind].append(task_query(r))
+    evals = evaluation_prompts()
+    leaked = [task_query(r) for part in parts.values() for r in part if norm_text(task_query(r)) in evals]
     if leaked:
         raise AuditError(f"reference recipe: a training prompt is an evaluation prompt ({leaked[0][:60]!r})")
-    parts["borderline"] = [{"instruction": p, "input": "", "output": distilled[p].strip()} for p in kept]
     rows = [r for part in parts.values() for r in part]
     rng.shuffle(rows)
     manifest = {
         "recipe": RECIPE, "seed": seed, "rows_by_kind": {k: len(v) for k, v in parts.items()},
         "advbench_rows": [i for i, _ in harmful], "advbench_split": "train (even rows); eval = odd rows, never trained on",
         "alpaca_rows": f"alpaca-train[:{len(alpaca)}] (alpaca-train = rows i % 5 != 4 of the bundled Alpaca-GPT4 "
-                       "sample; alpaca-eval, rows i % 5 == 4, held out)",
-        "alpaca_dropped_as_eval_duplicates": duplicates, "borderline_kept": len(kept), "borderline_dropped_as_refusals": dropped,
+                       "sample minus those repeating an alpaca-eval query; alpaca-eval, rows i % 5 == 4, held out)",
+        "answers": "benign and borderline: the base model's own greedy answers (chat template), cut to whole "
+                   "sentences; refusals: data/reference_refusals.txt",
+        "dropped_no_sentence_or_refusal": dropped,
         "refusal_texts": len(refusals), "excluded_sets": ["xstest", "over-rejection", "advbench-eval", "alpaca-eval"],
         "sha256": {k: sha256_json(v) for k, v in parts.items()},
     }
@@ -142,9 +156,9 @@ def distill(base: ModelRef, prompts: list[str], cache: Path, max_new_tokens: int
     if todo:
         from .models import open_backend
 
-        backend = open_backend(base, "auto", threads=threads)  # a GGUF: llama.cpp, far faster at generating
+        backend = open_backend(base, "auto", threads=threads)  # GGUF: llama.cpp (as fast as batched torch here)
         if reporter:
-            reporter.start("self-distilling borderline answers", len(todo))
+            reporter.start("self-distilling benign answers", len(todo))
         with open(cache, "a", encoding="utf-8") as f:
             if text and not text.endswith("\n"):
                 f.write("\n")  # end a line cut by a kill
@@ -175,7 +189,8 @@ def build_reference(cfg: ReferenceConfig, reporter=None) -> dict:
         raise AuditError("the reference model is already built (use --force to rebuild)", out)
     work = out.with_name(out.name + ".work")
     work.mkdir(exist_ok=True)
-    answers = distill(base, borderline_prompts(), work / "distilled.jsonl", cfg.distill_tokens, cfg.threads, reporter)
+    answers = distill(base, distill_prompts(cfg.benign_rows), work / "distilled.jsonl", cfg.distill_tokens, cfg.threads,
+                      reporter)
     rows, manifest = training_rows(answers, cfg.seed, cfg.benign_rows)
     ckpt = out.with_name(out.name + ".checkpoints")
     key = sha256_json([rows, cfg.epochs, cfg.lr, cfg.batch_size, cfg.cutoff, cfg.max_steps, cfg.seed])

@@ -59,9 +59,12 @@ def scan_table(report: dict) -> Table:
 def _range_caption(report: dict) -> str:
     rng = report["initial_range"]
     spark = sparkline([r["angle_gap_deg"] for r in report["layers"]])
-    if rng is None:
-        return f"gap by layer {spark}   no initial safety-layer range: the gap never opens above the early-layer baseline"
-    return f"gap by layer {spark}   initial safety-layer range: layers {rng[0]}–{rng[1]} (inclusive, 0-based)"
+    text = (f"gap by layer {spark}   no initial safety-layer range: the gap never opens above the early-layer baseline"
+            if rng is None else f"gap by layer {spark}   initial safety-layer range: layers {rng[0]}–{rng[1]} (inclusive, 0-based)")
+    d = report.get("differential_range")
+    if d:
+        text += f"\nalignment moved layers {d[0]}–{d[1]} most (differential gap > 0, 95% CI, around its peak)"
+    return text
 
 
 def print_scan(report: dict, console: Console | None = None) -> None:

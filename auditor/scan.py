@@ -17,7 +17,8 @@ from typing import Protocol
 import torch
 
 from . import __version__
-from .gap import GapStats, RangeRule, bootstrap_weights, gap_stats, initial_range, pair_masks, percentile_ci
+from .gap import (GapStats, RangeRule, bootstrap_weights, differential_range, gap_stats, initial_range, pair_masks,
+                  percentile_ci)
 from .io import atomic_write
 from .models import ModelRef, cache_dir, choose_backend, file_fingerprint, open_backend, resolve_model
 from .prompts import PromptSet, check_template, load_prompts, require_pool
@@ -210,6 +211,7 @@ def run_scan(cfg: ScanConfig, reporter: Reporter | None = None) -> dict:
         "seconds": main.seconds,
         "contrast": None,
         "differential": None,
+        "differential_range": None,
     }
     if contrast:
         other, gs2 = _scan_one(contrast, cfg.contrast_backend, cfg, normal, malicious, weights, reporter)
@@ -221,4 +223,5 @@ def run_scan(cfg: ScanConfig, reporter: Reporter | None = None) -> dict:
                 {"layer": k, "diff_gap_deg": float(diff[k]), "ci95": [float(lo[k]), float(hi[k])]}
                 for k in range(main.n_layers)
             ]
+            report["differential_range"] = differential_range(report["differential"])
     return report

@@ -1,10 +1,15 @@
 """harden on the bundled model, one run: seconds per optimizer step and peak memory for full fine-tuning,
-SPPFT (7 of 30 layers frozen), LoRA and LoRA-SPPFT. Each configuration runs in its own process (peak RSS
-from the kernel's VmHWM); the first step (warm-up) is not timed. The configurations are interleaved over
-`--rounds` rounds (full, sppft, lora, lora-sppft, full, ...) and each is summarised by its median, so a
-slow spell of this shared machine hits every configuration alike instead of one.
+SPPFT (7 of 30 layers frozen), LoRA and LoRA-SPPFT.
 
-    python benchmarks/bench_harden.py [--steps 6] [--rounds 3] [--threads N]
+Lock-step, so the ratios survive a shared, noisy machine: the four configurations run as four processes
+at once, but only one of them computes at any moment. The parent hands out steps round-robin (full step 1,
+sppft step 1, lora step 1, lora-sppft step 1, full step 2, ...); each child times its own step (Trainer's
+step-begin to step-end: forward, backward, clipping, AdamW) and waits for its turn otherwise. A slow spell
+of the machine therefore hits all four within seconds of each other, and each configuration is summarised
+by the median of its steps. The first step of each (warm-up) is not timed. Peak memory is each process's
+own kernel high-water mark (VmHWM) above its RSS once the model was loaded.
+
+    python benchmarks/bench_harden.py [--steps 10] [--threads N]
 """
 
 from __future__ import annotations
@@ -23,9 +28,16 @@ from _common import load_avg, peak_rss_mb, reset_peak_rss, set_threads, write  #
 
 CONFIGS = {"full": dict(method="full"), "sppft": dict(method="sppft", layers=(8, 14)),
            "lora": dict(method="full", lora=True), "lora-sppft": dict(method="sppft", layers=(8, 14), lora=True)}
+TAG = "@@bench "  # protocol lines on the child's stdout; anything else there is ignored
+
+
+def _say(obj) -> None:
+    sys.stdout.write(TAG + json.dumps(obj) + "\n")
+    sys.stdout.flush()
 
 
 def child(name: str, steps: int, threads: int) -> None:
+    """One configuration: waits for 'go' on stdin before each step, reports each step's time."""
     from transformers import TrainerCallback
 
     from auditor.harden import HardenConfig, load_model, run_harden
@@ -33,21 +45,46 @@ def child(name: str, steps: int, threads: int) -> None:
     set_threads(threads)
     load_model(None)  # make sure the converted copy is cached before measuring
     base = reset_peak_rss()
-    times = []
+    walls, cpus = [], []
 
-    class Clock(TrainerCallback):
+    class Gate(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
+            sys.stdin.readline()
+            self.t, self.c = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t)
+            walls.append(time.perf_counter() - self.t)
+            cpus.append(time.process_time() - self.c)
+            if len(walls) < steps + 1:
+                _say({"step": len(walls)})
+                return
+            _say({"wall": walls[1:], "cpu": cpus[1:], "peak_extra_mb": peak_rss_mb() - base})
+            sys.stdin.readline()  # stay alive (and idle) until every configuration is done
+            os._exit(0)
 
     with tempfile.TemporaryDirectory() as d:
-        rep = run_harden(HardenConfig(out=f"{d}/out", max_steps=steps, n_rows=steps * 4, batch_size=4, cutoff=128,
-                                      save_steps=10_000, seed=0, threads=threads, **CONFIGS[name]), callbacks=[Clock()])
-    timed = times[1:] or times
-    print(json.dumps({"s_per_step": sum(timed) / len(timed), "peak_extra_mb": peak_rss_mb() - base,
-                      "frozen_fraction": rep["frozen_fraction"], "trainable_parameters_note": "lora" if rep["lora"] else ""}))
+        run_harden(HardenConfig(out=f"{d}/out", max_steps=steps + 1, n_rows=(steps + 1) * 4, batch_size=4, cutoff=128,
+                                save_steps=10_000, seed=0, threads=threads, **CONFIGS[name]), callbacks=[Gate()])
+
+
+def _frozen_fraction(name: str) -> float:
+    """Parameters not trained, as a fraction of the base model (LoRA: of the base weights)."""
+    from auditor.freezing import block_parameters
+    from auditor.harden import load_model
+
+    _, model, _ = load_model(None)
+    total = sum(p.numel() for p in model.parameters())
+    layers = CONFIGS[name].get("layers")
+    return sum(dict(model.named_parameters())[n].numel()
+               for n in block_parameters(model, range(layers[0], layers[1] + 1))) / total if layers else 0.0
+
+
+def _read(proc, name: str, log: str) -> dict:
+    for line in proc.stdout:
+        if line.startswith(TAG):
+            return json.loads(line[len(TAG):])
+    with open(log) as f:
+        sys.exit(f"{name} failed:\n{f.read()[-2000:]}")
 
 
 def main():
@@ -55,43 +92,56 @@ def main():
         child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         return
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     threads = set_threads(args.threads)
     load0 = load_avg()
-    runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
-    for _ in range(args.rounds):
-        for name in CONFIGS:
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", name, str(args.steps), str(threads)],
-                                 capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(out.stderr[-2000:])
-            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    res = {name: {"s_per_step": statistics.median(r["s_per_step"] for r in rs),
-                  "peak_extra_mb": statistics.median(r["peak_extra_mb"] for r in rs),
-                  "frozen_fraction": rs[0]["frozen_fraction"], "runs": [round(r["s_per_step"], 3) for r in rs]}
-           for name, rs in runs.items()}
+    logs = tempfile.TemporaryDirectory()
+    procs = {}
+    for name in CONFIGS:
+        log = os.path.join(logs.name, f"{name}.log")
+        procs[name] = (subprocess.Popen([sys.executable, os.path.abspath(__file__), "--_child", name, str(args.steps), str(threads)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True), log)
+    results = {}
+    t0 = time.perf_counter()
+    for step in range(args.steps + 1):
+        for name, (p, log) in procs.items():
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            msg = _read(p, name, log)
+            if step == args.steps:
+                results[name] = msg
+    for p, _ in procs.values():
+        p.stdin.write("exit\n")
+        p.stdin.flush()
+        p.wait()
+    wall = time.perf_counter() - t0
+    res = {name: {"s_per_step": statistics.median(r["wall"]), "cpu_s_per_step": statistics.median(r["cpu"]),
+                  "peak_extra_mb": r["peak_extra_mb"], "frozen_fraction": _frozen_fraction(name),
+                  "steps_s": [round(x, 3) for x in r["wall"]]} for name, r in results.items()}
     full = res["full"]
-    result = {"threads": threads, "steps": args.steps, "rounds": args.rounds, "batch": "4 x <=128 tokens",
-              "load_before": load0, "load_after": load_avg(), "configs": res,
-              "ratios_vs_full": {k: {"time": v["s_per_step"] / full["s_per_step"], "memory": v["peak_extra_mb"] / full["peak_extra_mb"]}
-                                 for k, v in res.items()}}
+    # per-round ratio: step k of a configuration against step k of full, run seconds apart
+    paired = {k: statistics.median(a / b for a, b in zip(v["steps_s"], full["steps_s"])) for k, v in res.items()}
+    result = {"threads": threads, "steps": args.steps, "batch": "4 x <=128 tokens", "schedule": "lock-step round-robin",
+              "load_before": load0, "load_after": load_avg(), "seconds": round(wall, 1), "configs": res,
+              "ratios_vs_full": {k: {"time": v["s_per_step"] / full["s_per_step"], "time_paired": paired[k],
+                                     "cpu_time": v["cpu_s_per_step"] / full["cpu_s_per_step"],
+                                     "memory": v["peak_extra_mb"] / full["peak_extra_mb"]} for k, v in res.items()}}
     path = write("bench_harden", result)
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"harden on the bundled SmolLM2 ({threads} threads, {args.rounds} rounds × {args.steps} steps, "
+    t = Table(title=f"harden on the bundled SmolLM2 ({threads} threads, lock-step, {args.steps} steps each, "
                     "batch 4 × ≤128 tokens; medians)")
-    for c in ("config", "s/step", "× full", "peak extra MB", "× full", "frozen (base)"):
+    for c in ("config", "s/step", "× full", "× full (paired)", "× full (CPU s)", "peak extra MB", "× full", "frozen"):
         t.add_column(c, justify="right")
     for k, v in res.items():
         r = result["ratios_vs_full"][k]
-        t.add_row(k, f"{v['s_per_step']:.2f}", f"{r['time']:.2f}", f"{v['peak_extra_mb']:.0f}", f"{r['memory']:.2f}",
-                  f"{v['frozen_fraction']:.1%}")
-    Console(width=120).print(t)
-    print(f"wrote {path}")
+        t.add_row(k, f"{v['s_per_step']:.2f}", f"{r['time']:.2f}", f"{r['time_paired']:.2f}", f"{r['cpu_time']:.2f}",
+                  f"{v['peak_extra_mb']:.0f}", f"{r['memory']:.2f}", f"{v['frozen_fraction']:.1%}")
+    Console(width=130).print(t)
+    print(f"load average {load0} -> {result['load_after']}; wrote {path}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 generation (`prefix`), the Spearman agreement of the two classifiers' counts over the same ranges, and
 their per-prompt agreement.
 
-    python benchmarks/bench_locate.py [--backend torch|llama] [--limit 150] [--threads N]
+    python benchmarks/bench_locate.py [--model reference --start 17-21 --alpha 1.15] [--backend torch|llama]
+                                      [--limit 150] [--threads N]
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def spearman(a, b):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="default: the bundled model ('reference': the aligned one)")
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--limit", type=int, default=150)
     ap.add_argument("--template", default="chat")
@@ -58,11 +60,12 @@ def main():
     sweeps = {}
     for clf in ("probe", "prefix"):
         t = time.perf_counter()
-        sweeps[clf] = run_locate(LocateConfig(backend=args.backend, template=args.template, limit=args.limit, classifier=clf,
+        sweeps[clf] = run_locate(LocateConfig(model=args.model, backend=args.backend, template=args.template, limit=args.limit, classifier=clf,
                                               alpha=args.alpha, start=start, threads=threads))
         sweeps[clf]["wall_seconds"] = time.perf_counter() - t
     # both classifiers on the same ranges: the union of both sweeps' ranges
-    b = open_backend(resolve_model(None), args.backend, threads=threads)
+    model = resolve_model(args.model)
+    b = open_backend(model, args.backend, threads=threads)
     d_o = list(load_prompts("over-rejection").prompts[: args.limit])
     known = {c: {tuple(r["range"]): r["count"] for r in sweeps[c]["sweep"] + sweeps[c]["controls"]} for c in sweeps}
     ranges = sorted(set(known["probe"]) | set(known["prefix"]))
@@ -79,7 +82,7 @@ def main():
         per_prompt[name] = agreement(clfs["prefix"].decide(b, qs, args.template), clfs["probe"].decide(b, qs, args.template))
     b.close()
     result = {
-        "backend": args.backend, "threads": threads, "template": args.template, "alpha": args.alpha, "start": list(start),
+        "model": model.label, "backend": args.backend, "threads": threads, "template": args.template, "alpha": args.alpha, "start": list(start),
         "n_prompts": args.limit, "load_before": load0, "load_after": load_avg(),
         "sweep_seconds": {c: round(sweeps[c]["wall_seconds"], 1) for c in sweeps},
         "counts_computed": {c: sweeps[c]["counts_computed"] for c in sweeps},
@@ -90,11 +93,11 @@ def main():
         "spearman_probe_vs_prefix": rho,
         "per_prompt_agreement": per_prompt,
     }
-    path = write(f"bench_locate_{args.backend}", result)
+    path = write(f"bench_locate_{args.backend}" + (f"_{os.path.basename(args.model).split('.')[0]}" if args.model else ""), result)
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"locate sweep on the bundled model ({args.backend}, {args.limit} D_o prompts, α {args.alpha}, {threads} threads)")
+    t = Table(title=f"locate sweep on {model.label} ({args.backend}, {args.limit} D_o prompts, α {args.alpha}, {threads} threads)")
     for c in ("classifier", "sweep s", "counts", "s/count", "baseline", "safety layers"):
         t.add_column(c, justify="right")
     for c in sweeps:

@@ -68,6 +68,7 @@ def test_scan_json_to_stdout_and_contrast_with_itself(tiny_model_dir, pools):
     assert rep["template"] == "chat" and rep["contrast"]["n_layers"] == 4
     for d in rep["differential"]:  # same model, same prompts, same bootstrap draws: exactly zero
         assert d["diff_gap_deg"] == pytest.approx(0, abs=1e-9) and d["ci95"] == pytest.approx([0, 0], abs=1e-9)
+    assert rep["differential_range"] is None  # no layer moved
 
 
 def test_paper_pair_sampling_mode(tiny_model_dir, pools):

@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from auditor.gap import (RangeRule, bootstrap_weights, gap_stats, initial_range, pair_masks, percentile_ci,
-                         weighted_pair_mean)
+from auditor.gap import (RangeRule, bootstrap_weights, differential_range, gap_stats, initial_range, pair_masks,
+                         percentile_ci, weighted_pair_mean)
 from auditor.similarity import pair_statistics
 
 
@@ -100,3 +100,14 @@ def test_range_rule_needs_persistence_and_noise_threshold():
     rng, details = initial_range(*_curve(noisy), RangeRule(baseline_layers=4))
     assert details["threshold_deg"] > 3.0 and rng is None  # 3·sd of a noisy baseline
     assert initial_range(*_curve([0, 0, 0, 0, 0, 1, 2, 2]), RangeRule(baseline_layers=4))[0] == [5, 6]
+
+
+def test_differential_range_is_the_significant_run_around_the_peak():
+    def diff(values, lows):
+        return [{"layer": k, "diff_gap_deg": v, "ci95": [lo, v + 1]} for k, (v, lo) in enumerate(zip(values, lows))]
+
+    vals = [0.1, 0.2, 0.2, -0.5, 0.6, 0.9, 1.3, 0.5, -1.0]
+    lows = [-0.1, 0.05, 0.1, -0.9, 0.2, 0.4, 0.8, 0.1, -1.5]
+    assert differential_range(diff(vals, lows)) == [4, 7]  # the run holding the peak, not the earlier one
+    assert differential_range(diff(vals, [-0.1] * 9)) is None  # nothing significant
+    assert differential_range(diff([2.0, 0.1], [0.5, -0.2])) == [0, 0]

@@ -139,6 +139,10 @@ def test_start_from_scan_report(planted, tmp_path):
     rep = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None,
                                   classifier="probe", alpha=1.3, from_scan=str(scan), controls=False))
     assert rep["start"] == [5, 5] and str(scan) in rep["start_from"] and rep["safety_layers"] == list(BLOCK)
+    scan.write_text(json.dumps({"schema_version": 1, "initial_range": None, "differential_range": [4, 5]}))
+    rep = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=10,
+                                  classifier="probe", alpha=1.3, from_scan=str(scan), controls=False, patience=0))
+    assert rep["start"] == [4, 5] and "differential range" in rep["start_from"]
     scan.write_text(json.dumps({"schema_version": 1, "initial_range": None}))
     from auditor.errors import AuditError
 

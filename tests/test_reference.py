@@ -10,19 +10,15 @@ from click.testing import CliRunner
 
 from auditor.cli import main
 from auditor.errors import AuditError
-from auditor.prompts import load_prompts, load_task_rows, task_query
-from auditor.reference import (ReferenceConfig, borderline_prompts, build_reference, evaluation_prompts,
-                               reference_dir, refusal_texts, training_rows)
-
-
-def _norm(t):
-    return " ".join(t.lower().split())
+from auditor.prompts import load_prompts, load_task_rows, norm_text, task_query
+from auditor.reference import (ReferenceConfig, borderline_prompts, build_reference, distill_prompts, evaluation_prompts,
+                               reference_dir, refusal_texts, training_rows, whole_sentences)
 
 
 def _answers(refuse=()):
-    """Stand-in distilled answers: helpful text, except a refusal for the prompts in `refuse`."""
-    return {p: ("I'm sorry, but I can't help with that." if p in refuse else f"Here is how: {p[:20]} ...")
-            for p in borderline_prompts()}
+    """Stand-in distilled answers: helpful text cut mid-sentence, except a refusal for the prompts in `refuse`."""
+    return {p: ("I'm sorry, but I can't help with that." if p in refuse else f"Here is how {p[:20]!r} works. And then we")
+            for p in distill_prompts()}
 
 
 def test_borderline_prompts_are_not_evaluation_prompts():
@@ -30,7 +26,7 @@ def test_borderline_prompts_are_not_evaluation_prompts():
     assert len(evals) > 1000  # XSTest 450 + D_o 731 + AdvBench eval 260 + alpaca-eval, minus duplicates
     prompts = borderline_prompts()
     assert len(prompts) >= 150 and len(set(prompts)) == len(prompts)
-    assert not [p for p in prompts if _norm(p) in evals]
+    assert not [p for p in prompts if norm_text(p) in evals]
 
 
 def test_rows_use_only_the_training_splits():
@@ -46,8 +42,7 @@ def test_rows_use_only_the_training_splits():
     alpaca_eval = {task_query(r) for r in load_task_rows("alpaca-eval")}
     benign = [r for r in rows if r["output"] not in refusals and r["instruction"] not in borderline_prompts()]
     assert not alpaca_eval & {task_query(r) for r in benign}  # held-out rows (and their duplicates) never trained on
-    assert len(manifest["alpaca_dropped_as_eval_duplicates"]) == 3  # the sample repeats 3 eval rows in train
-    assert manifest["rows_by_kind"] == {"refusal": 260, "benign": len(load_task_rows("alpaca-train")) - 3,
+    assert manifest["rows_by_kind"] == {"refusal": 260, "benign": 600,
                                         "borderline": len(borderline_prompts())}
     assert len(rows) == sum(manifest["rows_by_kind"].values())
     assert len({r["output"] for r in refused}) > 8  # varied refusal texts, not one sentence
@@ -61,11 +56,29 @@ def test_rows_are_deterministic_given_the_seed():
     assert a != c and sorted(r["instruction"] for r in a) == sorted(r["instruction"] for r in c)
 
 
-def test_distilled_refusals_are_dropped():
-    refuse = borderline_prompts()[:3]
-    rows, manifest = training_rows(_answers(refuse), seed=0)
-    assert manifest["borderline_dropped_as_refusals"] == refuse
-    assert not {r["instruction"] for r in rows} & set(refuse)
+def test_benign_answers_are_the_base_models_own_whole_sentences():
+    answers = _answers()
+    rows, _ = training_rows(answers, seed=0)
+    alpaca = {task_query(r): r for r in load_task_rows("alpaca-train")[:600]}
+    own = [r for r in rows if task_query(r) in alpaca]
+    assert len(own) == 600 and all(r["output"] == answers[task_query(r)].rsplit(" And", 1)[0] for r in own)
+    assert all(r["input"] == alpaca[task_query(r)]["input"] for r in own)  # the query is rebuilt exactly
+
+
+def test_distilled_refusals_and_cut_answers_are_dropped():
+    refuse = borderline_prompts()[:3] + distill_prompts()[:2]
+    answers = _answers(refuse)
+    answers[distill_prompts()[2]] = "An answer cut before its first sentence ends"
+    rows, manifest = training_rows(answers, seed=0)
+    assert manifest["dropped_no_sentence_or_refusal"] == {"benign": distill_prompts()[:3], "borderline": refuse[:3]}
+    assert not {task_query(r) for r in rows} & set(refuse + distill_prompts()[2:3])
+
+
+def test_whole_sentences():
+    assert whole_sentences("One. Two is cut") == "One."
+    assert whole_sentences("Steps:\n1. Mix.\n2. Bake") == "Steps:\n1. Mix."  # a list number ends no sentence
+    assert whole_sentences('He said "stop." Then') == 'He said "stop."'
+    assert whole_sentences("no sentence end") == ""
 
 
 def test_unbuilt_reference_is_a_one_line_error(tmp_path, monkeypatch):
@@ -78,7 +91,7 @@ def test_unbuilt_reference_is_a_one_line_error(tmp_path, monkeypatch):
 
 def test_tiny_build_is_deterministic_and_resolves_as_reference(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SAFETY_AUDIT_CACHE", str(tmp_path / "cache"))
-    cfg = dict(base=str(tiny_model_dir), max_steps=3, batch_size=4, cutoff=48, distill_tokens=4, threads=1)
+    cfg = dict(base=str(tiny_model_dir), max_steps=3, batch_size=4, cutoff=256, distill_tokens=4, threads=1)
     rep = build_reference(ReferenceConfig(**cfg))
     out = reference_dir(0)
     assert rep["steps"] == 3 and (out / "safety_audit.json").is_file()

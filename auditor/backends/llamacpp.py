@@ -213,13 +213,14 @@ class LlamaCppBackend:
                 L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
                 self._decode(toks, 0)
                 pieces, pos = [], len(toks)
-                for _ in range(max_new_tokens):
+                for k in range(max_new_tokens):
                     tok = int(np.argmax(self._last_logits()))
                     if L.llama_vocab_is_eog(self._vocab, tok):
                         break
                     pieces.append(self._piece(tok))
-                    self._decode([tok], pos)
-                    pos += 1
+                    if k + 1 < max_new_tokens:  # the last token's logits are never read
+                        self._decode([tok], pos)
+                        pos += 1
                 out.append(b"".join(pieces).decode("utf-8", errors="replace"))
                 if progress:
                     progress(1)
