@@ -137,7 +137,9 @@ def progressive_search(count, start: tuple[int, int], n_layers: int, alpha: floa
 
 def choose_alpha(count, start, baseline: int, n: int) -> tuple[float, list[dict]]:
     """Automatic α: the direction with room to move (up when at most half of D_o is refused at baseline,
-    else down), stepping 0.05 away from 1 until the start range moves the count by ≥ max(3, 5% of D_o)."""
+    else down), stepping 0.05 away from 1 until the start range moves the count by ≥ max(3, 5% of D_o)
+    *the paper's way* (α > 1: more refusals, α < 1: fewer). A move the other way is no effect to search
+    on: scaling the reference model's layers 19-20 by 1.05 cut refusals 59 -> 48."""
     sign = 1 if baseline <= n / 2 else -1
     need = max(3, math.ceil(0.05 * n))
     trials = []
@@ -145,7 +147,7 @@ def choose_alpha(count, start, baseline: int, n: int) -> tuple[float, list[dict]
         alpha = round(1 + sign * ALPHA_STEP * step, 2)
         c = count(start, alpha)
         trials.append({"alpha": alpha, "range": list(start), "count": c})
-        if abs(c - baseline) >= need:
+        if sign * (c - baseline) >= need:
             break
     return alpha, trials
 
@@ -223,8 +225,9 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
             alpha, trials = choose_alpha(count, start, baseline, len(prompts))
         final, best, rows = progressive_search(count, start, K, alpha, cfg.patience)
         controls = [{"range": list(r), "count": count(r, alpha)} for r in control_ranges(final, K)] if cfg.controls else []
-        effect = abs(best - baseline)
-        stands_out = bool(controls) and all(effect > abs(c["count"] - baseline) for c in controls)
+        # the paper's effect (α > 1: more refusals), larger than any control's move in either direction
+        gain = (best - baseline) * (1 if alpha > 1 else -1)
+        stands_out = bool(controls) and gain > 0 and all(gain > abs(c["count"] - baseline) for c in controls)
     finally:
         backend.close()
     return {
@@ -241,7 +244,8 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
         "n_prompts": len(prompts),
         "classifier": classifier.describe(),
         "alpha": alpha,
-        "alpha_choice": "given" if cfg.alpha is not None else {"rule": "step 0.05 from 1 until |count - baseline| >= max(3, 5% of D_o)", "trials": trials},
+        "alpha_choice": "given" if cfg.alpha is not None else {"rule": "step 0.05 from 1 until the count moves the paper's way "
+                                                                 "(alpha > 1: up) by >= max(3, 5% of D_o)", "trials": trials},
         "start": list(start),
         "start_from": start_from,
         "baseline": baseline,
@@ -249,6 +253,7 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
         "safety_layers": list(final),
         "count": best,
         "controls": controls,
+        "gain": gain,
         "stands_out": stands_out,
         "counts_computed": count.computed,
         "seconds": round(time.perf_counter() - t0, 2),

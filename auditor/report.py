@@ -135,9 +135,11 @@ def locate_table(report: dict) -> Table:
     title = (f"{report['model']} · {report['backend']} · α = {a:g} · classifier {report['classifier']['name']} · "
              f"{report['n_prompts']} prompts of {report['over_refusal_set']}")
     final = report["safety_layers"]
+    verdict = ("stands out from" if report["stands_out"] else "does NOT stand out from") + " equal-width controls"
+    if report.get("gain", 1) <= 0:
+        verdict = f"no range moved refusals the paper's way (α {'>' if a > 1 else '<'} 1: {'more' if a > 1 else 'fewer'})"
     t = Table(title=title, caption=f"baseline (unscaled): {report['baseline']} refusals   safety layers: {final[0]}–{final[1]} "
-              f"({report['count']} refusals; {'stands out from' if report['stands_out'] else 'does NOT stand out from'} "
-              f"equal-width controls)", header_style="bold")
+              f"({report['count']} refusals; {verdict})", header_style="bold")
     for c in ("phase", "range", "refusals", "Δ vs baseline"):
         t.add_column(c, justify="right")
     rows = [dict(r, phase=f"α trial {r['alpha']:g}") for r in (report["alpha_choice"]["trials"] if isinstance(report["alpha_choice"], dict) else [])]

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from auditor.backends.hf import TorchBackend
 from auditor.cli import main
-from auditor.locate import LocateConfig, control_ranges, progressive_search, run_locate
+from auditor.locate import LocateConfig, choose_alpha, control_ranges, progressive_search, run_locate
 from auditor.refusal import PrefixClassifier, ProbeClassifier, agreement
 from conftest import make_planted_model, write_lines
 
@@ -66,6 +66,15 @@ def test_alpha_below_one_mirrors_with_minima():
     assert [r["phase"] for r in rows][:1] == ["start"]
     full, _, rows_full = progressive_search(count, (4, 4), 10, 0.8, patience=0)
     assert full == (3, 5) and len(rows_full) == 1 + 5 + 4  # swept to both ends of the model
+
+
+def test_auto_alpha_needs_a_move_the_papers_way():
+    """α > 1 must raise refusals: a drop (what the reference model's late layers do) is no effect to search on."""
+    counts = {1.05: 48, 1.1: 52, 1.15: 68, 1.2: 70}  # baseline 59 of 150: the up direction, 8 needed
+    alpha, trials = choose_alpha(lambda rng, a: counts[a], (19, 20), 59, 150)
+    assert alpha == 1.15 and [t["count"] for t in trials] == [48, 52, 68]
+    down = {0.95: 130, 0.9: 100}  # baseline 120 of 150: the down direction wants fewer refusals
+    assert choose_alpha(lambda rng, a: down[a], (3, 4), 120, 150)[0] == 0.9
 
 
 def test_control_ranges_do_not_overlap():
