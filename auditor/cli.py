@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 
@@ -14,6 +15,11 @@ from . import __version__
 from .errors import AuditError
 
 err = Console(stderr=True)
+
+
+def _out() -> Console:
+    """stdout console; piped or logged output gets 160 columns, not rich's 80 (it cut every scan column)."""
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
 
 class RichReporter:
@@ -116,7 +122,7 @@ def scan(model, backend, template, normal, malicious, pairs, bootstrap, seed, th
                      contrast_backend=contrast_backend, use_cache=not no_cache)
     with reporter(quiet) as rep:
         report = run_scan(cfg, rep)
-    _emit(report, json_path, plot_path, force, lambda r: print_scan(r, Console()), plot_scan)
+    _emit(report, json_path, plot_path, force, lambda r: print_scan(r, _out()), plot_scan)
 
 
 def _range(value: str | None):
@@ -167,7 +173,7 @@ def locate(model, backend, template, from_scan, start, alpha, classifier, over_r
         cfg = paper_compat(cfg)
     with reporter(quiet) as rep:
         report = run_locate(cfg, rep)
-    _emit(report, json_path, plot_path, force, lambda r: Console().print(locate_table(r)), plot_locate)
+    _emit(report, json_path, plot_path, force, lambda r: _out().print(locate_table(r)), plot_locate)
 
 
 @main.command("eval")
@@ -210,7 +216,7 @@ def eval_cmd(model, backend, template, metrics, harmful, over_refusal, task, cla
         lines = "".join(json.dumps(r) + "\n" for r in cfg.saved)
         atomic_write(save_responses, lambda t: t.write_text(lines), force)
         err.print(f"wrote {save_responses}")
-    _emit(report, json_path, None, force, lambda r: Console().print(eval_table(r)), None)
+    _emit(report, json_path, None, force, lambda r: _out().print(eval_table(r)), None)
 
 
 @main.command()
@@ -270,8 +276,8 @@ def check(candidate, baseline, max_harmful_increase, max_harmful_score_increase,
             t.add_row(LABELS[r["metric"]], fmt(r["baseline"]), fmt(r["candidate"]), "–" if r["delta"] is None else f"{r['delta']:+.3f}",
                       f"{'≤ +' if r['direction'] == 'increase' else '≥ −'}{r['limit']:g}",
                       "[green]pass[/green]" if r["passed"] else f"[red]FAIL[/red] {r['reason']}")
-        Console().print(t)
-        Console().print("[green]PASS[/green]" if passed else "[red]REGRESSION[/red]")
+        _out().print(t)
+        _out().print("[green]PASS[/green]" if passed else "[red]REGRESSION[/red]")
 
     _emit(result, json_path, None, force, render, None)
     if junit:
@@ -304,7 +310,7 @@ def compare(reports, as_json):
         t.add_column(n, justify="right")
     for m, vals in rows:
         t.add_row(m, *vals)
-    Console().print(t)
+    _out().print(t)
 
 
 @main.command()
@@ -351,7 +357,7 @@ def harden(model, out, method, layers, from_report, data, attack, p, n_rows, tem
     with reporter(quiet) as rep:
         report = run_harden(cfg, rep)
 
-    _emit(report, json_path, None, force, lambda r: Console().print(harden_table(r, out)), None)
+    _emit(report, json_path, None, force, lambda r: _out().print(harden_table(r, out)), None)
 
 
 @main.group()
@@ -380,7 +386,7 @@ def reference_build(out, seed, epochs, benign_rows, max_steps, threads, json_pat
     cfg = ReferenceConfig(out=out, seed=seed, epochs=epochs, benign_rows=benign_rows, max_steps=max_steps, threads=threads, force=force)
     with reporter(quiet) as rep:
         report = build_reference(cfg, rep)
-    _emit(report, json_path, None, force, lambda r: Console().print(harden_table(r, r["reference"]["path"])), None)
+    _emit(report, json_path, None, force, lambda r: _out().print(harden_table(r, r["reference"]["path"])), None)
 
 
 @reference.command("show")
@@ -396,7 +402,7 @@ def reference_show(seed, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        Console().print(f"{ref.label}\n  HF folder: {folder}\n  GGUF: {ref.path}\n  rows: {info['data']['rows_by_kind']}, "
+        _out().print(f"{ref.label}\n  HF folder: {folder}\n  GGUF: {ref.path}\n  rows: {info['data']['rows_by_kind']}, "
                         f"steps {info['steps']}, train loss {info['train_loss']:.4f}, {info['seconds']} s", highlight=False)
 
 
@@ -410,7 +416,7 @@ def doctor(as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        render(info, Console())
+        render(info, _out())
 
 
 if __name__ == "__main__":

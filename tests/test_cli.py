@@ -112,3 +112,11 @@ def test_doctor_json():
     info = json.loads(r.stdout)
     assert info["schema_version"] == 1 and info["torch"] and "loaded" in info["compiled_ops"]
     assert info["bundled_model"].endswith(".gguf")
+
+
+def test_piped_tables_are_not_cut_to_80_columns(tiny_model_dir, pools, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    r = run(["scan", str(tiny_model_dir), "--normal", str(pools[0]), "--malicious", str(pools[1]), "--bootstrap", "20",
+             "--contrast", str(tiny_model_dir), "--template", "chat"])
+    assert r.exit_code == 0
+    assert "cos N-N" in r.output and "Δ gap° (95% CI)" in r.output and "contrast gap°" in r.output
