@@ -276,8 +276,9 @@ def check(candidate, baseline, max_harmful_increase, max_harmful_score_increase,
             t.add_row(LABELS[r["metric"]], fmt(r["baseline"]), fmt(r["candidate"]), "–" if r["delta"] is None else f"{r['delta']:+.3f}",
                       f"{'≤ +' if r['direction'] == 'increase' else '≥ −'}{r['limit']:g}",
                       "[green]pass[/green]" if r["passed"] else f"[red]FAIL[/red] {r['reason']}")
-        _out().print(t)
-        _out().print("[green]PASS[/green]" if passed else "[red]REGRESSION[/red]")
+        console = _out()
+        console.print(t)
+        console.print("[green]PASS[/green]" if passed else "[red]REGRESSION[/red]")
 
     _emit(result, json_path, None, force, render, None)
     if junit:

@@ -100,7 +100,7 @@ def mmlu_predictions(backend, dev, test) -> list[str]:
     else:
         raise AuditError("the tokenizer has no single tokens for the answer letters A-D")
     prompts = [mmlu_prompt(dev[r["subject"]], r) for r in test]
-    p0, _ = backend.opening_probs(prompts, "raw", letter_ids, {})
+    p0 = backend.opening_probs(prompts, "raw", letter_ids)
     return [LETTERS[int(i)] for i in p0.argmax(1)]
 
 

@@ -39,6 +39,7 @@ from .prompts import load_prompts, load_task_rows, norm_text, task_query
 from .refusal import PrefixClassifier, data_lines
 
 RECIPE = "smollm2-135m-safety-r4"
+BENIGN_ROWS = 600  # alpaca-train queries (of 797) to self-distill: the build's time budget
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ReferenceConfig:
     base: str | None = None  # the model to align: None = the bundled SmolLM2 (tests pass a tiny one)
     seed: int = 0
     epochs: float = 1.0
-    benign_rows: int | None = 600  # alpaca-train rows (of 797) to self-distill: the build's time budget
+    benign_rows: int | None = BENIGN_ROWS
     lr: float = 1e-4
     batch_size: int = 8
     cutoff: int = 192
@@ -95,12 +96,12 @@ def whole_sentences(text: str) -> str:
     return t[: ends[-1]].strip() if ends else ""
 
 
-def distill_prompts(benign_rows: int | None = 600) -> list[str]:
+def distill_prompts(benign_rows: int | None = BENIGN_ROWS) -> list[str]:
     """Every prompt the recipe answers with the base model's own words: Alpaca-train queries, borderline."""
     return [task_query(r) for r in load_task_rows("alpaca-train")[:benign_rows]] + borderline_prompts()
 
 
-def training_rows(distilled: dict[str, str], seed: int = 0, benign_rows: int | None = 600) -> tuple[list[dict], dict]:
+def training_rows(distilled: dict[str, str], seed: int = 0, benign_rows: int | None = BENIGN_ROWS) -> tuple[list[dict], dict]:
     """The recipe's rows {instruction, input, output}, shuffled with `seed`, and a manifest of where every
     row came from. `distilled`: query -> the base model's own greedy answer (see `distill_prompts`)."""
     rng = random.Random(seed)

@@ -67,16 +67,20 @@ def child(name: str, steps: int, threads: int) -> None:
                                 save_steps=10_000, seed=0, threads=threads, **CONFIGS[name]), callbacks=[Gate()])
 
 
-def _frozen_fraction(name: str) -> float:
-    """Parameters not trained, as a fraction of the base model (LoRA: of the base weights)."""
+def _frozen_fractions() -> dict[str, float]:
+    """Per configuration: the frozen block's share of the base model's parameters (LoRA: of the base weights)."""
     from auditor.freezing import block_parameters
     from auditor.harden import load_model
 
     _, model, _ = load_model(None)
-    total = sum(p.numel() for p in model.parameters())
-    layers = CONFIGS[name].get("layers")
-    return sum(dict(model.named_parameters())[n].numel()
-               for n in block_parameters(model, range(layers[0], layers[1] + 1))) / total if layers else 0.0
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    total = sum(sizes.values())
+    fractions = {}
+    for name, cfg in CONFIGS.items():
+        layers = cfg.get("layers")
+        block = block_parameters(model, range(layers[0], layers[1] + 1)) if layers else []
+        fractions[name] = sum(sizes[n] for n in block) / total
+    return fractions
 
 
 def _read(proc, name: str, log: str) -> dict:
@@ -117,8 +121,9 @@ def main():
         p.stdin.flush()
         p.wait()
     wall = time.perf_counter() - t0
+    frozen = _frozen_fractions()
     res = {name: {"s_per_step": statistics.median(r["wall"]), "cpu_s_per_step": statistics.median(r["cpu"]),
-                  "peak_extra_mb": r["peak_extra_mb"], "frozen_fraction": _frozen_fraction(name),
+                  "peak_extra_mb": r["peak_extra_mb"], "frozen_fraction": frozen[name],
                   "steps_s": [round(x, 3) for x in r["wall"]]} for name, r in results.items()}
     full = res["full"]
     # per-round ratio: step k of a configuration against step k of full, run seconds apart

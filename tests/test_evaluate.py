@@ -27,13 +27,13 @@ class LetterBackend:
     def token_ids(self, text):
         return [ord(text.strip())]
 
-    def opening_probs(self, prompts, template, first, second, progress=None):
+    def opening_probs(self, prompts, template, first, progress=None):
         assert template == "raw" and first == [ord(c) for c in LETTERS]
         p = torch.zeros(len(prompts), 4)
         for i, q in enumerate(prompts):
             last = q.rsplit("\n\n", 1)[-1]
             p[i, LETTERS.index(last.split("Key:")[1].strip()[0])] = 1.0
-        return p, {}
+        return p
 
 
 def test_mmlu_prompt_and_scoring_on_constructed_items():

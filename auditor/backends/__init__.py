@@ -27,9 +27,9 @@ class Backend(Protocol):
         """Greedy continuations (text of the new tokens only)."""
 
     def opening_probs(self, queries: Sequence[str], template: str, first: Sequence[int],
-                      second: dict[int, Sequence[int]], progress: Progress | None = None):
-        """Teacher-forced probabilities of response openings, one prefill per prompt (KV cache reused):
-        P(t1) for t1 in `first` -> [n, len(first)], and P(t2 | t1=a) for t2 in second[a] -> {a: [n, len]}."""
+                      progress: Progress | None = None) -> torch.Tensor:
+        """Probabilities of the response's first token being each of `first` (one prefill per prompt):
+        [n, len(first)]. MMLU reads the answer letter from it."""
 
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
         """Context manager: the chosen layers' linear maps scaled by alpha; the model restored on exit."""

@@ -207,29 +207,20 @@ class TorchBackend:
 
     @torch.inference_mode()
     def opening_probs(self, queries: Sequence[str], template: str, first: Sequence[int],
-                      second: dict[int, Sequence[int]], progress: Progress | None = None):
-        """Left-padded prefill with the KV cache; each ambiguous first token is fed as one more step and
-        the cache cropped back. The lm_head runs on the last position only."""
+                      progress: Progress | None = None) -> torch.Tensor:
+        """Left-padded prefill; the next-token probabilities of the `first` token ids. The lm_head runs on
+        the last position only."""
         ids = [self.encode(q, template) for q in queries]
         base = getattr(self.model, self.model.base_model_prefix, self.model)
         p0 = torch.empty(len(ids), len(first))
-        p1 = {a: torch.empty(len(ids), len(second[a])) for a in second}
         for batch in self._batches([len(x) for x in ids]):
             input_ids, mask = self._padded([ids[i] for i in batch], left=True)
             pos = (mask.cumsum(1) - 1).clamp(min=0)
-            out = base(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
-            cache = out.past_key_values
-            probs = torch.softmax(self._logits(out.last_hidden_state[:, -1]), -1)
-            p0[batch] = probs[:, list(first)]
-            ext = torch.cat([mask, torch.ones(len(batch), 1, dtype=torch.long)], 1)
-            for a, seconds in second.items():
-                step = base(input_ids=torch.full((len(batch), 1), a, dtype=torch.long), attention_mask=ext,
-                            position_ids=pos[:, -1:] + 1, past_key_values=cache, use_cache=True)
-                p1[a][batch] = torch.softmax(self._logits(step.last_hidden_state[:, -1]), -1)[:, list(seconds)]
-                cache.crop(-1)  # drop the teacher-forced token again
+            out = base(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False)
+            p0[batch] = torch.softmax(self._logits(out.last_hidden_state[:, -1]), -1)[:, list(first)]
             if progress:
                 progress(len(batch))
-        return p0, p1
+        return p0
 
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
         from ..scaling import scaled

@@ -229,29 +229,22 @@ class LlamaCppBackend:
         return out
 
     def opening_probs(self, queries: Sequence[str], template: str, first: Sequence[int],
-                      second: dict[int, Sequence[int]], progress: Progress | None = None):
-        """Prefill once; each ambiguous first token is decoded as one more step, then removed again."""
+                      progress: Progress | None = None) -> torch.Tensor:
+        """One prefill per prompt; the next-token probabilities of the `first` token ids."""
         p0 = torch.empty(len(queries), len(first))
-        p1 = {a: torch.empty(len(queries), len(second[a])) for a in second}
         self._capture = False
         try:
             for r, q in enumerate(queries):
                 toks = self.encode(q, template)
                 self._ensure_ctx(len(toks) + 1)
-                mem = L.llama_get_memory(self._ctx)
-                L.llama_memory_clear(mem, True)
+                L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
                 self._decode(toks, 0)
-                probs = torch.softmax(torch.from_numpy(self._last_logits()).double(), -1)
-                p0[r] = probs[list(first)].float()
-                for a, seconds in second.items():
-                    self._decode([a], len(toks))
-                    p1[a][r] = torch.softmax(torch.from_numpy(self._last_logits()).double(), -1)[list(seconds)].float()
-                    L.llama_memory_seq_rm(mem, 0, len(toks), -1)
+                p0[r] = torch.softmax(torch.from_numpy(self._last_logits()).double(), -1)[list(first)].float()
                 if progress:
                     progress(1)
         finally:
             self._capture = True
-        return p0, p1
+        return p0
 
     @contextmanager
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
