@@ -65,6 +65,14 @@ class HardenConfig:
     threads: int | None = None
 
 
+def check_numbers(cfg: HardenConfig) -> None:
+    """Training numbers that cannot work, refused before any data or model is loaded."""
+    if not (cfg.epochs > 0 and math.isfinite(cfg.epochs)) or not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise AuditError(f"--epochs and --lr must be positive numbers (got {cfg.epochs}, {cfg.lr})")
+    if cfg.max_steps is not None and cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.cutoff < 2:
+        raise AuditError("--max-steps and --batch-size must be >= 1, --cutoff >= 2")
+
+
 def _layers(cfg: HardenConfig, n_layers: int) -> tuple[int, int] | None:
     if cfg.method in ("full", "lisa"):  # nothing frozen
         return None
@@ -219,6 +227,7 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[
         raise AuditError("nfft freezes single neurons; it cannot run as LoRA (use --method sppft --lora)")
     if cfg.template not in ("alpaca", "chat"):
         raise AuditError(f"unknown template '{cfg.template}' (choose alpaca or chat)")
+    check_numbers(cfg)
     out = _check_out(cfg)
     if cfg.gguf and cfg.gguf not in ("f16", "q8_0"):
         raise AuditError(f"unknown GGUF type '{cfg.gguf}' (choose f16 or q8_0)")

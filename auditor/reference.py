@@ -67,7 +67,7 @@ def reference_model(seed: int = 0) -> ModelRef:
     """The built reference model as a MODEL: its GGUF (llama.cpp) with its HF folder as the torch twin."""
     d = reference_dir(seed)
     if not (d / "safety_audit.json").is_file():
-        raise AuditError("the reference model is not built yet: run 'safety-audit reference build' (~30 min)", d)
+        raise AuditError("the reference model is not built yet: run 'safety-audit reference build' (~25 min)", d)
     gguf = sorted(d.glob("model.*.gguf"))
     label = f"reference:{RECIPE}-seed{seed}"
     return ModelRef(gguf[0], "gguf", label, hf_dir=d) if gguf else ModelRef(d, "hf", label)
@@ -177,11 +177,20 @@ def distill(base: ModelRef, prompts: list[str], cache: Path, max_new_tokens: int
 
 def build_reference(cfg: ReferenceConfig, reporter=None) -> dict:
     """Build (or resume building) the reference model into cfg.out / reference_dir(seed)."""
-    from .harden import HardenConfig, run_harden
+    from .harden import HardenConfig, check_numbers, run_harden
     from .models import resolve_model
 
     base = resolve_model(cfg.base)
     out = Path(cfg.out) if cfg.out else reference_dir(cfg.seed)
+    ckpt = out.with_name(out.name + ".checkpoints")
+    hcfg = HardenConfig(out=str(out), model=cfg.base, method="full", template="chat", epochs=cfg.epochs, lr=cfg.lr,
+                        batch_size=cfg.batch_size, cutoff=cfg.cutoff, seed=cfg.seed, save_steps=25,
+                        gguf=cfg.gguf if base.is_gguf else None,
+                        max_steps=cfg.max_steps, threads=cfg.threads, force=cfg.force,
+                        resume=ckpt.is_dir(), group_by_length=True)
+    check_numbers(hcfg)  # before the distillation, not after it
+    if cfg.benign_rows is not None and cfg.benign_rows < 0:
+        raise AuditError(f"--benign-rows must be >= 0, got {cfg.benign_rows}")
     if cfg.out is None:
         out.parent.mkdir(parents=True, exist_ok=True)  # the user cache; a given --out's parent must exist
     elif not out.parent.is_dir():
@@ -193,16 +202,11 @@ def build_reference(cfg: ReferenceConfig, reporter=None) -> dict:
     answers = distill(base, distill_prompts(cfg.benign_rows), work / "distilled.jsonl", cfg.distill_tokens, cfg.threads,
                       reporter)
     rows, manifest = training_rows(answers, cfg.seed, cfg.benign_rows)
-    ckpt = out.with_name(out.name + ".checkpoints")
     key = sha256_json([rows, cfg.epochs, cfg.lr, cfg.batch_size, cfg.cutoff, cfg.max_steps, cfg.seed])
     if (work / "recipe.sha256").is_file() and (work / "recipe.sha256").read_text() != key:
         shutil.rmtree(ckpt, ignore_errors=True)  # checkpoints of another configuration: start over
+        hcfg.resume = False
     (work / "recipe.sha256").write_text(key)
-    hcfg = HardenConfig(out=str(out), model=cfg.base, method="full", template="chat", epochs=cfg.epochs, lr=cfg.lr,
-                        batch_size=cfg.batch_size, cutoff=cfg.cutoff, seed=cfg.seed, save_steps=25,
-                        gguf=cfg.gguf if base.is_gguf else None,
-                        max_steps=cfg.max_steps, threads=cfg.threads, force=cfg.force,
-                        resume=ckpt.is_dir(), group_by_length=True)
     report = run_harden(hcfg, reporter, rows=(rows, {"source": f"reference recipe {RECIPE}", **manifest}))
     report["reference"] = {"recipe": RECIPE, "seed": cfg.seed, "path": str(out)}
     shutil.rmtree(work, ignore_errors=True)

@@ -116,6 +116,14 @@ def test_tiny_build_is_deterministic_and_resolves_as_reference(tiny_model_dir, t
     assert ref.label.startswith("reference:") and ref.path == out
 
 
+@pytest.mark.parametrize("bad,msg", [({"benign_rows": -5}, "--benign-rows must be >= 0"), ({"epochs": 0}, "must be positive"),
+                                     ({"max_steps": 0}, "must be >= 1")])
+def test_bad_numbers_fail_before_any_distillation(tiny_model_dir, tmp_path, bad, msg):
+    with pytest.raises(AuditError, match=msg):
+        build_reference(ReferenceConfig(base=str(tiny_model_dir), out=str(tmp_path / "ref"), **bad))
+    assert list(tmp_path.iterdir()) == []  # nothing written, no work folder
+
+
 def test_borderline_prompts_are_no_near_copies_of_evaluation_prompts():
     """Word-set Jaccard against every XSTest, D_o and alpaca-eval prompt stays below 0.7 (a reworded copy
     scores ~0.8)."""
