@@ -174,6 +174,24 @@ def alignment_rows(n: int | None = None) -> list[dict]:
     return [{"instruction": g, "input": "", "output": REFUSALS[i % len(REFUSALS)]} for i, (_, g, _) in enumerate(bad)]
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc serve big tensors from its heap and keep what is freed, instead of an mmap/munmap per
+    tensor: otherwise every CPU training step page-faults its gradients and activations in afresh (SmolLM2,
+    4 x 128 tokens: ~250k faults, 0.5-0.8 s of a 3.3 s step in the kernel). Costs a little peak memory
+    (freed blocks stay resident). Linux/glibc only; returns whether it applied."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
 def load_model(path_spec, threads=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -233,6 +251,8 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[
         raise AuditError(f"unknown GGUF type '{cfg.gguf}' (choose f16 or q8_0)")
     rows, manifest = rows if rows is not None else _rows(cfg)
     t0 = time.perf_counter()
+    if not torch.cuda.is_available():
+        keep_freed_memory()
     reporter.status("loading the model")
     ref, model, tok = load_model(cfg.model, cfg.threads)
     if cfg.gguf and not ref.is_gguf:
@@ -273,7 +293,7 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[
     args = TrainingArguments(
         output_dir=str(ckpt), per_device_train_batch_size=cfg.batch_size, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1, learning_rate=cfg.lr, warmup_steps=warmup, lr_scheduler_type="linear",
-        weight_decay=0.0, optim="adamw_torch", logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps,
+        weight_decay=0.0, optim="adamw_torch_fused", logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed, report_to=[], disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", dataloader_num_workers=0, remove_unused_columns=False,
