@@ -60,6 +60,7 @@ class HardenConfig:
     lisa_rho: float = 0.1  # lisa: proximal weight
     gguf: str | None = None  # also write DIR/model.<f16|q8_0>.gguf (GGUF input only)
     group_by_length: bool = False  # batches of similar length (less padding; the reference build uses it)
+    optim: str = "adamw_torch_fused"  # one pass per tensor; "adamw_torch" (foreach) differs in the last bits
     force: bool = False
     resume: bool = False
     threads: int | None = None
@@ -293,7 +294,7 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[
     args = TrainingArguments(
         output_dir=str(ckpt), per_device_train_batch_size=cfg.batch_size, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1, learning_rate=cfg.lr, warmup_steps=warmup, lr_scheduler_type="linear",
-        weight_decay=0.0, optim="adamw_torch_fused", logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps,
+        weight_decay=0.0, optim=cfg.optim, logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed, report_to=[], disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", dataloader_num_workers=0, remove_unused_columns=False,

@@ -187,7 +187,8 @@ def build_reference(cfg: ReferenceConfig, reporter=None) -> dict:
                         batch_size=cfg.batch_size, cutoff=cfg.cutoff, seed=cfg.seed, save_steps=25,
                         gguf=cfg.gguf if base.is_gguf else None,
                         max_steps=cfg.max_steps, threads=cfg.threads, force=cfg.force,
-                        resume=ckpt.is_dir(), group_by_length=True)
+                        resume=ckpt.is_dir(), group_by_length=True,
+                        optim="adamw_torch")  # the recipe as measured: fused AdamW would change its weights' last bits
     check_numbers(hcfg)  # before the distillation, not after it
     if cfg.benign_rows is not None and cfg.benign_rows < 0:
         raise AuditError(f"--benign-rows must be >= 0, got {cfg.benign_rows}")

@@ -98,6 +98,7 @@ def test_tiny_build_is_deterministic_and_resolves_as_reference(tiny_model_dir, t
     manifest = json.loads((out / "safety_audit.json").read_text())
     assert manifest["data"]["recipe"] and manifest["data"]["advbench_rows"][:3] == [0, 2, 4]
     assert manifest["hyperparameters"]["seed"] == 0 and "torch" in manifest["versions"]
+    assert manifest["hyperparameters"]["optim"] == "adamw_torch"  # the recipe as measured, not fused AdamW
     assert not out.with_name(out.name + ".work").exists()  # the distillation cache is removed after a build
 
     with pytest.raises(AuditError, match="already built"):
