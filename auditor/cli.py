@@ -143,6 +143,8 @@ def _range(value: str | None):
 @click.option("--template", default="alpaca", show_default=True, help="alpaca | chat | raw (use the template the model was aligned with).")
 @click.option("--from-scan", "from_scan", default=None, metavar="SCAN.json", help="Start from a scan report's initial range.")
 @click.option("--start", default=None, metavar="i-j", help="Start range (inclusive, 0-based). Default: --from-scan or a fresh scan.")
+@click.option("--survey", type=int, default=None, is_flag=False, flag_value=2, metavar="[W]",
+              help="Start from the best of W-layer windows (default 2) scaled in turn over the whole model.")
 @click.option("--alpha", type=float, default=None, help="Scaling factor (>1 or <1). Default: automatic (steps of 0.05 from 1).")
 @click.option("--classifier", type=click.Choice(["prefix", "probe"]), default="prefix", show_default=True,
               help="prefix: keywords in 16 greedy tokens; probe: does the greedy answer open with a refusal (<=4 tokens).")
@@ -158,8 +160,8 @@ def _range(value: str | None):
 @click.option("--plot", "plot_path", default=None, metavar="PATH.png")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs (the journal is kept and reused).")
 @click.option("--quiet", "-q", is_flag=True)
-def locate(model, backend, template, from_scan, start, alpha, classifier, over_refusal, limit, max_new_tokens, patience,
-           no_controls, compat, threads, json_path, plot_path, force, quiet):
+def locate(model, backend, template, from_scan, start, survey, alpha, classifier, over_refusal, limit, max_new_tokens,
+           patience, no_controls, compat, threads, json_path, plot_path, force, quiet):
     """Precise safety-layer bounds: scale a layer range by α and count over-refusals (paper Table 1)."""
     from .locate import LocateConfig, paper_compat, run_locate
     from .report import locate_table, plot_locate
@@ -167,7 +169,7 @@ def locate(model, backend, template, from_scan, start, alpha, classifier, over_r
     _check_outputs(force, json_path, plot_path)
     cfg = LocateConfig(model=model, backend=backend, template=template, over_refusal=over_refusal, limit=limit or None,
                        classifier=classifier, max_new_tokens=max_new_tokens, alpha=alpha, start=_range(start),
-                       from_scan=from_scan, patience=patience, controls=not no_controls, threads=threads,
+                       from_scan=from_scan, survey=survey, patience=patience, controls=not no_controls, threads=threads,
                        journal=f"{json_path}.journal.jsonl" if json_path and json_path != "-" else None)
     if compat == "paper":
         cfg = paper_compat(cfg)

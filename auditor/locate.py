@@ -5,6 +5,12 @@ Progressive search, as the paper: from [i, j], with α > 1 fix i and sweep the u
 keeping the bound with the most refusals; then fix it and sweep the lower bound i, i−1, … likewise.
 α < 1 mirrors it with minima. Ties keep the narrower range. A sweep stops after `patience` steps without
 a new best (0 = to the end of the model). Every count is journaled, so a killed run resumes.
+
+The start comes from --start, a scan report, a fresh scan, or a survey: equal-width windows tiled over
+the whole model, each scaled in turn, the start being the window that moves refusals most the paper's
+way; the search from a window then also drops end layers that add nothing. A survey is for models whose
+cosine gap opens away from the over-refusal lever (the reference model: gap at 19-20, while early and
+middle windows raise refusals).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from .refusal import make_classifier
 
 SCHEMA_VERSION = 1
 ALPHA_STEP, ALPHA_MAX_STEPS = 0.05, 4
+SURVEY_ALPHA = 1.2  # the edge of the paper's α range: a window's effect shows even where it is small
 
 
 @dataclass
@@ -40,6 +47,7 @@ class LocateConfig:
     alpha: float | None = None  # None: automatic
     start: tuple[int, int] | None = None
     from_scan: str | None = None
+    survey: int | None = None  # window width: start from the best of equal-width windows over the model
     patience: int = 3
     controls: bool = True
     scale_o_proj: bool = True  # False under --compat paper (the authors' code never scaled o_proj)
@@ -122,8 +130,9 @@ def _sweep(count, candidates, alpha, best, better, patience, phase, rows):
     return best, best_rng
 
 
-def progressive_search(count, start: tuple[int, int], n_layers: int, alpha: float, patience: int):
-    """The paper's two sweeps; returns (range, its count, rows of the sweep)."""
+def progressive_search(count, start: tuple[int, int], n_layers: int, alpha: float, patience: int, trim: bool = False):
+    """The paper's two sweeps; returns (range, its count, rows of the sweep). `trim`: then drop end layers
+    while the count stays as good (a survey window is coarse: the block may begin or end inside it)."""
     better = (lambda a, b: a > b) if alpha > 1 else (lambda a, b: a < b)
     i, j = start
     best = count((i, j), alpha)
@@ -132,6 +141,13 @@ def progressive_search(count, start: tuple[int, int], n_layers: int, alpha: floa
     j = rng[1] if rng else j
     best, rng = _sweep(count, [(ii, j) for ii in range(i - 1, -1, -1)], alpha, best, better, patience, "lower", rows)
     i = rng[0] if rng else i
+    for side in ((1, 0), (0, -1)) if trim else ():
+        while i < j:
+            c = count((i + side[0], j + side[1]), alpha)
+            rows.append({"phase": "trim", "range": [i + side[0], j + side[1]], "count": c})
+            if better(best, c):
+                break
+            best, i, j = c, i + side[0], j + side[1]
     return (i, j), best, rows
 
 
@@ -164,6 +180,22 @@ def control_ranges(final: tuple[int, int], n_layers: int, most: int = 6) -> list
     return windows
 
 
+def survey_windows(n_layers: int, width: int) -> list[tuple[int, int]]:
+    """Equal-width windows tiling 0..n_layers-1; the last one ends at the last layer (it may overlap)."""
+    starts = list(range(0, n_layers - width + 1, width))
+    if starts[-1] + width < n_layers:
+        starts.append(n_layers - width)
+    return [(a, a + width - 1) for a in starts]
+
+
+def survey(count, n_layers: int, width: int, alpha: float, baseline: int) -> tuple[tuple[int, int], list[dict]]:
+    """Count every window at `alpha`; return the one that moves refusals most the paper's way, and all rows."""
+    sign = 1 if alpha > 1 else -1
+    rows = [{"range": list(w), "count": count(w, alpha)} for w in survey_windows(n_layers, width)]
+    best = max(rows, key=lambda r: (sign * (r["count"] - baseline), -r["range"][0]))
+    return tuple(best["range"]), rows
+
+
 def _start_range(cfg: LocateConfig, reporter) -> tuple[tuple[int, int], str]:
     if cfg.start:
         return tuple(cfg.start), "--start"
@@ -179,12 +211,12 @@ def _start_range(cfg: LocateConfig, reporter) -> tuple[tuple[int, int], str]:
         if diff:  # a --contrast scan: start where alignment moved the gap most
             return (int(diff[0]), int(diff[1])), f"scan report {p} (differential range; no initial range)"
         raise AuditError("the scan report has no initial range and no differential range (scan with --contrast "
-                         "BASE_MODEL, or pass --start i-j)", p)
+                         "BASE_MODEL, or pass --start i-j or --survey)", p)
     from .scan import ScanConfig, run_scan
 
     rep = run_scan(ScanConfig(model=cfg.model, backend=cfg.backend, template=cfg.template, threads=cfg.threads), reporter)
     if not rep["initial_range"]:
-        raise AuditError("a fresh scan found no initial safety-layer range; pass --start i-j")
+        raise AuditError("a fresh scan found no initial safety-layer range; pass --start i-j or --survey")
     return tuple(rep["initial_range"]), "fresh scan"
 
 
@@ -197,10 +229,10 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
         raise AuditError(f"alpha must be a positive number, got {cfg.alpha}")
     if cfg.alpha == 1.0:
         raise AuditError("alpha = 1 scales nothing; use a value like 1.1 or 0.9")
-    if cfg.start and cfg.from_scan:
-        raise AuditError("give --start or --from-scan, not both")
-    if cfg.max_new_tokens < 1 or cfg.patience < 0 or (cfg.limit is not None and cfg.limit < 1):
-        raise AuditError("--max-new-tokens and --limit must be >= 1, --patience >= 0")
+    if sum(x is not None for x in (cfg.start, cfg.from_scan, cfg.survey)) > 1:
+        raise AuditError("give one of --start, --from-scan and --survey")
+    if cfg.max_new_tokens < 1 or cfg.patience < 0 or any(v is not None and v < 1 for v in (cfg.limit, cfg.survey)):
+        raise AuditError("--max-new-tokens, --limit and --survey must be >= 1, --patience >= 0")
     model = resolve_model(cfg.model)
     d_o = load_prompts(cfg.over_refusal)
     prompts = list(d_o.prompts[: cfg.limit] if cfg.limit else d_o.prompts)
@@ -210,7 +242,9 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     backend = open_backend(model, cfg.backend, threads=cfg.threads)
     try:
         K = backend.n_layers
-        start, start_from = _start_range(cfg, reporter)
+        if cfg.survey is not None and cfg.survey > K:
+            raise AuditError(f"--survey width {cfg.survey} is wider than the model ({K} layers)")
+        start, start_from = _start_range(cfg, reporter) if cfg.survey is None else ((0, 0), "")
         if not (0 <= start[0] <= start[1] < K):
             raise AuditError(f"start range {start[0]}-{start[1]} is outside the model (layers 0..{K - 1})")
         fp = file_fingerprint(model.path) if model.is_gguf else str(model.path)
@@ -219,11 +253,17 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
         journal = Journal(Path(cfg.journal) if cfg.journal else None, key)
         count = RefusalCounter(backend, prompts, classifier, cfg.template, cfg.scale_o_proj, journal, reporter)
         baseline = count(None)
+        surveyed = None
+        if cfg.survey is not None:
+            s_alpha = cfg.alpha or (SURVEY_ALPHA if baseline <= len(prompts) / 2 else round(2 - SURVEY_ALPHA, 2))
+            start, windows = survey(count, K, cfg.survey, s_alpha, baseline)
+            surveyed = {"alpha": s_alpha, "width": cfg.survey, "windows": windows}
+            start_from = f"survey: {len(windows)} windows of {cfg.survey} at α {s_alpha:g}"
         trials: list[dict] = []
-        alpha = cfg.alpha
+        alpha = surveyed["alpha"] if surveyed else cfg.alpha  # the survey already showed its α moves refusals
         if alpha is None:
             alpha, trials = choose_alpha(count, start, baseline, len(prompts))
-        final, best, rows = progressive_search(count, start, K, alpha, cfg.patience)
+        final, best, rows = progressive_search(count, start, K, alpha, cfg.patience, trim=surveyed is not None)
         controls = [{"range": list(r), "count": count(r, alpha)} for r in control_ranges(final, K)] if cfg.controls else []
         # the paper's effect (α > 1: more refusals), larger than any control's move in either direction
         gain = (best - baseline) * (1 if alpha > 1 else -1)
@@ -244,10 +284,11 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
         "n_prompts": len(prompts),
         "classifier": classifier.describe(),
         "alpha": alpha,
-        "alpha_choice": "given" if cfg.alpha is not None else {"rule": "step 0.05 from 1 until the count moves the paper's way "
+        "alpha_choice": "given" if cfg.alpha is not None else "survey" if surveyed else {"rule": "step 0.05 from 1 until the count moves the paper's way "
                                                                  "(alpha > 1: up) by >= max(3, 5% of D_o)", "trials": trials},
         "start": list(start),
         "start_from": start_from,
+        "survey": surveyed,
         "baseline": baseline,
         "sweep": rows,
         "safety_layers": list(final),

@@ -142,7 +142,9 @@ def locate_table(report: dict) -> Table:
               f"({report['count']} refusals; {verdict})", header_style="bold")
     for c in ("phase", "range", "refusals", "Δ vs baseline"):
         t.add_column(c, justify="right")
-    rows = [dict(r, phase=f"α trial {r['alpha']:g}") for r in (report["alpha_choice"]["trials"] if isinstance(report["alpha_choice"], dict) else [])]
+    sv = report.get("survey")
+    rows = [dict(w, phase=f"survey α {sv['alpha']:g}") for w in sv["windows"]] if sv else []
+    rows += [dict(r, phase=f"α trial {r['alpha']:g}") for r in (report["alpha_choice"]["trials"] if isinstance(report["alpha_choice"], dict) else [])]
     rows += report["sweep"] + [dict(c, phase="control") for c in report["controls"]]
     for r in rows:
         hit = r["range"] == final and r["phase"] != "control"
@@ -152,14 +154,26 @@ def locate_table(report: dict) -> Table:
 
 
 def plot_locate(report: dict, path: str | Path, force: bool = False) -> Path:
-    """Refusal count per swept range (upper sweep, lower sweep, controls) against the baseline."""
+    """Refusal count per swept range (upper sweep, lower sweep, controls) against the baseline; with a
+    survey, a first panel of refusals per surveyed window."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), dpi=130, sharey=True)
+    sv = report.get("survey")
+    fig, axes = plt.subplots(1, 3 if sv else 2, figsize=(17 if sv else 12, 4.2), dpi=130, sharey=True)
     base = report["baseline"]
+    if sv:
+        ax, axes = axes[0], axes[1:]
+        w = sv["windows"]
+        ax.bar([r["range"][0] for r in w], [r["count"] for r in w], width=sv["width"] * 0.9, align="edge",
+               color=["#ffb300" if r["range"] == report["start"] else "#9ecae1" for r in w], label=f"window × {sv['alpha']:g}")
+        ax.axhline(base, color="black", lw=1, ls="--", label="baseline (α = 1)")
+        ax.set_xlabel(f"survey: first layer of each {sv['width']}-layer window (start in amber)")
+        ax.set_ylabel(f"refusals on {report['n_prompts']} over-refusal prompts")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
     for ax, phase, xlabel, idx in ((axes[0], "upper", "upper bound j (lower bound fixed)", 1),
                                    (axes[1], "lower", "lower bound i (upper bound fixed)", 0)):
         rows = [r for r in report["sweep"] if r["phase"] in (phase, "start")]
@@ -172,7 +186,8 @@ def plot_locate(report: dict, path: str | Path, force: bool = False) -> Path:
     if report["controls"]:
         cx = [sum(c["range"]) / 2 for c in report["controls"]]
         axes[0].scatter(cx, [c["count"] for c in report["controls"]], marker="s", color="#7f7f7f", label="controls (window centre)")
-    axes[0].set_ylabel(f"refusals on {report['n_prompts']} over-refusal prompts")
+    if not sv:
+        axes[0].set_ylabel(f"refusals on {report['n_prompts']} over-refusal prompts")
     axes[0].legend(fontsize=8)
     f = report["safety_layers"]
     fig.suptitle(f"{report['model']} · α = {report['alpha']:g} · {report['classifier']['name']} classifier · "

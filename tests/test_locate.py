@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from auditor.backends.hf import TorchBackend
 from auditor.cli import main
-from auditor.locate import LocateConfig, choose_alpha, control_ranges, progressive_search, run_locate
+from auditor.locate import LocateConfig, choose_alpha, control_ranges, progressive_search, run_locate, survey_windows
 from auditor.refusal import PrefixClassifier, ProbeClassifier, agreement
 from conftest import make_planted_model, write_lines
 
@@ -115,9 +115,11 @@ def test_locate_cli_json_plot_and_bad_inputs(planted, tmp_path):
     empty = write_lines(tmp_path / "empty.txt", [""])
     for args, msg in ((["--alpha", "0"], "alpha must be a positive"), (["--alpha", "-1.1"], "alpha must be a positive"),
                       (["--start", "3-40"], "outside the model"), (["--over-refusal", str(empty)], "no prompts"),
-                      (["--from-scan", str(d_o)], "not a readable scan report"), (["--start", "5-5", "--from-scan", str(out)], "not both")):
+                      (["--from-scan", str(d_o)], "not a readable scan report"), (["--start", "5-5", "--from-scan", str(out)], "one of --start"),
+                      (["--survey", "0"], "--survey must be >= 1"), (["--survey", "11"], "wider than the model"),
+                      (["--start", "5-5", "--survey"], "one of --start")):
         base = ["locate", str(folder), "--template", "raw", "--over-refusal", str(d_o), "--alpha", "1.3"]
-        if "--start" not in args and "--from-scan" not in args:
+        if not {"--start", "--from-scan", "--survey"} & set(args):
             base += ["--start", "5-5"]
         res = CliRunner().invoke(main, base + args)
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
@@ -157,3 +159,32 @@ def test_start_from_scan_report(planted, tmp_path):
 
     with pytest.raises(AuditError, match="no initial range"):
         run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), from_scan=str(scan)))
+
+
+def test_survey_windows_tile_the_model():
+    assert survey_windows(10, 2) == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    assert survey_windows(7, 3) == [(0, 2), (3, 5), (4, 6)]  # the last window ends at the last layer
+    assert survey_windows(5, 5) == [(0, 4)] and survey_windows(3, 1) == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_survey_starts_where_refusals_rise_most(planted, tmp_path):
+    """No scan, no --start: the 2-layer window holding most of the planted block starts the search."""
+    folder, d_o, _ = planted
+    out, png = tmp_path / "loc.json", tmp_path / "loc.png"
+    r = CliRunner().invoke(main, ["locate", str(folder), "--template", "raw", "--over-refusal", str(d_o), "--limit", "0",
+                                  "--classifier", "probe", "--alpha", "1.3", "--survey", "--json", str(out),
+                                  "--plot", str(png), "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    sv = rep["survey"]
+    assert sv["width"] == 2 and sv["alpha"] == 1.3 and [w["range"] for w in sv["windows"]] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    counts = {tuple(w["range"]): w["count"] for w in sv["windows"]}
+    assert counts[(0, 1)] == counts[(2, 3)] == counts[(8, 9)] == rep["baseline"] < counts[(6, 7)] < counts[(4, 5)]
+    assert rep["start"] == [4, 5] and rep["start_from"].startswith("survey") and rep["safety_layers"] == list(BLOCK)
+    assert rep["sweep"][0]["count"] == counts[(4, 5)] and png.read_bytes()[:4] == b"\x89PNG"
+    auto = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None,
+                                   classifier="probe", survey=3, controls=False))
+    assert auto["alpha_choice"] == "survey" and auto["alpha"] == auto["survey"]["alpha"] in (1.2, 0.8)
+    assert [w["range"] for w in auto["survey"]["windows"]] == [[0, 2], [3, 5], [6, 8], [7, 9]]
+    assert auto["start"] == [3, 5] and auto["safety_layers"] == list(BLOCK)  # layer 3 trimmed: no refusal lost
+    assert [r["range"] for r in auto["sweep"] if r["phase"] == "trim"][0] == [4, 6]
