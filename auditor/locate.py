@@ -151,12 +151,17 @@ def progressive_search(count, start: tuple[int, int], n_layers: int, alpha: floa
     return (i, j), best, rows
 
 
+def room_to_move(baseline: int, n: int) -> int:
+    """+1 (scale up, α > 1) when at most half of D_o is refused unscaled, else -1: the side counts can move to."""
+    return 1 if baseline <= n / 2 else -1
+
+
 def choose_alpha(count, start, baseline: int, n: int) -> tuple[float, list[dict]]:
     """Automatic α: the direction with room to move (up when at most half of D_o is refused at baseline,
     else down), stepping 0.05 away from 1 until the start range moves the count by ≥ max(3, 5% of D_o)
     *the paper's way* (α > 1: more refusals, α < 1: fewer). A move the other way is no effect to search
     on: scaling the reference model's layers 19-20 by 1.05 cut refusals 59 -> 48."""
-    sign = 1 if baseline <= n / 2 else -1
+    sign = room_to_move(baseline, n)
     need = max(3, math.ceil(0.05 * n))
     trials = []
     for step in range(1, ALPHA_MAX_STEPS + 1):
@@ -242,11 +247,12 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     backend = open_backend(model, cfg.backend, threads=cfg.threads)
     try:
         K = backend.n_layers
-        if cfg.survey is not None and cfg.survey > K:
+        if cfg.survey is None:
+            start, start_from = _start_range(cfg, reporter)
+            if not (0 <= start[0] <= start[1] < K):
+                raise AuditError(f"start range {start[0]}-{start[1]} is outside the model (layers 0..{K - 1})")
+        elif cfg.survey > K:
             raise AuditError(f"--survey width {cfg.survey} is wider than the model ({K} layers)")
-        start, start_from = _start_range(cfg, reporter) if cfg.survey is None else ((0, 0), "")
-        if not (0 <= start[0] <= start[1] < K):
-            raise AuditError(f"start range {start[0]}-{start[1]} is outside the model (layers 0..{K - 1})")
         fp = file_fingerprint(model.path) if model.is_gguf else str(model.path)
         key = hashlib.sha256(json.dumps([fp, backend.name, cfg.template, classifier.describe(), prompts,
                                          cfg.scale_o_proj]).encode()).hexdigest()[:24]
@@ -255,7 +261,7 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
         baseline = count(None)
         surveyed = None
         if cfg.survey is not None:
-            s_alpha = cfg.alpha or (SURVEY_ALPHA if baseline <= len(prompts) / 2 else round(2 - SURVEY_ALPHA, 2))
+            s_alpha = cfg.alpha or round(1 + room_to_move(baseline, len(prompts)) * (SURVEY_ALPHA - 1), 2)
             start, windows = survey(count, K, cfg.survey, s_alpha, baseline)
             surveyed = {"alpha": s_alpha, "width": cfg.survey, "windows": windows}
             start_from = f"survey: {len(windows)} windows of {cfg.survey} at α {s_alpha:g}"

@@ -171,7 +171,6 @@ def plot_locate(report: dict, path: str | Path, force: bool = False) -> Path:
                color=["#ffb300" if r["range"] == report["start"] else "#9ecae1" for r in w], label=f"window × {sv['alpha']:g}")
         ax.axhline(base, color="black", lw=1, ls="--", label="baseline (α = 1)")
         ax.set_xlabel(f"survey: first layer of each {sv['width']}-layer window (start in amber)")
-        ax.set_ylabel(f"refusals on {report['n_prompts']} over-refusal prompts")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     for ax, phase, xlabel, idx in ((axes[0], "upper", "upper bound j (lower bound fixed)", 1),
@@ -186,8 +185,7 @@ def plot_locate(report: dict, path: str | Path, force: bool = False) -> Path:
     if report["controls"]:
         cx = [sum(c["range"]) / 2 for c in report["controls"]]
         axes[0].scatter(cx, [c["count"] for c in report["controls"]], marker="s", color="#7f7f7f", label="controls (window centre)")
-    if not sv:
-        axes[0].set_ylabel(f"refusals on {report['n_prompts']} over-refusal prompts")
+    fig.axes[0].set_ylabel(f"refusals on {report['n_prompts']} over-refusal prompts")
     axes[0].legend(fontsize=8)
     f = report["safety_layers"]
     fig.suptitle(f"{report['model']} · α = {report['alpha']:g} · {report['classifier']['name']} classifier · "
