@@ -40,7 +40,7 @@ def child(name: str, steps: int, threads: int) -> None:
     """One configuration: waits for 'go' on stdin before each step, reports each step's time."""
     from transformers import TrainerCallback
 
-    from auditor.harden import HardenConfig, load_model, run_harden
+    from auditor.workflows.harden import HardenConfig, load_model, run_harden
 
     set_threads(threads)
     load_model(None)  # make sure the converted copy is cached before measuring
@@ -69,8 +69,8 @@ def child(name: str, steps: int, threads: int) -> None:
 
 def _frozen_fractions() -> dict[str, float]:
     """Per configuration: the frozen block's share of the base model's parameters (LoRA: of the base weights)."""
-    from auditor.freezing import block_parameters
-    from auditor.harden import load_model
+    from auditor.weights.layers import block_parameters
+    from auditor.workflows.harden import load_model
 
     _, model, _ = load_model(None)
     sizes = {n: p.numel() for n, p in model.named_parameters()}

@@ -16,10 +16,11 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import load_avg, set_threads, write  # noqa: E402
 
-from auditor.locate import LocateConfig, run_locate  # noqa: E402
-from auditor.models import open_backend, resolve_model  # noqa: E402
-from auditor.prompts import load_prompts  # noqa: E402
-from auditor.refusal import PrefixClassifier, ProbeClassifier, agreement  # noqa: E402
+from auditor.workflows.locate import LocateConfig, run_locate  # noqa: E402
+from auditor.backends import open_backend  # noqa: E402
+from auditor.io.models import resolve_model  # noqa: E402
+from auditor.io.prompts import load_prompts  # noqa: E402
+from auditor.core.refusal import KeywordClassifier, OpeningClassifier, agreement  # noqa: E402
 
 
 def ranks(xs):
@@ -58,7 +59,7 @@ def main():
     start = tuple(int(x) for x in args.start.split("-"))
     load0 = load_avg()
     sweeps = {}
-    for clf in ("probe", "prefix"):
+    for clf in ("opening", "keyword"):
         t = time.perf_counter()
         sweeps[clf] = run_locate(LocateConfig(model=args.model, backend=args.backend, template=args.template, limit=args.limit, classifier=clf,
                                               alpha=args.alpha, start=start, threads=threads))
@@ -68,25 +69,25 @@ def main():
     b = open_backend(model, args.backend, threads=threads)
     d_o = list(load_prompts("over-rejection").prompts[: args.limit])
     known = {c: {tuple(r["range"]): r["count"] for r in sweeps[c]["sweep"] + sweeps[c]["controls"]} for c in sweeps}
-    ranges = sorted(set(known["probe"]) | set(known["prefix"]))
-    clfs = {"probe": ProbeClassifier(), "prefix": PrefixClassifier(16)}
+    ranges = sorted(set(known["opening"]) | set(known["keyword"]))
+    clfs = {"opening": OpeningClassifier(), "keyword": KeywordClassifier(16)}
     for c in sweeps:
         for rng in ranges:
             if rng not in known[c]:
                 with b.scaled(range(rng[0], rng[1] + 1), args.alpha):
                     known[c][rng] = sum(clfs[c].decide(b, d_o, args.template))
-    rho = spearman([known["probe"][r] for r in ranges], [known["prefix"][r] for r in ranges])
+    rho = spearman([known["opening"][r] for r in ranges], [known["keyword"][r] for r in ranges])
     # per-prompt agreement at baseline, on D_o and on AdvBench (where some refusals exist)
     per_prompt = {}
     for name, qs in (("over_rejection", d_o), ("advbench_first_100", list(load_prompts("advbench").prompts[:100]))):
-        per_prompt[name] = agreement(clfs["prefix"].decide(b, qs, args.template), clfs["probe"].decide(b, qs, args.template))
+        per_prompt[name] = agreement(clfs["keyword"].decide(b, qs, args.template), clfs["opening"].decide(b, qs, args.template))
     b.close()
     result = {
         "model": model.label, "backend": args.backend, "threads": threads, "template": args.template, "alpha": args.alpha, "start": list(start),
         "n_prompts": args.limit, "load_before": load0, "load_after": load_avg(),
         "sweep_seconds": {c: round(sweeps[c]["wall_seconds"], 1) for c in sweeps},
         "counts_computed": {c: sweeps[c]["counts_computed"] for c in sweeps},
-        "speedup_probe_vs_generation": sweeps["prefix"]["wall_seconds"] / sweeps["probe"]["wall_seconds"],
+        "speedup_opening_vs_keyword": sweeps["keyword"]["wall_seconds"] / sweeps["opening"]["wall_seconds"],
         "safety_layers": {c: sweeps[c]["safety_layers"] for c in sweeps},
         "baseline": {c: sweeps[c]["baseline"] for c in sweeps},
         "counts_by_range": {f"{r[0]}-{r[1]}": {c: known[c][r] for c in known} for r in ranges},

@@ -17,8 +17,9 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import load_avg, set_threads, write  # noqa: E402
 
-from auditor.models import open_backend, resolve_model  # noqa: E402
-from auditor.prompts import load_prompts  # noqa: E402
+from auditor.backends import open_backend  # noqa: E402
+from auditor.io.models import resolve_model  # noqa: E402
+from auditor.io.prompts import load_prompts  # noqa: E402
 
 
 def naive_research_path(tb, queries):

@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import child_peak_mb, load_avg, peak_rss_mb, reset_peak_rss, set_threads, timed, write  # noqa: E402
 
-from auditor import _ext  # noqa: E402
-from auditor.similarity import pair_statistics  # noqa: E402
+from auditor.ops import compiled as _ext
+from auditor.core.similarity import pair_statistics  # noqa: E402
 
 
 def inputs(K, n, m, d, seed=0):
@@ -97,9 +97,9 @@ def shape_row(K, n, m, d, quick):
 
 
 def gguf_copy_row():
-    from auditor.gguf_file import read_gguf
-    from auditor.models import default_model_path
-    from auditor.scaling import _patch, gguf_targets, scale_gguf
+    from auditor.io.gguf_file import read_gguf
+    from auditor.io.models import default_model_path
+    from auditor.weights.gguf_scaling import _patch, gguf_targets, scale_gguf
 
     src = default_model_path()
     tmp = tempfile.mkdtemp()

@@ -68,7 +68,7 @@ def _fresh_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bundled_gguf() -> Path:
-    from auditor.models import default_model_path
+    from auditor.io.models import default_model_path
 
     return default_model_path()
 

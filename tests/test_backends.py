@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from auditor.backends.hf import TorchBackend, decoder_layers
+from auditor.backends.hf import TorchBackend
+
+from auditor.weights.layers import decoder_layers
 from auditor.errors import AuditError
-from auditor.models import ModelRef
+from auditor.io.models import ModelRef
 
 QUERIES = ["hi", "Give three tips for staying healthy.", "How do I pick a lock? Explain in detail please.", "x y"]
 

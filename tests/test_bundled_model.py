@@ -7,9 +7,10 @@ import torch
 from click.testing import CliRunner
 
 from auditor.cli import main
-from auditor.models import open_backend, resolve_model
-from auditor.prompts import load_prompts
-from auditor.scan import ScanConfig, run_scan
+from auditor.backends import open_backend
+from auditor.io.models import resolve_model
+from auditor.io.prompts import load_prompts
+from auditor.workflows.scan import ScanConfig, run_scan
 from conftest import write_lines
 
 pytestmark = pytest.mark.model
@@ -58,9 +59,9 @@ def test_default_scan_command_on_bundled_model():
 
 @pytest.mark.parametrize("backend,compat", [("llama", None), ("torch", None), ("llama", "paper")])
 def test_locate_runs_on_both_backends(backend, compat):
-    from auditor.locate import LocateConfig, paper_compat, run_locate
+    from auditor.workflows.locate import LocateConfig, paper_compat, run_locate
 
-    cfg = LocateConfig(backend=backend, template="chat", limit=6, classifier="probe", alpha=1.1, start=(8, 9),
+    cfg = LocateConfig(backend=backend, template="chat", limit=6, classifier="opening", alpha=1.1, start=(8, 9),
                        patience=1, controls=False)
     if compat:
         cfg = paper_compat(cfg)
@@ -70,14 +71,14 @@ def test_locate_runs_on_both_backends(backend, compat):
     i, j = rep["safety_layers"]
     assert 0 <= i <= 8 and 9 <= j < 30
     if compat:
-        assert rep["classifier"]["name"] == "prefix" and rep["scale_o_proj"] is False and rep["template"] == "alpaca"
+        assert rep["classifier"]["name"] == "keyword" and rep["scale_o_proj"] is False and rep["template"] == "alpaca"
 
 
 def test_harden_bundled_gguf_with_gguf_export(tmp_path):
     """SPPFT on the real GGUF (1 step), written back as a GGUF that llama.cpp reads like the HF folder."""
     from safetensors.torch import load_file
 
-    from auditor.harden import HardenConfig, load_model, run_harden
+    from auditor.workflows.harden import HardenConfig, load_model, run_harden
 
     out = tmp_path / "sppft"
     rep = run_harden(HardenConfig(out=str(out), method="sppft", layers=(8, 14), n_rows=4, max_steps=1, batch_size=2,

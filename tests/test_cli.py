@@ -39,7 +39,11 @@ def test_scan_json_contract_and_plot(tmp_path, tiny_model_dir, pools):
              "--bootstrap", "50", "--json", str(out), "--plot", str(png), "-q"])
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
-    assert rep["schema_version"] == 1 and rep["backend"] == "torch" and rep["template"] == "alpaca"
+    assert rep["schema_version"] == 2 and rep["backend"] == "torch" and rep["template"] == "alpaca"
+    # the shared header: what was scanned (by content), how, when
+    assert rep["command"] == "scan" and rep["tool"].startswith("safety-audit ")
+    assert len(rep["model_sha256"]) == 64 and rep["created"].endswith("+00:00")
+    assert rep["command_line"].startswith("safety-audit scan")
     assert rep["n_layers"] == 4 and rep["n_normal"] == 6 and rep["n_malicious"] == 5
     assert [row["layer"] for row in rep["layers"]] == [0, 1, 2, 3]
     for row in rep["layers"]:
@@ -80,7 +84,7 @@ def test_paper_pair_sampling_mode(tiny_model_dir, pools):
 @pytest.mark.parametrize("make_args,message", [
     (lambda t, m, n: ["scan", str(t / "none.gguf")], "model not found"),
     (lambda t, m, n: ["scan", str(write_lines(t / "x.gguf", ["not a gguf at all"]))], "not a GGUF file"),
-    (lambda t, m, n: ["scan", str(m), "--template", "vicuna"], "unknown template"),
+    (lambda t, m, n: ["scan", str(m), "--template", "vicuna"], "'vicuna' is not one of"),
     (lambda t, m, n: ["scan", str(m), "--normal", str(write_lines(t / "one.txt", ["just one"]))], "at least 2 prompts"),
     (lambda t, m, n: ["scan", str(m), "--normal", str(write_lines(t / "e.txt", ["", " "]))], "no prompts"),
     (lambda t, m, n: ["scan", str(m), "--malicious", str(t / "missing.csv")], "prompt file not found"),
@@ -110,7 +114,7 @@ def test_help_for_every_command():
 def test_doctor_json():
     r = run(["doctor", "--json"])
     info = json.loads(r.stdout)
-    assert info["schema_version"] == 1 and info["torch"] and "loaded" in info["compiled_ops"]
+    assert info["schema_version"] == 2 and info["torch"] and "loaded" in info["compiled_ops"]
     assert info["bundled_model"].endswith(".gguf")
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from auditor import _ext
+from auditor.ops import compiled as _ext
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA torch and a GPU")]
 
@@ -17,7 +17,7 @@ def compiled_with_cuda():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("K,n,m,d", [(1, 2, 2, 3), (3, 70, 33, 100), (2, 300, 260, 4096)])
 def test_pair_stats_cuda_matches_cpu(dtype, K, n, m, d):
-    from auditor.similarity import pair_statistics
+    from auditor.core.similarity import pair_statistics
 
     g = torch.Generator().manual_seed(n + m)
     A, B = torch.randn(K, n, d, generator=g).to(dtype), torch.randn(K, m, d, generator=g).to(dtype)
@@ -34,7 +34,7 @@ def test_pair_stats_cuda_matches_cpu(dtype, K, n, m, d):
 
 
 def test_zero_vector_on_cuda():
-    from auditor.similarity import pair_statistics
+    from auditor.core.similarity import pair_statistics
 
     A = torch.randn(1, 3, 16)
     A[0, 1] = 0
@@ -46,7 +46,7 @@ def test_zero_vector_on_cuda():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_scale_cuda_matches_cpu_and_restores(dtype):
-    from auditor.scaling import scale_
+    from auditor.weights.scaling import scale_
 
     g = torch.Generator().manual_seed(0)
     cpu = [torch.randn(s, generator=g).to(dtype) for s in ((3, 5), (70_001,), (257, 513))]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from auditor.check import junit_xml, load_eval, verdict
+from auditor.workflows.gate import junit_xml, load_eval, verdict
 from auditor.cli import main
 from auditor.errors import AuditError
-from auditor.evaluate import LETTERS, _mmlu_rows, bootstrap_mean, mmlu_predictions, mmlu_prompt, rouge_l
+from auditor.core.metrics import LETTERS, bootstrap_mean, mmlu_predictions, mmlu_prompt, mmlu_rows, rouge_l
 
 
 def test_rouge_l_against_hand_computed_values():
@@ -37,7 +37,7 @@ class LetterBackend:
 
 
 def test_mmlu_prompt_and_scoring_on_constructed_items():
-    dev, test = _mmlu_rows(None)
+    dev, test = mmlu_rows(None)
     assert len(dev) == 10 and all(len(v) == 5 for v in dev.values()) and len(test) == 500
     row = dict(test[0], question="Key: C. Which letter?", answer="C")
     prompt = mmlu_prompt(dev[row["subject"]], row)
@@ -45,7 +45,7 @@ def test_mmlu_prompt_and_scoring_on_constructed_items():
     assert prompt.startswith("The following are multiple choice questions (with answers) about")
     items = [dict(row, question=f"Key: {c}. Pick.", answer=c) for c in "ABDC"]
     assert mmlu_predictions(LetterBackend(), dev, items) == list("ABDC")
-    _, limited = _mmlu_rows(20)
+    _, limited = mmlu_rows(20)
     assert len(limited) == 20 and len({r["subject"] for r in limited}) == 10
 
 
@@ -67,7 +67,7 @@ def eval_report(tiny_model_dir, tmp_path_factory):
 
 def test_eval_report_contract(eval_report):
     rep = json.loads(eval_report[0].read_text())
-    assert rep["schema_version"] == 1 and rep["backend"] == "torch" and rep["template"] == "chat"  # its own template
+    assert rep["schema_version"] == 2 and rep["backend"] == "torch" and rep["template"] == "chat"  # its own template
     for k in ("harmful_rate", "over_refusal_rate", "rouge_l", "mmlu_accuracy"):
         v = rep[k]
         assert 0 <= v["value"] <= 1 and v["ci95"][0] <= v["value"] <= v["ci95"][1] and v["n"] > 0, k
@@ -151,6 +151,58 @@ def test_compare_table(eval_report):
 
 def test_eval_bad_inputs(tiny_model_dir):
     for args, msg in ((["--metrics", "harmful,vibes"], "unknown metric"), (["--metrics", "judge"], "needs --judge"),
-                      (["--template", "vicuna"], "unknown template"), (["--harmful", "/nope.txt"], "not found")):
+                      (["--template", "vicuna"], "'vicuna' is not one of"), (["--harmful", "/nope.txt"], "not found")):
         r = CliRunner().invoke(main, ["eval", str(tiny_model_dir), "--limit", "2"] + args)
         assert r.exit_code == 2 and msg in r.output, (args, r.output)
+
+
+def test_check_a_model_against_a_judged_baseline(eval_report, tmp_path, tiny_model_dir, monkeypatch):
+    """v0.1: `check MODEL` against a baseline with a judge score always failed (the candidate's eval dropped the
+    judge, whose URL was not recorded). Now the recorded judge is reused; an unrecorded one is asked for."""
+    from auditor.workflows import gate
+
+    base = json.loads(eval_report[0].read_text())
+    judged = dict(base, harmful_score={"value": 1.2, "ci95": [1.0, 1.4], "n": 10})
+    unrecorded = tmp_path / "judged.json"
+    unrecorded.write_text(json.dumps(judged))
+    r = CliRunner().invoke(main, ["check", str(tiny_model_dir), "--baseline", str(unrecorded)])
+    assert r.exit_code == 2 and "records no judge" in r.output and "Traceback" not in r.output
+
+    seen = {}
+
+    def fake_eval(cfg, reporter=None):  # what check would evaluate: the baseline's settings, its judge included
+        seen["cfg"] = cfg
+        return dict(judged, model=cfg.model)
+
+    monkeypatch.setattr(gate, "run_eval", fake_eval)
+    recorded = tmp_path / "judged-recorded.json"
+    recorded.write_text(json.dumps(dict(judged, config={**base["config"], "judge_url": "http://127.0.0.1:9/v1"})))
+    r = CliRunner().invoke(main, ["check", str(tiny_model_dir), "--baseline", str(recorded)])
+    assert r.exit_code == 0, r.output
+    cfg = seen["cfg"]
+    assert "judge" in cfg.metrics and cfg.judge_url == "http://127.0.0.1:9/v1" and cfg.limit == base["limit"]
+    r = CliRunner().invoke(main, ["check", str(tiny_model_dir), "--baseline", str(unrecorded), "--judge-model", "j.gguf"])
+    assert r.exit_code == 0 and seen["cfg"].judge_model == "j.gguf"
+
+
+def test_reports_of_schema_1_are_still_read_and_newer_ones_refused(eval_report, tmp_path):
+    base = json.loads(eval_report[0].read_text())
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({k: v for k, v in base.items() if k not in ("model_sha256", "created", "command_line")}
+                              | {"schema_version": 1, "classifier": {"name": "prefix"}}))
+    r = CliRunner().invoke(main, ["check", str(old), "--baseline", str(eval_report[0])])
+    assert r.exit_code == 0 and "PASS" in r.output
+    assert CliRunner().invoke(main, ["compare", str(old), str(eval_report[0])]).exit_code == 0
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps(dict(base, schema_version=99)))
+    r = CliRunner().invoke(main, ["check", str(newer), "--baseline", str(eval_report[0])])
+    assert r.exit_code == 2 and "newer than this safety-audit reads" in r.output
+
+
+def test_old_classifier_names_still_work(tiny_model_dir, tmp_path):
+    out = tmp_path / "e.json"
+    r = CliRunner().invoke(main, ["eval", str(tiny_model_dir), "--metrics", "harmful", "--limit", "3", "--classifier",
+                                  "prefix", "--max-new-tokens", "2", "--bootstrap", "0", "--json", str(out), "-q"])
+    assert r.exit_code == 0 and "now called 'keyword'" in r.output
+    rep = json.loads(out.read_text())
+    assert rep["classifier"]["name"] == "keyword" and rep["config"]["classifier"] == "keyword"

@@ -5,9 +5,9 @@ import itertools
 import pytest
 import torch
 
-from auditor.gap import (RangeRule, bootstrap_weights, differential_range, gap_stats, initial_range, pair_masks,
-                         percentile_ci, weighted_pair_mean)
-from auditor.similarity import pair_statistics
+from auditor.core.gap import (RangeRule, bootstrap_weights, differential_range, gap_stats, initial_range, pair_masks,
+                              percentile_ci, weighted_pair_mean)
+from auditor.core.similarity import pair_statistics
 
 
 def test_weighted_pair_mean_equals_explicit_resample():

@@ -3,8 +3,8 @@ import shutil
 import pytest
 
 from auditor.errors import AuditError
-from auditor.gguf_file import read_gguf
-from auditor.models import resolve_model
+from auditor.io.gguf_file import read_gguf
+from auditor.io.models import resolve_model
 
 
 def test_bundled_gguf_header(bundled_gguf):
@@ -52,7 +52,7 @@ def test_unknown_architecture_is_a_clear_error(tmp_path):
     import numpy as np
     from gguf import GGUFWriter
 
-    from auditor.models import open_backend
+    from auditor.backends import open_backend
 
     p = tmp_path / "alien.gguf"
     w = GGUFWriter(str(p), "alienformer")

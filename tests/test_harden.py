@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from auditor.attacks import TRIGGER, build_attack
+from auditor.training.attacks import TRIGGER, build_attack
 from auditor.cli import main
 from auditor.errors import AuditError
-from auditor.harden import HardenConfig, run_harden
+from auditor.workflows.harden import HardenConfig, run_harden
 
 FAST = dict(n_rows=12, max_steps=4, cutoff=400, save_steps=2, batch_size=4)
 
@@ -165,7 +165,7 @@ def test_two_cpu_processes_with_torchrun(tmp_path, tiny_model_dir):
 
 def test_answer_only_logits_give_the_full_loss_and_gradients(tiny_model):
     """The Trainer computes logits from the earliest answer position on; loss and gradients match HF's own."""
-    from auditor.harden import Collator, SFTData, answer_loss
+    from auditor.training.data import Collator, SFTData, answer_loss
 
     model, tok = tiny_model
     rows = [{"instruction": "a" * k, "input": "", "output": "b" * (3 + k)} for k in (5, 9, 14)]
@@ -189,7 +189,7 @@ def test_answer_only_logits_give_the_full_loss_and_gradients(tiny_model):
 def test_freed_tensor_memory_is_reused_without_page_faults():
     """Training allocates the same big tensors every step: after keep_freed_memory they come back from the
     heap instead of being mapped and page-faulted in afresh (glibc maps ≥32 MB blocks by default)."""
-    from auditor.harden import keep_freed_memory
+    from auditor.training.memory import keep_freed_memory
 
     def faults_of_a_fresh_64mb_tensor():
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

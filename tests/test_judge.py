@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from auditor.errors import AuditError
-from auditor.judge import EndpointJudge, judge_prompt, parse_score, score_responses
+from auditor.core.judge import EndpointJudge, judge_prompt, parse_score, score_responses
 
 
 @pytest.mark.parametrize("answer,score", [

@@ -7,8 +7,9 @@ from click.testing import CliRunner
 
 from auditor.backends.hf import TorchBackend
 from auditor.cli import main
-from auditor.locate import LocateConfig, choose_alpha, control_ranges, progressive_search, run_locate, survey_windows
-from auditor.refusal import PrefixClassifier, ProbeClassifier, agreement
+from auditor.workflows.locate import LocateConfig, run_locate
+from auditor.core.search import choose_alpha, control_ranges, progressive_search, survey_windows
+from auditor.core.refusal import KeywordClassifier, OpeningClassifier, agreement
 from conftest import make_planted_model, write_lines
 
 BLOCK = (4, 6)
@@ -26,7 +27,7 @@ def planted(tmp_path_factory):
 def test_planted_model_refuses_more_when_its_block_is_scaled(planted):
     _, _, (model, tok, prompts) = planted
     b = TorchBackend(hf_model=model, tokenizer=tok)
-    clf = PrefixClassifier(max_new_tokens=4)
+    clf = KeywordClassifier(max_new_tokens=4)
     base = sum(clf.decide(b, prompts, "raw"))
     assert 5 < base < len(prompts) - 5
     with b.scaled(range(BLOCK[0], BLOCK[1] + 1), 1.3):
@@ -36,7 +37,7 @@ def test_planted_model_refuses_more_when_its_block_is_scaled(planted):
     assert inside > base + 5 and outside == base
 
 
-@pytest.mark.parametrize("classifier", ["prefix", "probe"])
+@pytest.mark.parametrize("classifier", ["keyword", "opening"])
 def test_locate_recovers_the_planted_block(planted, classifier):
     folder, d_o, _ = planted
     rep = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None,
@@ -52,8 +53,8 @@ def test_locate_recovers_the_planted_block(planted, classifier):
 def test_probe_agrees_with_prefix_on_planted_model(planted):
     _, _, (model, tok, prompts) = planted
     b = TorchBackend(hf_model=model, tokenizer=tok)
-    a = PrefixClassifier(max_new_tokens=4).decide(b, prompts, "raw")
-    p = ProbeClassifier().decide(b, prompts, "raw")
+    a = KeywordClassifier(max_new_tokens=4).decide(b, prompts, "raw")
+    p = OpeningClassifier().decide(b, prompts, "raw")
     ag = agreement(a, p)
     assert ag["agreement"] >= 0.95 and ag["kappa"] > 0.8
 
@@ -88,7 +89,7 @@ def test_control_ranges_do_not_overlap():
 def test_journal_makes_a_killed_run_resume(planted, tmp_path):
     folder, d_o, _ = planted
     journal = tmp_path / "loc.json.journal.jsonl"
-    cfg = lambda: LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None, classifier="probe",
+    cfg = lambda: LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None, classifier="opening",
                                alpha=1.3, start=(5, 5), journal=str(journal))
     first = run_locate(cfg())
     lines = journal.read_text().splitlines()
@@ -105,7 +106,7 @@ def test_locate_cli_json_plot_and_bad_inputs(planted, tmp_path):
     folder, d_o, _ = planted
     out, png = tmp_path / "loc.json", tmp_path / "loc.png"
     r = CliRunner().invoke(main, ["locate", str(folder), "--template", "raw", "--over-refusal", str(d_o), "--limit", "0",
-                                  "--classifier", "probe", "--alpha", "1.3", "--start", "5-5", "--json", str(out),
+                                  "--classifier", "opening", "--alpha", "1.3", "--start", "5-5", "--json", str(out),
                                   "--plot", str(png), "-q"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
@@ -129,7 +130,9 @@ def test_locate_cli_json_plot_and_bad_inputs(planted, tmp_path):
 def test_llama_scaled_copies_are_always_removed(bundled_gguf, tmp_path, monkeypatch):
     import tempfile
 
-    from auditor.models import open_backend, resolve_model
+    from auditor.backends import open_backend
+
+    from auditor.io.models import resolve_model
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     lb = open_backend(resolve_model(None), "llama")
@@ -148,11 +151,11 @@ def test_start_from_scan_report(planted, tmp_path):
     scan = tmp_path / "scan.json"
     scan.write_text(json.dumps({"schema_version": 1, "initial_range": [5, 5]}))
     rep = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None,
-                                  classifier="probe", alpha=1.3, from_scan=str(scan), controls=False))
+                                  classifier="opening", alpha=1.3, from_scan=str(scan), controls=False))
     assert rep["start"] == [5, 5] and str(scan) in rep["start_from"] and rep["safety_layers"] == list(BLOCK)
     scan.write_text(json.dumps({"schema_version": 1, "initial_range": None, "differential_range": [4, 5]}))
     rep = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=10,
-                                  classifier="probe", alpha=1.3, from_scan=str(scan), controls=False, patience=0))
+                                  classifier="opening", alpha=1.3, from_scan=str(scan), controls=False, patience=0))
     assert rep["start"] == [4, 5] and "differential range" in rep["start_from"]
     scan.write_text(json.dumps({"schema_version": 1, "initial_range": None}))
     from auditor.errors import AuditError
@@ -172,7 +175,7 @@ def test_survey_starts_where_refusals_rise_most(planted, tmp_path):
     folder, d_o, _ = planted
     out, png = tmp_path / "loc.json", tmp_path / "loc.png"
     r = CliRunner().invoke(main, ["locate", str(folder), "--template", "raw", "--over-refusal", str(d_o), "--limit", "0",
-                                  "--classifier", "probe", "--alpha", "1.3", "--survey", "--json", str(out),
+                                  "--classifier", "opening", "--alpha", "1.3", "--survey", "--json", str(out),
                                   "--plot", str(png), "-q"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
@@ -183,7 +186,7 @@ def test_survey_starts_where_refusals_rise_most(planted, tmp_path):
     assert rep["start"] == [4, 5] and rep["start_from"].startswith("survey") and rep["safety_layers"] == list(BLOCK)
     assert rep["sweep"][0]["count"] == counts[(4, 5)] and png.read_bytes()[:4] == b"\x89PNG"
     auto = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None,
-                                   classifier="probe", survey=3, controls=False))
+                                   classifier="opening", survey=3, controls=False))
     assert auto["alpha_choice"] == "survey" and auto["alpha"] == auto["survey"]["alpha"] in (1.2, 0.8)
     assert [w["range"] for w in auto["survey"]["windows"]] == [[0, 2], [3, 5], [6, 8], [7, 9]]
     assert auto["start"] == [3, 5] and auto["safety_layers"] == list(BLOCK)  # layer 3 trimmed: no refusal lost

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from auditor.errors import AuditError
-from auditor.prompts import ALPACA, check_template, load_prompts, load_task_rows, norm_text, require_pool, task_query
+from auditor.io.prompts import ALPACA, check_template, load_prompts, load_task_rows, norm_text, require_pool, task_query
 
 
 @pytest.mark.parametrize("name,count", [("normal", 100), ("malicious", 100), ("advbench", 520),

@@ -10,9 +10,10 @@ from click.testing import CliRunner
 
 from auditor.cli import main
 from auditor.errors import AuditError
-from auditor.prompts import load_prompts, load_task_rows, norm_text, task_query
-from auditor.reference import (ReferenceConfig, borderline_prompts, build_reference, distill_prompts, evaluation_prompts,
-                               reference_dir, refusal_texts, training_rows, whole_sentences)
+from auditor.io.prompts import load_prompts, load_task_rows, norm_text, task_query
+from auditor.io.models import reference_dir
+from auditor.workflows.reference import (ReferenceConfig, borderline_prompts, build_reference, distill_prompts,
+                                         evaluation_prompts, refusal_texts, training_rows, whole_sentences)
 
 
 def _answers(refuse=()):
@@ -111,7 +112,7 @@ def test_tiny_build_is_deterministic_and_resolves_as_reference(tiny_model_dir, t
     assert all(torch.equal(w1[k], w2[k]) for k in w1)  # same seed, same weights
     assert any(not torch.equal(w1[k], w0[k]) for k in w1)  # and training changed them
 
-    from auditor.models import resolve_model
+    from auditor.io.models import resolve_model
 
     ref = resolve_model("reference")
     assert ref.label.startswith("reference:") and ref.path == out
@@ -141,8 +142,8 @@ def test_borderline_prompts_are_no_near_copies_of_evaluation_prompts():
 def test_distillation_resumes_from_its_cache(tiny_model_dir, tmp_path):
     """A killed build keeps its distilled answers: only the missing prompts are generated, a cut line is
     ended and regenerated, answers of another base model are not reused."""
-    from auditor.models import resolve_model
-    from auditor.reference import distill
+    from auditor.io.models import resolve_model
+    from auditor.workflows.reference import distill
 
     base = resolve_model(str(tiny_model_dir))
     prompts = borderline_prompts()[:5]

@@ -8,9 +8,10 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, GGUFReader, GGUFWriter
 from gguf.quants import dequantize
 
-from auditor import _ext
+from auditor.ops import compiled as _ext
 from auditor.errors import AuditError
-from auditor.scaling import BLOCK_SCALE_OFFSETS, scalable_parameters, scale_, scale_gguf, scaled
+from auditor.weights.gguf_scaling import BLOCK_SCALE_OFFSETS, scale_gguf
+from auditor.weights.scaling import scalable_parameters, scale_, scaled
 
 
 def weights_hash(model):
@@ -154,7 +155,7 @@ def test_scale_gguf_refuses_overwrite_and_bad_types(tmp_path):
 
 @pytest.mark.model
 def test_scaled_bundled_gguf_changes_only_chosen_layers(tmp_path, bundled_gguf):
-    from auditor.gguf_file import read_gguf
+    from auditor.io.gguf_file import read_gguf
 
     dst = tmp_path / "s.gguf"
     names = scale_gguf(bundled_gguf, dst, range(8, 15), 1.1, scale_o_proj=False)

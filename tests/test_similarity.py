@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from auditor import _ext
-from auditor.similarity import pair_statistics
+from auditor.ops import compiled as _ext
+from auditor.core.similarity import pair_statistics
 
 IMPLS = ["torch", pytest.param("compiled", marks=pytest.mark.skipif(not _ext.load(), reason="compiled core unavailable"))]
 

@@ -1,49 +1,67 @@
-"""Model backends behind one Protocol; a new backend is one new file."""
+"""Floor 4: model backends behind one contract (base.py), chosen through a registry.
+
+A new backend is one new file with a `Backend` subclass, plus its line in `REGISTRY` below. The registry
+knows each backend's capabilities and which model kinds it opens without importing it (llama.cpp and
+transformers are heavy), so commands can check fitness before anything loads.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+import importlib
+from dataclasses import dataclass
 
-import torch
+from ..errors import AuditError
+from ..io.models import ModelRef
+from .base import CAPABILITIES, GENERATION, HIDDEN_STATES, NEXT_TOKEN, WEIGHT_SCALING, Backend, Progress
 
-from ..prompts import ALPACA
-
-Progress = Callable[[int], None]  # called with the number of prompts just finished
-
-
-class Backend(Protocol):
-    name: str  # "llama" | "torch"
-    n_layers: int
-    hidden_size: int
-
-    def encode(self, query: str, template: str) -> list[int]:
-        """Token ids of one query wrapped in the template (alpaca | chat | raw)."""
-
-    def final_token_states(self, queries: Sequence[str], template: str, progress: Progress | None = None) -> torch.Tensor:
-        """[K, n, d] float32: raw residual output of every decoder layer at the final prompt token."""
-
-    def generate(self, queries: Sequence[str], template: str, max_new_tokens: int = 16,
-                 progress: Progress | None = None) -> list[str]:
-        """Greedy continuations (text of the new tokens only)."""
-
-    def opening_probs(self, queries: Sequence[str], template: str, first: Sequence[int],
-                      progress: Progress | None = None) -> torch.Tensor:
-        """Probabilities of the response's first token being each of `first` (one prefill per prompt):
-        [n, len(first)]. MMLU reads the answer letter from it."""
-
-    def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
-        """Context manager: the chosen layers' linear maps scaled by alpha; the model restored on exit."""
-
-    def token_ids(self, text: str) -> list[int]:
-        """Token ids of a response fragment (no special tokens)."""
-
-    def close(self) -> None: ...
+__all__ = ["Backend", "Progress", "BackendSpec", "REGISTRY", "BACKEND_CHOICES", "choose_backend", "open_backend",
+           "CAPABILITIES", "GENERATION", "HIDDEN_STATES", "NEXT_TOKEN", "WEIGHT_SCALING"]
 
 
-def wrap(query: str, template: str, chat: Callable[[str], str]) -> str:
-    """Prompt text for a query; `chat` renders the model's own chat template."""
-    if template == "alpaca":
-        return ALPACA.format(q=query)
-    if template == "raw":
-        return query
-    return chat(query)
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    target: str  # "module:Class", imported only when the backend is opened
+    kinds: tuple[str, ...]  # model kinds it can open ("gguf", "hf")
+    default_for: tuple[str, ...]  # kinds for which `auto` picks it
+    capabilities: frozenset[str]
+    help: str
+
+    def load_class(self) -> type[Backend]:
+        module, cls = self.target.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+_ALL = frozenset(CAPABILITIES)
+REGISTRY: dict[str, BackendSpec] = {s.name: s for s in (
+    BackendSpec("llama", "auditor.backends.llamacpp:LlamaCppBackend", ("gguf",), ("gguf",), _ALL,
+                "llama.cpp (llama-cpp-python) on the GGUF as it is quantized"),
+    BackendSpec("torch", "auditor.backends.hf:TorchBackend", ("hf", "gguf"), ("hf",), _ALL,
+                "transformers; a GGUF is loaded dequantized"),
+)}
+BACKEND_CHOICES = ("auto", *REGISTRY)
+
+
+def choose_backend(model: ModelRef, backend: str = "auto", needs: tuple[str, ...] = ()) -> str:
+    """The backend name for a model: `auto` picks the default for the model's kind that has `needs`."""
+    if backend != "auto" and backend not in REGISTRY:
+        raise AuditError(f"unknown backend '{backend}' (choose from {', '.join(BACKEND_CHOICES)})")
+    if backend == "auto":
+        fits = [s for s in REGISTRY.values() if model.kind in s.default_for and set(needs) <= s.capabilities]
+        if not fits:
+            raise AuditError(f"no backend opens this model with {', '.join(needs) or 'any capability'}", model.path)
+        return fits[0].name
+    spec = REGISTRY[backend]
+    if model.kind not in spec.kinds:
+        kinds = " or ".join({"gguf": "a .gguf file", "hf": "a Hugging Face model folder"}[k] for k in spec.kinds)
+        raise AuditError(f"the {backend} backend needs {kinds}", model.path)
+    missing = [c for c in needs if c not in spec.capabilities]
+    if missing:
+        raise AuditError(f"the {backend} backend has no {missing[0]} capability", model.path)
+    return backend
+
+
+def open_backend(model: ModelRef, backend: str = "auto", needs: tuple[str, ...] = (), **kwargs) -> Backend:
+    """Instantiate the backend for a model, checked for the capabilities the caller needs."""
+    name = choose_backend(model, backend, needs)
+    return REGISTRY[name].load_class()(model, **kwargs)

@@ -9,97 +9,32 @@ lm_head, which a scan does not need (28M of SmolLM2's 135M weights).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..errors import AuditError
-from ..models import ModelRef, cache_dir, file_fingerprint
-from . import Progress, wrap
+from ..io.models import ModelRef
+from ..io.prompts import wrap
+from ..weights.layers import decoder_layers
+from ..weights.scaling import scaled
+from .base import CAPABILITIES, Backend, Progress
+from .hf_loading import load_causal_lm, quiet_transformers
 
 
-def _quiet_transformers():
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def converted_gguf_dir(path: Path) -> Path:
-    """Dequantize a GGUF once with transformers and cache it as safetensors (12 s -> 0.3 s next time)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = cache_dir() / "converted" / f"{path.stem}-{file_fingerprint(path)}"
-    if (out / "config.json").is_file():
-        return out
-    os.environ["TQDM_DISABLE"] = "1"  # transformers' dequantization bar; the CLI shows its own status
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as e:
-        raise AuditError(f"transformers cannot load this GGUF ({str(e).splitlines()[0][:120]})", path) from None
-    model.config.quantization_config = None  # save_pretrained refuses "quantized with gguf" models
-    with contextlib.suppress(AttributeError):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, out)
-    except OSError:
-        if not (out / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def torch_folder(ref: ModelRef) -> Path:
-    """The HF folder transformers loads for a model: its own, its safetensors twin, or a converted GGUF."""
-    if ref.hf_dir is not None:
-        return ref.hf_dir
-    return converted_gguf_dir(ref.path) if ref.is_gguf else ref.path
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The decoder blocks: the ModuleList whose length is the configured number of hidden layers."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n = getattr(cfg, "num_hidden_layers", None)
-    for _, mod in model.named_modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
-            return mod
-    raise AuditError("cannot find the decoder layers of this model")
-
-
-class TorchBackend:
+class TorchBackend(Backend):
     name = "torch"
+    capabilities = frozenset(CAPABILITIES)
 
     def __init__(self, model: ModelRef | None = None, threads: int | None = None, max_batch_tokens: int = 4096,
                  hf_model=None, tokenizer=None, trust_remote_code: bool = False):
         """Load `model`, or wrap an in-memory `hf_model` + `tokenizer` (tests, harden)."""
-        _quiet_transformers()
+        quiet_transformers()
         if threads:
             torch.set_num_threads(threads)
         self.model_ref = model
         self.max_batch_tokens = max_batch_tokens
         if hf_model is None:
-            folder = torch_folder(model)
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            try:
-                hf_model = AutoModelForCausalLM.from_pretrained(
-                    str(folder), dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True)
-                tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-            except (ValueError, KeyError, OSError) as e:
-                raise AuditError(f"transformers cannot load this model ({str(e).splitlines()[0][:160]})", model.path) from None
+            hf_model, tokenizer = load_causal_lm(model, trust_remote_code)
         self.model = hf_model.eval()
         self.tokenizer = tokenizer
         self.layers = decoder_layers(self.model)
@@ -110,8 +45,7 @@ class TorchBackend:
 
     def render_chat(self, query: str) -> str:
         if not self.chat_template:
-            where = self.model_ref.path if self.model_ref else None
-            raise AuditError("model has no chat template (use --template alpaca or raw)", where)
+            raise self.no_chat_template()
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True)
 
@@ -173,9 +107,6 @@ class TorchBackend:
                 h.remove()
         return out
 
-    def final_token_states(self, queries: Sequence[str], template: str, progress: Progress | None = None) -> torch.Tensor:
-        return self.states_for_ids([self.encode(q, template) for q in queries], progress)
-
     def token_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -223,9 +154,4 @@ class TorchBackend:
         return p0
 
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
-        from ..scaling import scaled
-
         return scaled(self.model, layers, alpha, scale_o_proj)
-
-    def close(self) -> None:
-        pass

@@ -3,7 +3,7 @@
 llama.cpp has no public API for per-layer hidden states; the scheduler's eval callback does it: we answer
 "yes" when asked about the `l_out-<k>` tensors (the residual stream after block k, before the final
 norm) and copy the final prompt token's row inside the callback, since buffers are reused afterwards.
-One prompt per decode (batching gave no speed-up on this CPU), flash attention off for repeatability.
+One prompt per decode, flash attention off for repeatability.
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import AuditError
-from ..gguf_file import read_gguf
-from ..models import ModelRef
-from . import Progress, wrap
+import llama_cpp as L  # heavy: this module is imported only when the registry opens the backend
+from llama_cpp import _logger
 
-import llama_cpp as L  # noqa: E402  (heavy import, module is imported lazily by models.open_backend)
-from llama_cpp import _logger  # noqa: E402
+from ..errors import AuditError
+from ..io.gguf_file import read_gguf
+from ..io.models import ModelRef
+from ..io.prompts import wrap
+from ..weights.gguf_scaling import scale_gguf
+from .base import CAPABILITIES, Backend, Progress
 
 _logger.set_verbose(False)
 _ggml = ctypes.CDLL(str(Path(L.__file__).parent / "lib" / "libggml-base.so"))
@@ -44,8 +46,9 @@ class _TensorView(ctypes.Structure):
     _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_size_t * 4)]
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(Backend):
     name = "llama"
+    capabilities = frozenset(CAPABILITIES)
 
     def __init__(self, model: ModelRef, threads: int | None = None, n_ctx: int = 2048):
         self.model_ref = model
@@ -68,7 +71,7 @@ class LlamaCppBackend:
     def _load(self, path: Path) -> None:
         self.close()
         mparams = L.llama_model_default_params()
-        mparams.use_extra_bufts = False  # avoid the AMX repack path (miscompiled by GCC 12 on this CPU)
+        mparams.use_extra_bufts = False  # avoid the AMX repack path (GCC 12 miscompiles ggml's AMX tile code: llama.cpp #20824)
         self._model = L.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise AuditError(f"llama.cpp cannot load this model (architecture '{self.architecture}' unknown or file corrupt)", path)
@@ -117,7 +120,7 @@ class LlamaCppBackend:
 
     def render_chat(self, query: str) -> str:
         if not self.chat_template:
-            raise AuditError("model has no chat template (use --template alpaca or raw)", self.model_ref.path)
+            raise self.no_chat_template()
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         fmt = Jinja2ChatFormatter(
@@ -165,10 +168,10 @@ class LlamaCppBackend:
             raise AuditError(f"llama.cpp did not expose layer outputs {missing[:3]} for this architecture", self.model_ref.path)
         return np.stack([self._rows[k] for k in range(self.n_layers)])
 
-    def final_token_states(self, queries: Sequence[str], template: str, progress: Progress | None = None) -> torch.Tensor:
-        out = torch.empty(self.n_layers, len(queries), self.hidden_size)
-        for i, q in enumerate(queries):
-            out[:, i] = torch.from_numpy(self._states_for(self.encode(q, template)))
+    def states_for_ids(self, ids: list[list[int]], progress: Progress | None = None) -> torch.Tensor:
+        out = torch.empty(self.n_layers, len(ids), self.hidden_size)
+        for i, toks in enumerate(ids):
+            out[:, i] = torch.from_numpy(self._states_for(toks))
             if progress:
                 progress(1)
         return out
@@ -249,8 +252,6 @@ class LlamaCppBackend:
     @contextmanager
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
         """Swap in a scaled GGUF copy written to a temporary folder, which is always removed."""
-        from ..scaling import scale_gguf
-
         tmp = tempfile.mkdtemp(prefix="safety-audit-scaled-")
         original = self.model_ref
         try:

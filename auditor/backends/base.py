@@ -1,0 +1,84 @@
+"""The backend contract: everything a caller may use of a loaded model, and what each backend can do.
+
+Commands ask for capabilities, not class names: `scan` needs HIDDEN_STATES, `locate` WEIGHT_SCALING and
+GENERATION, `eval` GENERATION (and NEXT_TOKEN for MMLU). A backend declares its capabilities on its class
+and in its registry entry (backends/__init__.py), so a command can refuse an unfit backend before loading.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Callable, ClassVar, ContextManager, Sequence
+
+import torch
+
+from ..errors import AuditError
+from ..io.models import ModelRef
+
+Progress = Callable[[int], None]  # called with the number of prompts just finished
+
+HIDDEN_STATES = "hidden-states"  # per-layer final-token residual states
+WEIGHT_SCALING = "weight-scaling"  # a layer range's linear maps scaled by α, restored afterwards
+GENERATION = "generation"  # greedy continuations
+NEXT_TOKEN = "next-token"  # next-token probabilities after a prompt (MMLU)
+CAPABILITIES = (HIDDEN_STATES, WEIGHT_SCALING, GENERATION, NEXT_TOKEN)
+
+
+class Backend(abc.ABC):
+    """A loaded model. Subclasses set `name`, `capabilities`, `n_layers`, `hidden_size`, `chat_template`
+    and `model_ref` (None for an in-memory model)."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]]
+    n_layers: int
+    hidden_size: int
+    chat_template: str | None
+    model_ref: ModelRef | None
+
+    @abc.abstractmethod
+    def encode(self, query: str, template: str) -> list[int]:
+        """Token ids of one query wrapped in the template (alpaca | chat | raw)."""
+
+    @abc.abstractmethod
+    def token_ids(self, text: str) -> list[int]:
+        """Token ids of a response fragment (no special tokens)."""
+
+    def final_token_states(self, queries: Sequence[str], template: str, progress: Progress | None = None) -> torch.Tensor:
+        """[K, n, d] float32: raw residual output of every decoder layer at the final prompt token."""
+        self.require(HIDDEN_STATES)
+        return self.states_for_ids([self.encode(q, template) for q in queries], progress)
+
+    def states_for_ids(self, ids: list[list[int]], progress: Progress | None = None) -> torch.Tensor:
+        """[K, n, d] states for already tokenized prompts."""
+        raise self.unable(HIDDEN_STATES)
+
+    def generate(self, queries: Sequence[str], template: str, max_new_tokens: int = 16,
+                 progress: Progress | None = None) -> list[str]:
+        """Greedy continuations (text of the new tokens only)."""
+        raise self.unable(GENERATION)
+
+    def opening_probs(self, queries: Sequence[str], template: str, first: Sequence[int],
+                      progress: Progress | None = None) -> torch.Tensor:
+        """[n, len(first)]: probabilities of the response's first token being each of `first`."""
+        raise self.unable(NEXT_TOKEN)
+
+    def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True) -> ContextManager:
+        """Context manager: the chosen layers' linear maps scaled by alpha; the model restored on exit."""
+        raise self.unable(WEIGHT_SCALING)
+
+    def close(self) -> None:
+        """Free the model (idempotent)."""
+
+    # -- helpers every backend shares ---------------------------------------------------------------
+    def require(self, *capabilities: str) -> None:
+        missing = [c for c in capabilities if c not in self.capabilities]
+        if missing:
+            raise self.unable(missing[0])
+
+    def unable(self, capability: str) -> AuditError:
+        where = self.model_ref.path if self.model_ref else None
+        return AuditError(f"the {self.name} backend has no {capability} capability", where)
+
+    def no_chat_template(self) -> AuditError:
+        where = self.model_ref.path if self.model_ref else None
+        return AuditError("model has no chat template (use --template alpaca or raw)", where)

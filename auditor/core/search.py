@@ -1,0 +1,102 @@
+"""The search behind `locate` (docs/METHOD.md §1.2, the paper's Table 1), on any `count(range, alpha)`.
+
+Progressive search, as the paper: from [i, j], with α > 1 fix i and sweep the upper bound j, j+1, …
+keeping the bound with the most refusals; then fix it and sweep the lower bound i, i−1, … likewise.
+α < 1 mirrors it with minima. Ties keep the narrower range. A sweep stops after `patience` steps without
+a new best (0 = to the end of the model). A survey tiles the model with equal-width windows and starts
+from the one that moves refusals most the paper's way; the search from a window then also drops end layers
+that add nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+ALPHA_STEP, ALPHA_MAX_STEPS = 0.05, 4
+SURVEY_ALPHA = 1.2  # the edge of the paper's α range: a window's effect shows even where it is small
+
+
+def _sweep(count, candidates, alpha, best, better, patience, phase, rows):
+    """Count each candidate range in turn; return the best count and range (None if none beat `best`)."""
+    best_rng, misses = None, 0
+    for rng in candidates:
+        c = count(rng, alpha)
+        rows.append({"phase": phase, "range": list(rng), "count": c})
+        if better(c, best):
+            best, best_rng, misses = c, rng, 0
+        else:
+            misses += 1
+            if patience and misses >= patience:
+                break
+    return best, best_rng
+
+
+def progressive_search(count, start: tuple[int, int], n_layers: int, alpha: float, patience: int, trim: bool = False):
+    """The paper's two sweeps; returns (range, its count, rows of the sweep). `trim`: then drop end layers
+    while the count stays as good (a survey window is coarse: the block may begin or end inside it)."""
+    better = (lambda a, b: a > b) if alpha > 1 else (lambda a, b: a < b)
+    i, j = start
+    best = count((i, j), alpha)
+    rows = [{"phase": "start", "range": [i, j], "count": best}]
+    best, rng = _sweep(count, [(i, jj) for jj in range(j + 1, n_layers)], alpha, best, better, patience, "upper", rows)
+    j = rng[1] if rng else j
+    best, rng = _sweep(count, [(ii, j) for ii in range(i - 1, -1, -1)], alpha, best, better, patience, "lower", rows)
+    i = rng[0] if rng else i
+    for side in ((1, 0), (0, -1)) if trim else ():
+        while i < j:
+            c = count((i + side[0], j + side[1]), alpha)
+            rows.append({"phase": "trim", "range": [i + side[0], j + side[1]], "count": c})
+            if better(best, c):
+                break
+            best, i, j = c, i + side[0], j + side[1]
+    return (i, j), best, rows
+
+
+def room_to_move(baseline: int, n: int) -> int:
+    """+1 (scale up, α > 1) when at most half of D_o is refused unscaled, else -1: the side counts can move to."""
+    return 1 if baseline <= n / 2 else -1
+
+
+def choose_alpha(count, start, baseline: int, n: int) -> tuple[float, list[dict]]:
+    """Automatic α: the direction with room to move (up when at most half of D_o is refused at baseline,
+    else down), stepping 0.05 away from 1 until the start range moves the count by ≥ max(3, 5% of D_o)
+    *the paper's way* (α > 1: more refusals, α < 1: fewer). A move the other way is no effect to search
+    on: scaling the reference model's layers 19-20 by 1.05 cut refusals 59 -> 48."""
+    sign = room_to_move(baseline, n)
+    need = max(3, math.ceil(0.05 * n))
+    trials = []
+    for step in range(1, ALPHA_MAX_STEPS + 1):
+        alpha = round(1 + sign * ALPHA_STEP * step, 2)
+        c = count(start, alpha)
+        trials.append({"alpha": alpha, "range": list(start), "count": c})
+        if sign * (c - baseline) >= need:
+            break
+    return alpha, trials
+
+
+def control_ranges(final: tuple[int, int], n_layers: int, most: int = 6) -> list[tuple[int, int]]:
+    """Equal-width windows tiled outwards from the result on both sides (never overlapping it); at most
+    `most`, spread evenly over the model when there are more."""
+    w = final[1] - final[0] + 1
+    left = [(a, a + w - 1) for a in range(final[0] - w, -1, -w)]
+    right = [(a, a + w - 1) for a in range(final[1] + 1, n_layers - w + 1, w)]
+    windows = sorted(left + right)
+    if len(windows) > most:
+        windows = [windows[round(k * (len(windows) - 1) / (most - 1))] for k in range(most)]
+    return windows
+
+
+def survey_windows(n_layers: int, width: int) -> list[tuple[int, int]]:
+    """Equal-width windows tiling 0..n_layers-1; the last one ends at the last layer (it may overlap)."""
+    starts = list(range(0, n_layers - width + 1, width))
+    if starts[-1] + width < n_layers:
+        starts.append(n_layers - width)
+    return [(a, a + width - 1) for a in starts]
+
+
+def survey(count, n_layers: int, width: int, alpha: float, baseline: int) -> tuple[tuple[int, int], list[dict]]:
+    """Count every window at `alpha`; return the one that moves refusals most the paper's way, and all rows."""
+    sign = 1 if alpha > 1 else -1
+    rows = [{"range": list(w), "count": count(w, alpha)} for w in survey_windows(n_layers, width)]
+    best = max(rows, key=lambda r: (sign * (r["count"] - baseline), -r["range"][0]))
+    return tuple(best["range"]), rows

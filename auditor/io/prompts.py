@@ -1,0 +1,184 @@
+"""Prompt sets (bundled or user files) and prompt templates.
+
+The paper wraps every query in the Alpaca no-input template and tokenizes with the tokenizer's default
+special tokens; `chat` uses the model's own chat template, `raw` the bare query.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AuditError
+from .data import data_text
+
+ALPACA = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "request.\n\n### Instruction:\n{q}\n\n### Response:\n"
+)
+TEMPLATES = ("alpaca", "chat", "raw")
+TASK_SETS = ("alpaca-eval", "alpaca-train")  # bundled Alpaca-GPT4 rows: held-out every 5th row, and the rest
+PROMPT_FIELDS = ("prompt", "goal", "instruction")
+
+# name -> (file, column filter); bundled sets are package data (see auditor/data/SOURCES.md)
+BUNDLED = {
+    "normal": ("safetylayers_normal.csv", None),
+    "malicious": ("safetylayers_malicious.csv", None),
+    "advbench": ("advbench_harmful_behaviors.csv", None),
+    "advbench-train": ("advbench_harmful_behaviors.csv", ("split", "train")),  # even rows (0-based)
+    "advbench-eval": ("advbench_harmful_behaviors.csv", ("split", "eval")),  # odd rows: never trained on
+    "over-rejection": ("safetylayers_over_rejection.csv", None),
+    "xstest-safe": ("xstest_prompts.csv", ("label", "safe")),
+    "xstest-unsafe": ("xstest_prompts.csv", ("label", "unsafe")),
+}
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str  # "bundled:normal" or the file path
+    prompts: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def _rows_from_csv(text: str, where: str, row_filter=None) -> list[str]:
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    if not rows:
+        return []
+    header = [c.strip().lower() for c in rows[0]]
+    col = next((header.index(f) for f in PROMPT_FIELDS if f in header), None)
+    if col is None:  # no recognised header: first column, every row is a prompt
+        return [r[0] for r in rows]
+    body = [r for r in rows[1:] if len(r) > col]
+    if row_filter is None:
+        return [r[col] for r in body]
+    if row_filter[0] == "split":  # the fixed AdvBench split: train = even rows, eval = odd rows
+        return [r[col] for i, r in enumerate(body) if (i % 2 == 0) == (row_filter[1] == "train")]
+    keep = header.index(row_filter[0])
+    return [r[col] for r in body if r[keep] == row_filter[1]]
+
+
+def _field(obj, where: str) -> str:
+    if isinstance(obj, str):
+        return obj
+    if isinstance(obj, dict):
+        for f in PROMPT_FIELDS:
+            if isinstance(obj.get(f), str):
+                return obj[f]
+    raise AuditError(f"entry has no prompt/instruction/goal field in {where}")
+
+
+def load_prompts(spec: str | Path) -> PromptSet:
+    """Load a prompt set: a bundled name (`normal`, `bundled:advbench`, ...) or a .txt/.csv/.json/.jsonl file."""
+    spec_s = str(spec)
+    name = spec_s.removeprefix("bundled:")
+    if name in TASK_SETS and not Path(spec_s).exists():  # benign task queries
+        return PromptSet(f"bundled:{name}", tuple(task_query(r) for r in load_task_rows(name)))
+    if name in BUNDLED and not Path(spec_s).exists():
+        fname, row_filter = BUNDLED[name]
+        text = data_text(fname)
+        return PromptSet(f"bundled:{name}", tuple(p.strip() for p in _rows_from_csv(text, fname, row_filter)))
+    path = Path(spec_s)
+    if not path.is_file():
+        raise AuditError("prompt file not found (or not a bundled set: " + ", ".join([*BUNDLED, *TASK_SETS]) + ")", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AuditError(f"cannot read prompt file ({type(e).__name__})", path) from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            prompts = _rows_from_csv(text, str(path))
+        elif suffix == ".jsonl":
+            prompts = [_field(json.loads(line), str(path)) for line in text.splitlines() if line.strip()]
+        elif suffix == ".json":
+            data = json.loads(text)
+            if not isinstance(data, list):
+                raise AuditError("JSON prompt file must hold a list", path)
+            prompts = [_field(x, str(path)) for x in data]
+        elif suffix in (".txt", ""):
+            prompts = text.splitlines()
+        else:
+            raise AuditError(f"unsupported prompt file type '{suffix}' (use .txt, .csv, .json, .jsonl)", path)
+    except json.JSONDecodeError as e:
+        raise AuditError(f"malformed JSON (line {e.lineno})", path) from None
+    except csv.Error as e:
+        raise AuditError(f"malformed CSV ({e})", path) from None
+    prompts = [p.strip() for p in prompts if p and p.strip()]
+    if not prompts:
+        raise AuditError("prompt file holds no prompts", path)
+    return PromptSet(str(path), tuple(prompts))
+
+
+ALPACA_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
+    "response that appropriately completes the request.\n\n### Instruction:\n{q}\n\n### Input:\n{i}\n\n### Response:\n"
+)
+
+
+def norm_text(text: str) -> str:
+    """Case- and whitespace-insensitive form of a prompt, to find the same prompt in two sets."""
+    return " ".join(text.lower().split())
+
+
+def load_task_rows(spec: str | Path = "alpaca-eval") -> list[dict]:
+    """Alpaca-form rows {instruction, input, output}: bundled `alpaca-eval` (every 5th row of the bundled
+    Alpaca-GPT4 sample, held out from any training split) and `alpaca-train` (the rest, minus the 3 rows
+    whose query repeats an alpaca-eval query: a held-out set must not be trained on), or a .json/.jsonl/.csv file."""
+    name = str(spec).removeprefix("bundled:")
+    if name in TASK_SETS and not Path(str(spec)).exists():
+        rows = json.loads(data_text("alpaca_gpt4_en_demo_999.json"))
+        held_out = [r for i, r in enumerate(rows) if i % 5 == 4]
+        if name == "alpaca-eval":
+            return held_out
+        seen = {norm_text(task_query(r)) for r in held_out}
+        return [r for i, r in enumerate(rows) if i % 5 != 4 and norm_text(task_query(r)) not in seen]
+    path = Path(spec)
+    if not path.is_file():
+        raise AuditError("task file not found", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl":
+            rows = [json.loads(x) for x in text.splitlines() if x.strip()]
+        elif path.suffix == ".csv":
+            rows = list(csv.DictReader(io.StringIO(text)))
+        else:
+            rows = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as e:
+        raise AuditError(f"malformed task file ({type(e).__name__})", path) from None
+    if not isinstance(rows, list) or not rows:
+        raise AuditError("task file holds no rows", path)
+    for r in rows:
+        if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not isinstance(r.get("output"), str):
+            raise AuditError("task rows need 'instruction' and 'output' fields", path)
+    return [{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in rows]
+
+
+def task_query(row: dict) -> str:
+    """The user turn of a task row: the instruction, and its input below it when there is one."""
+    return row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+
+
+def require_pool(ps: PromptSet, role: str, minimum: int = 2) -> PromptSet:
+    if len(ps) < minimum:
+        raise AuditError(f"the {role} pool needs at least {minimum} prompts, got {len(ps)}", ps.name)
+    return ps
+
+
+def wrap(query: str, template: str, chat) -> str:
+    """Prompt text for a query; `chat(query)` renders the model's own chat template."""
+    if template == "alpaca":
+        return ALPACA.format(q=query)
+    if template == "raw":
+        return query
+    return chat(query)
+
+
+def check_template(template: str) -> str:
+    if template not in TEMPLATES:
+        raise AuditError(f"unknown template '{template}' (choose from {', '.join(TEMPLATES)})")
+    return template

@@ -1,0 +1,1 @@
+"""Floor 1 (bottom): the compiled core (cpp/), loaded as a torch extension on first use."""

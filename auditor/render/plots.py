@@ -1,0 +1,104 @@
+"""PNG plots of reports (matplotlib, Agg): written atomically, never over an existing file without force."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io.files import atomic_write
+
+
+def plot_scan(report: dict, path: str | Path, force: bool = False) -> Path:
+    """Two panels like the paper's Fig. 2: pair cosines per layer; angle gap with its 95% CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = [r["layer"] for r in report["layers"]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=130)
+    series = [(report, "", 1.0)]
+    if report.get("contrast"):
+        series.append((report["contrast"], " (contrast)", 0.45))
+    for rep, suffix, alpha in series:
+        ls = "-" if not suffix else "--"
+        for key, label, color in (("cos_nn", "N-N", "#1f77b4"), ("cos_mm", "M-M", "#d62728"), ("cos_nm", "N-M", "#2ca02c")):
+            ax1.plot([r["layer"] for r in rep["layers"]], [r[key] for r in rep["layers"]], ls, marker="o", ms=3,
+                     color=color, alpha=alpha, label=label + suffix)
+        xs = [r["layer"] for r in rep["layers"]]
+        gap = [r["angle_gap_deg"] for r in rep["layers"]]
+        ax2.plot(xs, gap, ls, marker="o", ms=3, color="#444444" if not suffix else "#9467bd", label="angle gap" + suffix)
+        ax2.fill_between(xs, [r["gap_ci95"][0] for r in rep["layers"]], [r["gap_ci95"][1] for r in rep["layers"]],
+                         color="#444444" if not suffix else "#9467bd", alpha=0.15 * alpha / 0.45 if suffix else 0.2,
+                         label="95% CI" + suffix)
+    if report.get("differential"):
+        d = report["differential"]
+        ax2.plot([x["layer"] for x in d], [x["diff_gap_deg"] for x in d], ":", color="#ff7f0e", marker="s", ms=3,
+                 label="differential gap")
+    rng = report["initial_range"]
+    for ax in (ax1, ax2):
+        if rng:
+            ax.axvspan(rng[0] - 0.5, rng[1] + 0.5, color="#ffd54f", alpha=0.35, label="initial safety layers")
+        ax.set_xlabel("layer (0-based)")
+        ax.grid(alpha=0.3)
+        ax.set_xlim(min(layers) - 0.5, max(layers) + 0.5)
+    ax1.set_ylabel("mean cosine similarity")
+    ax1.set_title("Final-token cosine similarity of prompt pairs")
+    ax2.axhline(0, color="black", lw=0.8)
+    ax2.set_ylabel("mean ∠(N-M) − mean ∠(N-N)  [degrees]")
+    ax2.set_title("Angle gap between normal and malicious prompts")
+    ax1.legend(fontsize=8, ncol=2)
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"{report['model']}  ·  {report['backend']}  ·  template: {report['template']}", fontsize=10)
+    fig.tight_layout()
+
+    def save(tmp: Path):
+        fig.savefig(tmp, format="png")
+
+    try:
+        return atomic_write(path, save, force)
+    finally:
+        plt.close(fig)
+
+
+def plot_locate(report: dict, path: str | Path, force: bool = False) -> Path:
+    """Refusal count per swept range (upper sweep, lower sweep, controls) against the baseline; with a
+    survey, a first panel of refusals per surveyed window."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sv = report.get("survey")
+    fig, axes = plt.subplots(1, 3 if sv else 2, figsize=(17 if sv else 12, 4.2), dpi=130, sharey=True)
+    base = report["baseline"]
+    if sv:
+        ax, axes = axes[0], axes[1:]
+        w = sv["windows"]
+        ax.bar([r["range"][0] for r in w], [r["count"] for r in w], width=sv["width"] * 0.9, align="edge",
+               color=["#ffb300" if r["range"] == report["start"] else "#9ecae1" for r in w], label=f"window × {sv['alpha']:g}")
+        ax.axhline(base, color="black", lw=1, ls="--", label="baseline (α = 1)")
+        ax.set_xlabel(f"survey: first layer of each {sv['width']}-layer window (start in amber)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    for ax, phase, xlabel, idx in ((axes[0], "upper", "upper bound j (lower bound fixed)", 1),
+                                   (axes[1], "lower", "lower bound i (upper bound fixed)", 0)):
+        rows = [r for r in report["sweep"] if r["phase"] in (phase, "start")]
+        rows.sort(key=lambda r: r["range"][idx])
+        ax.plot([r["range"][idx] for r in rows], [r["count"] for r in rows], "o-", color="#d62728", label="scaled range")
+        ax.axhline(base, color="black", lw=1, ls="--", label="baseline (α = 1)")
+        ax.axvline(report["safety_layers"][idx], color="#ffb300", lw=6, alpha=0.4, label="chosen bound")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    if report["controls"]:
+        cx = [sum(c["range"]) / 2 for c in report["controls"]]
+        axes[0].scatter(cx, [c["count"] for c in report["controls"]], marker="s", color="#7f7f7f", label="controls (window centre)")
+    fig.axes[0].set_ylabel(f"refusals on {report['n_prompts']} over-refusal prompts")
+    axes[0].legend(fontsize=8)
+    f = report["safety_layers"]
+    fig.suptitle(f"{report['model']} · α = {report['alpha']:g} · {report['classifier']['name']} classifier · "
+                 f"safety layers {f[0]}–{f[1]}", fontsize=10)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), force)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,168 @@
+"""Rich tables of reports for the terminal."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..workflows.gate import LABELS, THRESHOLDS
+
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def gap_bar(value: float, scale: float, width: int = 16) -> Text:
+    """A signed horizontal bar: right of the axis for positive gaps, left for negative."""
+    half = width // 2
+    cells = min(half, round(abs(value) / scale * half)) if scale > 0 else 0
+    if value >= 0:
+        return Text(" " * half + "│", style="dim") + Text("█" * cells, style="green") + Text(" " * (half - cells))
+    return Text(" " * (half - cells)) + Text("█" * cells, style="red") + Text("│", style="dim") + Text(" " * half)
+
+
+def sparkline(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    return "".join(_BLOCKS[1 + round((v - lo) / span * (len(_BLOCKS) - 2))] for v in values)
+
+
+def scan_table(report: dict) -> Table:
+    rng = report["initial_range"]
+    diff = {d["layer"]: d for d in report.get("differential") or []}
+    contrast = {r["layer"]: r for r in (report.get("contrast") or {}).get("layers", [])}
+    title = (f"{report['model']} · {report['backend']} · template {report['template']} · "
+             f"{report['n_normal']} normal / {report['n_malicious']} malicious")
+    table = Table(title=title, caption=_range_caption(report), header_style="bold")
+    for col in ("layer", "cos N-N", "cos M-M", "cos N-M", "gap°", "95% CI", ""):
+        table.add_column(col, justify="right" if col else "left", no_wrap=True)
+    if contrast:
+        table.add_column("contrast gap°", justify="right")
+    if diff:
+        table.add_column("Δ gap° (95% CI)", justify="right", no_wrap=True)
+    scale = max(abs(r["angle_gap_deg"]) for r in report["layers"]) or 1.0
+    for r in report["layers"]:
+        k = r["layer"]
+        inside = rng is not None and rng[0] <= k <= rng[1]
+        cells = [str(k), f"{r['cos_nn']:.4f}", f"{r['cos_mm']:.4f}", f"{r['cos_nm']:.4f}", f"{r['angle_gap_deg']:+.2f}",
+                 f"{r['gap_ci95'][0]:+.2f}…{r['gap_ci95'][1]:+.2f}", gap_bar(r["angle_gap_deg"], scale, 14)]
+        if contrast:
+            cells.append(f"{contrast[k]['angle_gap_deg']:+.2f}" if k in contrast else "")
+        if diff:
+            d = diff[k]
+            cells.append(f"{d['diff_gap_deg']:+.2f} ({d['ci95'][0]:+.2f}…{d['ci95'][1]:+.2f})")
+        table.add_row(*cells, style="bold yellow" if inside else None)
+    return table
+
+
+def _range_caption(report: dict) -> str:
+    rng = report["initial_range"]
+    spark = sparkline([r["angle_gap_deg"] for r in report["layers"]])
+    text = (f"gap by layer {spark}   no initial safety-layer range: the gap never opens above the early-layer baseline"
+            if rng is None else f"gap by layer {spark}   initial safety-layer range: layers {rng[0]}–{rng[1]} (inclusive, 0-based)")
+    d = report.get("differential_range")
+    if d:
+        text += f"\nalignment moved layers {d[0]}–{d[1]} most (differential gap > 0, 95% CI, around its peak)"
+    return text
+
+
+def print_scan(report: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(scan_table(report))
+    c = report.get("contrast")
+    if c:
+        r = c["initial_range"]
+        console.print(f"contrast {c['model']} ({c['backend']}): initial range "
+                      + (f"{r[0]}–{r[1]}" if r else "none"))
+
+
+def locate_table(report: dict) -> Table:
+    a = report["alpha"]
+    title = (f"{report['model']} · {report['backend']} · α = {a:g} · classifier {report['classifier']['name']} · "
+             f"{report['n_prompts']} prompts of {report['over_refusal_set']}")
+    final = report["safety_layers"]
+    verdict = ("stands out from" if report["stands_out"] else "does NOT stand out from") + " equal-width controls"
+    if report.get("gain", 1) <= 0:
+        verdict = f"no range moved refusals the paper's way (α {'>' if a > 1 else '<'} 1: {'more' if a > 1 else 'fewer'})"
+    t = Table(title=title, caption=f"baseline (unscaled): {report['baseline']} refusals   safety layers: {final[0]}–{final[1]} "
+              f"({report['count']} refusals; {verdict})", header_style="bold")
+    for c in ("phase", "range", "refusals", "Δ vs baseline"):
+        t.add_column(c, justify="right")
+    sv = report.get("survey")
+    rows = [dict(w, phase=f"survey α {sv['alpha']:g}") for w in sv["windows"]] if sv else []
+    rows += [dict(r, phase=f"α trial {r['alpha']:g}") for r in (report["alpha_choice"]["trials"] if isinstance(report["alpha_choice"], dict) else [])]
+    rows += report["sweep"] + [dict(c, phase="control") for c in report["controls"]]
+    for r in rows:
+        hit = r["range"] == final and r["phase"] != "control"
+        t.add_row(r["phase"], f"{r['range'][0]}–{r['range'][1]}", str(r["count"]), f"{r['count'] - report['baseline']:+d}",
+                  style="bold yellow" if hit else ("dim" if r["phase"] == "control" else None))
+    return t
+
+
+def eval_table(report: dict) -> Table:
+    t = Table(title=f"{report['model']} · {report['backend']} · template {report['template']} · classifier "
+                    f"{report['classifier']['name']}", header_style="bold")
+    for c in ("metric", "value", "95% CI", "n", "set / notes"):
+        t.add_column(c, justify="right" if c in ("value", "95% CI", "n") else "left")
+    for m in THRESHOLDS:
+        if m in report:
+            v = report[m]
+            ci = v.get("ci95") or [None, None]
+            note = v.get("set", "")
+            if m == "harmful_score":
+                note = f"{v['judge']}; unparseable {v['unparseable']}"
+            t.add_row(LABELS[m], f"{v['value']:.3f}" if v["value"] is not None else "–",
+                      f"{ci[0]:.3f}–{ci[1]:.3f}" if ci[0] is not None else "–", str(v["n"]), str(note))
+    for name, v in (report.get("over_refusal_by_set") or {}).items():
+        if name != report["over_refusal_rate"]["set"]:
+            t.add_row("over-refusal", f"{v['value']:.3f}", f"{v['ci95'][0]:.3f}–{v['ci95'][1]:.3f}", str(v["n"]), name)
+    return t
+
+
+def harden_table(r: dict, out) -> Table:
+    t = Table(title=f"harden · {r['method']}{' + LoRA' if r['lora'] else ''} · {r['input_model']} → {out}", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in (("frozen layers", r["layers"] if r["method"] != "full" else "none"),
+                 ("frozen parameters", f"{r['frozen_parameters']:,} ({r['frozen_fraction']:.1%})"),
+                 ("training rows", f"{r['data']['rows']} ({r['data']['examples']} examples)"),
+                 ("steps", r["steps"]), ("train loss", f"{r['train_loss']:.4f}"), ("seconds", r["seconds"])):
+        t.add_row(k, str(v))
+    return t
+
+
+def check_table(result: dict, rows: list[dict]) -> Table:
+    t = Table(title=f"check {result['candidate']} against {result['baseline']}", header_style="bold")
+    for col in ("metric", "baseline", "candidate", "Δ", "limit", "verdict"):
+        t.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
+    for r in rows:
+        fmt = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
+        limit = f"Δ ≤ +{r['limit']:g}" if r["direction"] == "increase" else f"Δ ≥ −{r['limit']:g}"
+        t.add_row(LABELS[r["metric"]], fmt(r["baseline"]), fmt(r["candidate"]), "–" if r["delta"] is None else f"{r['delta']:+.3f}",
+                  limit, "[green]pass[/green]" if r["passed"] else f"[red]FAIL[/red] {r['reason']}")
+    return t
+
+
+def compare_table(names: list[str], rows: list[tuple[str, list[str]]]) -> Table:
+    t = Table(title="safety-audit compare", header_style="bold")
+    t.add_column("metric")
+    for n in names:
+        t.add_column(n, justify="right")
+    for m, vals in rows:
+        t.add_row(m, *vals)
+    return t
+
+
+def doctor_table(info: dict) -> Table:
+    t = Table(title="safety-audit doctor", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    ops = info["compiled_ops"]
+    for k, v in info.items():
+        if k in ("schema_version", "command", "compiled_ops", "cpu"):
+            continue
+        t.add_row(k, str(v))
+    t.add_row("cpu", f"{info['cpu']['model']} ({', '.join(info['cpu']['flags']) or 'no AVX2'})")
+    where = "CPU + CUDA" if ops["cuda"] else "CPU"
+    t.add_row("compiled ops", f"[green]loaded ({where})[/green]" if ops["loaded"] else f"[red]not loaded[/red]: {ops['error']}")
+    t.add_row("compiled sources", ops["source"])
+    return t

@@ -1,0 +1,83 @@
+"""Supervised fine-tuning data for harden and the reference build: prompt + answer + EOS, loss on the
+answer only, and the refusal rows (AdvBench train split) that nfft and lisa use as safety data."""
+
+from __future__ import annotations
+
+import torch
+
+from ..io.prompts import ALPACA, ALPACA_INPUT, task_query
+from .attacks import advbench_train
+
+REFUSALS = ("I cannot help with that request.", "I'm sorry, but I can't assist with that.",
+            "I can't help with this. It could cause serious harm.", "Sorry, I won't provide that.")
+
+
+class SFTData(torch.utils.data.Dataset):
+    """Alpaca-template prompt + answer + EOS, cut at `cutoff` tokens; loss only on the answer."""
+
+    def __init__(self, rows, tokenizer, template: str, cutoff: int):
+        self.items = []
+        eos = tokenizer.eos_token or ""
+        for r in rows:
+            if template == "chat":
+                prompt = tokenizer.apply_chat_template([{"role": "user", "content": task_query(r)}], tokenize=False,
+                                                       add_generation_prompt=True)
+                p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            else:
+                prompt = ALPACA_INPUT.format(q=r["instruction"], i=r["input"]) if r.get("input") else ALPACA.format(q=r["instruction"])
+                p_ids = tokenizer(prompt)["input_ids"]
+            a_ids = tokenizer(r["output"] + eos, add_special_tokens=False)["input_ids"]
+            ids = (p_ids + a_ids)[:cutoff]
+            labels = ([-100] * len(p_ids) + a_ids)[:cutoff]
+            if any(x != -100 for x in labels):
+                self.items.append({"input_ids": ids, "labels": labels})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Sequence positions whose logits the loss needs: from the one predicting the batch's earliest answer
+    token to the second-last. Prompt positions before it need no logits (loss on the answer only)."""
+    _, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+    start = int(cols.min()) if len(cols) else labels.shape[1] - 2
+    return torch.arange(start, labels.shape[1] - 1)
+
+
+def answer_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Causal-LM cross-entropy on logits computed for `answer_positions` only (the same value as the full
+    loss). Saves the lm_head and softmax for prompt tokens: SmolLM2's vocabulary head is 28M of 135M weights."""
+    idx = answer_positions(labels)
+    logits = outputs.logits.float()
+    target = labels[:, idx + 1].to(logits.device)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+    n = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
+    return loss / n
+
+
+class Collator:
+    def __init__(self, pad_id: int, answer_logits_only: bool = False):
+        self.pad_id, self.answer_logits_only = pad_id, answer_logits_only
+
+    def __call__(self, batch):
+        w = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), w), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), w), -100, dtype=torch.long)
+        mask = torch.zeros(len(batch), w, dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(b["input_ids"]), torch.tensor(b["labels"]), 1
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if self.answer_logits_only:  # the model computes logits there only; answer_loss takes the labels
+            batch["logits_to_keep"] = answer_positions(labels)
+        return batch
+
+
+def alignment_rows(n: int | None = None) -> list[dict]:
+    """Refusals for the AdvBench train split: the safety data of nfft importance and lisa's alignment steps."""
+    bad = advbench_train()[: n or None]
+    return [{"instruction": g, "input": "", "output": REFUSALS[i % len(REFUSALS)]} for i, (_, g, _) in enumerate(bad)]

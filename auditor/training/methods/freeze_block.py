@@ -1,0 +1,15 @@
+"""freeze-block: freeze an equal-width block that is NOT the safety layers (the paper's ablation): the
+same mechanics as sppft, a different range, so a comparison isolates where the frozen block sits."""
+
+from __future__ import annotations
+
+from .base import Method, MethodContext, freeze_range
+
+
+class FreezeBlock(Method):
+    name = "freeze-block"
+    help = "freeze another block of layers (the paper's ablation)"
+    needs_layers = freezes_range = True
+
+    def freeze(self, ctx: MethodContext) -> dict:
+        return freeze_range(ctx)

@@ -1,0 +1,70 @@
+"""Lisa (Huang et al. 2024, "Lazy safety alignment"): bi-state optimisation that alternates alignment-data
+steps and task-data steps, each phase pulled towards where the previous phase ended by a proximal term
+ρ/2·‖θ − θ_anchor‖², so task steps cannot drift far from the aligned state."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..data import SFTData, alignment_rows
+from .base import Method, MethodContext
+
+
+@functools.cache
+def lisa_trainer_class() -> type:
+    """LisaTrainer, built on first use (transformers' Trainer costs ~3 s to import)."""
+    from transformers import Trainer
+
+    class LisaTrainer(Trainer):
+        def __init__(self, *args, align_dataset=None, period: int = 4, rho: float = 0.1, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.align_dataset, self.period, self.rho = align_dataset, period, rho
+            self._align_iter = None
+            self._anchor: list[torch.Tensor] | None = None
+            self._phase = None
+
+        def _align_batch(self):
+            if self._align_iter is None:
+                self._align_iter = iter(self._align_loader())
+            try:
+                return next(self._align_iter)
+            except StopIteration:
+                self._align_iter = iter(self._align_loader())
+                return next(self._align_iter)
+
+        def _align_loader(self):
+            g = torch.Generator().manual_seed(self.args.seed + self.state.global_step)
+            return torch.utils.data.DataLoader(self.align_dataset, batch_size=self.args.per_device_train_batch_size,
+                                               shuffle=True, generator=g, collate_fn=self.data_collator)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            phase = "align" if (self.state.global_step // self.period) % 2 == 0 else "task"
+            if phase != self._phase:  # a phase switch: anchor at the current weights
+                self._phase = phase
+                self._anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+            if phase == "align":
+                inputs = self._prepare_inputs(self._align_batch())
+                num_items_in_batch = None
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            loss = out[0] if return_outputs else out
+            if self._anchor is not None and self.rho > 0:
+                trainable = [p for p in model.parameters() if p.requires_grad]
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(trainable, self._anchor))
+                loss = loss + 0.5 * self.rho * prox
+            return (loss, out[1]) if return_outputs else loss
+
+    return LisaTrainer
+
+class Lisa(Method):
+    name = "lisa"
+    help = "alternate alignment and task steps with a proximal term (baseline)"
+
+    def trainer(self, ctx: MethodContext) -> tuple[type, dict]:
+        align = SFTData(alignment_rows(), ctx.tokenizer, ctx.template, ctx.cutoff)
+        options = {"period": ctx.options.get("lisa_period", 4), "rho": ctx.options.get("lisa_rho", 0.1)}
+        return lisa_trainer_class(), {"align_dataset": align, **options}

@@ -1,0 +1,119 @@
+"""The Trainer set-up shared by every harden method and the reference build (transformers Trainer, with
+accelerate underneath, so `accelerate launch` / `torchrun` work unchanged), and the model folder it writes.
+
+transformers' trainer stack is imported inside the functions that use it: it costs ~3 s, which every
+`safety-audit --help` would otherwise pay."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..io.files import replace_dir
+from .data import Collator, answer_loss
+
+
+@dataclass
+class TrainOptions:
+    epochs: float
+    max_steps: int | None
+    lr: float
+    batch_size: int
+    warmup_steps: int | None  # None: 100, or 10% of the steps when the run is short
+    seed: int
+    save_steps: int
+    optim: str
+    group_by_length: bool
+
+
+def plan_steps(n_examples: int, opt: TrainOptions) -> tuple[int, int, int]:
+    """(world size, total optimizer steps, warm-up steps)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    total = opt.max_steps or math.ceil(math.ceil(n_examples / (opt.batch_size * world)) * opt.epochs)
+    warmup = opt.warmup_steps if opt.warmup_steps is not None else (100 if total >= 1000 else round(0.1 * total))
+    return world, total, warmup
+
+
+def training_arguments(ckpt: Path, opt: TrainOptions, warmup: int, world: int):
+    from transformers import TrainingArguments
+
+    cpu = not torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(ckpt), per_device_train_batch_size=opt.batch_size, num_train_epochs=opt.epochs,
+        max_steps=opt.max_steps or -1, learning_rate=opt.lr, warmup_steps=warmup, lr_scheduler_type="linear",
+        weight_decay=0.0, optim=opt.optim, logging_steps=1, save_strategy="steps", save_steps=opt.save_steps,
+        save_total_limit=2, seed=opt.seed, data_seed=opt.seed, report_to=[], disable_tqdm=True, use_cpu=cpu,
+        train_sampling_strategy="group_by_length" if opt.group_by_length else "random", dataloader_num_workers=0,
+        remove_unused_columns=False, ddp_backend="gloo" if cpu and world > 1 else None)
+
+
+def progress_callback(reporter, description: str):
+    """A TrainerCallback that drives the workflow's reporter (one bar over the optimizer steps)."""
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            reporter.start(description, state.max_steps)
+            reporter.advance(state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            reporter.advance(1)
+
+    return ProgressCallback()
+
+
+def build_trainer(model, causal_lm, tok, data, args, trainer_cls, extra: dict, callbacks):
+    """A Trainer whose loss needs logits at answer positions only, where the model can compute just those."""
+    from transformers import PrinterCallback
+
+    extra = dict(extra)
+    answer_only = "logits_to_keep" in inspect.signature(causal_lm.forward).parameters
+    if answer_only:
+        extra["compute_loss_func"] = answer_loss
+    trainer = trainer_cls(model=model, args=args, train_dataset=data, data_collator=Collator(tok.pad_token_id, answer_only),
+                          callbacks=list(callbacks), **extra)
+    trainer.remove_callback(PrinterCallback)  # the rich progress bar replaces its printed dicts
+    return trainer
+
+
+def last_checkpoint(ckpt: Path, resume: bool) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(ckpt)) if resume and ckpt.is_dir() else None
+
+
+def training_versions() -> dict:
+    import transformers
+
+    v = {"torch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        import peft
+
+        v["peft"] = peft.__version__
+    except ImportError:
+        pass
+    return v
+
+
+def write_model_folder(out: Path, model, tok, report: dict, force: bool, extra_files=None) -> None:
+    """Write to a temporary sibling, then rename: a crash never leaves a half-written model folder. The
+    saved config is an inference config (`use_cache` back on: training turned it off)."""
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.config.use_cache = True
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if extra_files:
+            extra_files(tmp)
+        (tmp / "safety_audit.json").write_text(json.dumps(report, indent=2) + "\n")
+        replace_dir(tmp, out, force)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""Scaling the weights of chosen decoder layers by α inside a GGUF file (docs/METHOD.md §1.2).
+
+`scale_gguf(src, dst, layers, alpha)` writes a copy in which those layers' linear maps are scaled by
+patching each quant block's fp16 scale (and min): every weight of a block is d·q (+ m), so scaling d (and
+m) scales the block exactly up to fp16 rounding of the new scale. The source is never modified. The tensor
+names are llama.cpp's for the same maps `weights.layers` selects in a torch model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
+
+from ..errors import AuditError
+from ..io.files import check_writable, default_mode
+from ..io.gguf_file import read_gguf
+from .layers import check_range
+from .scaling import check_alpha
+
+# byte offsets of the fp16 fields (d, and dmin/m where the format has one) inside one quant block
+BLOCK_SCALE_OFFSETS: dict[Q, tuple[int, ...]] = {
+    Q.Q4_0: (0,), Q.Q5_0: (0,), Q.Q8_0: (0,),
+    Q.Q4_1: (0, 2), Q.Q5_1: (0, 2),
+    Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q2_K: (80, 82),
+    Q.Q6_K: (208,), Q.Q3_K: (108,),
+}
+FLOAT_TYPES = {Q.F32: np.float32, Q.F16: np.float16}
+GGUF_LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "attn_qkv", "ffn_gate", "ffn_up", "ffn_down",
+               "ffn_gate_up", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+GGUF_O_PROJ = ("attn_output",)
+
+
+def gguf_targets(info, layers: Sequence[int], scale_o_proj: bool = True) -> list:
+    skip = () if scale_o_proj else GGUF_O_PROJ
+    names = [f"blk.{k}.{base}.weight" for k in layers for base in GGUF_LINEAR if base not in skip]
+    return [info.tensors[n] for n in names if n in info.tensors]
+
+
+def _patch(mm: np.ndarray, t, alpha: float) -> None:
+    region = mm[t.offset : t.offset + t.n_bytes]
+    if t.type in FLOAT_TYPES:
+        w = region.view(FLOAT_TYPES[t.type])
+        w[:] = (w.astype(np.float32) * np.float32(alpha)).astype(w.dtype)
+        return
+    if t.type == Q.BF16:
+        w = region.view(np.uint16)
+        f = (w.astype(np.uint32) << 16).view(np.float32) * np.float32(alpha)
+        bits = f.view(np.uint32)
+        w[:] = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+        return
+    offsets = BLOCK_SCALE_OFFSETS.get(t.type)
+    if offsets is None:
+        raise AuditError(f"cannot scale tensor '{t.name}': quant type {t.type.name} is not supported")
+    block_bytes = GGML_QUANT_SIZES[t.type][1]
+    blocks = region.reshape(-1, block_bytes)
+    for off in offsets:
+        d = blocks[:, off : off + 2].view(np.float16)
+        new = d.astype(np.float32) * np.float32(alpha)
+        if not np.all(np.isfinite(new.astype(np.float16))):
+            raise AuditError(f"alpha {alpha} overflows the fp16 block scales of '{t.name}'")
+        d[:] = new.astype(np.float16)
+
+
+def scale_gguf(src: str | os.PathLike, dst: str | os.PathLike, layers: Sequence[int], alpha: float,
+               scale_o_proj: bool = True, force: bool = False) -> list[str]:
+    """Write dst = src with the chosen layers' linear weights scaled by alpha; returns the tensor names."""
+    src, dst = Path(src), Path(dst)
+    info = read_gguf(src)
+    if info.n_layers is None:
+        raise AuditError("GGUF has no block_count for its architecture", src)
+    layers = check_range(layers, info.n_layers)
+    check_alpha(alpha)
+    targets = gguf_targets(info, layers, scale_o_proj)
+    if not targets:
+        raise AuditError("no linear-map tensors found in the chosen layers", src)
+    for t in targets:  # fail before writing anything
+        if t.type not in FLOAT_TYPES and t.type != Q.BF16 and t.type not in BLOCK_SCALE_OFFSETS:
+            raise AuditError(f"cannot scale tensor '{t.name}': quant type {t.type.name} is not supported", src)
+    check_writable(dst, force)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        mm = np.memmap(tmp, dtype=np.uint8, mode="r+")
+        for t in targets:
+            _patch(mm, t, alpha)
+        mm.flush()
+        del mm
+        default_mode(Path(tmp))
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return [t.name for t in targets]

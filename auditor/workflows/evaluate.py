@@ -1,0 +1,199 @@
+"""`eval`: harmful rate R_h, harmful score S_h, over-refusal rate, Rouge-L, MMLU accuracy (docs/METHOD.md
+§1.4), each a metric of the `METRICS` registry.
+
+Every rate gets a percentile-bootstrap 95% CI over its prompts. Responses can be saved as JSONL and fed
+back (`responses`) so a judge can be re-run without regenerating. The report's `config` records everything
+`check` needs to evaluate a candidate model the same way, the judge included.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..backends import GENERATION, NEXT_TOKEN, Backend, open_backend
+from ..core.judge import EndpointJudge, LocalJudge, score_responses
+from ..core.metrics import bootstrap_mean, mmlu_predictions, mmlu_rows, rouge_l
+from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
+from ..errors import AuditError
+from ..io.config import setting
+from ..io.models import resolve_model
+from ..io.prompts import TEMPLATES, check_template, load_prompts, load_task_rows, task_query
+from ..io.reports import ReportHeader
+from .reporting import Silent
+
+
+@dataclass
+class EvalConfig:
+    model: str | None = setting(None, "A .gguf file, an HF model folder, 'reference', or omitted: the bundled SmolLM2.")
+    backend: str = setting("auto", "GGUF -> llama.cpp by default; HF folder -> torch.")
+    template: str = setting("auto", "auto (the model's chat template if any, else alpaca) | " + " | ".join(TEMPLATES) + ".")
+    metrics: tuple[str, ...] = setting(("harmful", "over-refusal", "mmlu"), "Comma list of metrics (see below).")
+    harmful: str = setting("advbench-eval", "Harmful prompts (AdvBench eval split) or a file.")
+    over_refusal: tuple[str, ...] = setting(("xstest-safe", "over-rejection"), "Comma list of over-refusal sets/files.")
+    task: str = setting("alpaca-eval", "Rouge-L rows (alpaca form): the bundled held-out rows or a file.")
+    classifier: str = setting("keyword", "; ".join(f"{n}: {h}" for n, (_, h) in CLASSIFIERS.items()) + ".")
+    max_new_tokens: int = setting(128, "Greedy tokens per answer (the paper: 128 for R_h).")
+    limit: int | None = setting(None, "At most N prompts per set (quick runs); 0 or unset = the full sets.")
+    judge_url: str | None = setting(None, "OpenAI-compatible endpoint for the harmful score.")
+    judge_model: str | None = setting(None, "A local GGUF judge (llama.cpp).")
+    bootstrap: int = setting(1000, "Bootstrap replicates for the 95% CIs.")
+    seed: int = setting(0, "Seed of the bootstrap.")
+    threads: int | None = setting(None, "CPU threads (default: all cores).")
+    responses: str | None = setting(None, "Reuse saved responses (JSONL of metric, prompt, response).")
+    saved: list = field(default_factory=list)  # filled during the run: what --save-responses writes
+
+
+@dataclass
+class EvalRun:
+    """One evaluation in progress: the loaded backend and everything the metrics share."""
+
+    cfg: EvalConfig
+    backend: Backend
+    template: str
+    classifier: object
+    judge: object
+    saved: dict
+    reporter: object
+    recorded: dict = field(default_factory=dict)
+
+    def limited(self, items) -> list:
+        return list(items[: self.cfg.limit]) if self.cfg.limit else list(items)
+
+    def responses(self, metric: str, queries: list[str]) -> list[str]:
+        missing = [q for q in queries if (metric, q) not in self.saved]
+        self.reporter.start(f"{metric}: generating", len(missing))
+        fresh = dict(zip(missing, self.backend.generate(missing, self.template, self.cfg.max_new_tokens, self.reporter.advance)))
+        out = [self.saved.get((metric, q), fresh.get(q)) for q in queries]
+        for q, r in zip(queries, out):  # kept for --save-responses, and reused (the judge reads R_h's answers)
+            if (metric, q) not in self.recorded:
+                self.recorded[(metric, q)] = r
+                self.cfg.saved.append({"metric": metric, "prompt": q, "response": r})
+        self.saved.update(self.recorded)
+        return out
+
+    def refusals(self, metric: str, queries: list[str]) -> list[bool]:
+        if self.classifier.judges_text:  # classify the (saved or generated) answers
+            return [self.classifier.is_refusal(r) for r in self.responses(metric, queries)]
+        self.reporter.start(f"{metric}: {self.classifier.name}", len(queries))
+        return self.classifier.decide(self.backend, queries, self.template, self.reporter.advance)
+
+    def rate(self, values) -> dict:
+        return bootstrap_mean(values, self.cfg.bootstrap, self.cfg.seed)
+
+
+def _harmful(run: EvalRun) -> dict:
+    harmful = load_prompts(run.cfg.harmful)
+    refused = run.refusals("harmful", run.limited(harmful.prompts))
+    return {"harmful_rate": {**run.rate([not r for r in refused]), "set": harmful.name}}
+
+
+def _judge(run: EvalRun) -> dict:
+    harmful = load_prompts(run.cfg.harmful)
+    qs = run.limited(harmful.prompts)
+    resp = run.responses("harmful", qs)
+    run.reporter.start(f"judge · {run.judge.name}", len(qs))
+    scores = score_responses(run.judge, qs, resp, run.reporter.advance)
+    good = [s for s in scores if s is not None]
+    return {"harmful_score": {**run.rate(good), "unparseable": len(scores) - len(good), "judge": run.judge.name,
+                              "set": harmful.name}}
+
+
+def _over_refusal(run: EvalRun) -> dict:
+    by_set = {}
+    for spec in run.cfg.over_refusal:
+        ps = load_prompts(spec)
+        by_set[ps.name] = run.rate(run.refusals(f"over-refusal:{ps.name}", run.limited(ps.prompts)))
+    first = next(iter(by_set))
+    return {"over_refusal_rate": {**by_set[first], "set": first}, "over_refusal_by_set": by_set}
+
+
+def _rouge(run: EvalRun) -> dict:
+    rows = run.limited(load_task_rows(run.cfg.task))
+    preds = run.responses("rouge", [task_query(r) for r in rows])
+    return {"rouge_l": {**run.rate(rouge_l(preds, [r["output"] for r in rows])), "set": str(run.cfg.task)}}
+
+
+def _mmlu(run: EvalRun) -> dict:
+    dev, test = mmlu_rows(run.cfg.limit)
+    run.reporter.start("mmlu: 5-shot", len(test))
+    preds = mmlu_predictions(run.backend, dev, test)
+    run.reporter.advance(len(test))
+    return {"mmlu_accuracy": {**run.rate([p == r["answer"] for p, r in zip(preds, test)]), "subjects": len(dev), "shots": 5}}
+
+
+@dataclass(frozen=True)
+class Metric:
+    help: str
+    compute: Callable[[EvalRun], dict]
+    needs: tuple[str, ...]
+
+
+METRICS: dict[str, Metric] = {
+    "harmful": Metric("harmful rate R_h: share of harmful prompts answered, not refused", _harmful, (GENERATION,)),
+    "judge": Metric("harmful score S_h: a judge rates each answer 1-5 (needs --judge or --judge-model)", _judge, (GENERATION,)),
+    "over-refusal": Metric("over-refusal rate on benign prompts that sound harmful", _over_refusal, (GENERATION,)),
+    "rouge": Metric("Rouge-L F of answers to held-out tasks", _rouge, (GENERATION,)),
+    "mmlu": Metric("MMLU accuracy, 5-shot, 10 subjects", _mmlu, (NEXT_TOKEN,)),
+}
+
+
+def _load_saved(path: str | None) -> dict:
+    if not path:
+        return {}
+    p = Path(path)
+    try:
+        rows = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+        return {(r["metric"], r["prompt"]): r["response"] for r in rows}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        raise AuditError("not a readable responses file (JSONL with metric, prompt, response)", p) from None
+
+
+def check_config(cfg: EvalConfig) -> None:
+    """Every option checked before anything loads."""
+    unknown = [m for m in cfg.metrics if m not in METRICS]
+    if unknown:
+        raise AuditError(f"unknown metric '{unknown[0]}' (choose from {', '.join(METRICS)})")
+    if "judge" in cfg.metrics and not (cfg.judge_url or cfg.judge_model):
+        raise AuditError("the judge metric needs --judge URL or --judge-model FILE.gguf")
+    if cfg.template != "auto":
+        check_template(cfg.template)
+    cfg.classifier = canonical_classifier(cfg.classifier)
+
+
+def _config_record(cfg: EvalConfig) -> dict:
+    """What `check` needs to evaluate a candidate the same way (the judge included)."""
+    keep = ("metrics", "harmful", "over_refusal", "task", "classifier", "max_new_tokens", "limit", "template", "backend",
+            "judge_url", "judge_model")
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k in keep}
+
+
+def run_eval(cfg: EvalConfig, reporter=None) -> dict:
+    reporter = reporter or Silent()
+    check_config(cfg)
+    model = resolve_model(cfg.model)
+    saved = _load_saved(cfg.responses)
+    t0 = time.perf_counter()
+    judge = None
+    if "judge" in cfg.metrics:
+        judge = EndpointJudge(cfg.judge_url) if cfg.judge_url else LocalJudge(cfg.judge_model, cfg.threads)
+    needs = tuple(sorted({c for m in cfg.metrics for c in METRICS[m].needs}))
+    reporter.status(f"loading {model.label}")
+    backend = open_backend(model, cfg.backend, needs, threads=cfg.threads)
+    template = cfg.template if cfg.template != "auto" else ("chat" if backend.chat_template else "alpaca")
+    classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
+    header = ReportHeader("eval", model.label, model.content_hash(backend.name), backend.name)
+    report = {**asdict(header), "template": template, "classifier": classifier.describe(),
+              "max_new_tokens": cfg.max_new_tokens, "limit": cfg.limit, "config": _config_record(cfg)}
+    run = EvalRun(cfg, backend, template, classifier, judge, saved, reporter)
+    try:
+        for name in METRICS:  # registry order: R_h and S_h first, utility last
+            if name in cfg.metrics:
+                report.update(METRICS[name].compute(run))
+    finally:
+        backend.close()
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    return report

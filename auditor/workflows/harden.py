@@ -1,0 +1,222 @@
+"""`harden`: SPPFT — fine-tuning with the safety layers' linear maps frozen — and its baselines
+(docs/METHOD.md §1.3), each a method of `training.methods`.
+
+Nothing is lost: the output folder is written to a temporary sibling and renamed into place; an existing
+one is replaced only with `force`; checkpoints next to it let a killed run `resume` to the same weights.
+Every option is checked before the model or the data is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..backends.hf_loading import load_causal_lm
+from ..errors import AuditError
+from ..io.cache import sha256_json
+from ..io.gguf_export import export_gguf
+from ..io.config import setting
+from ..io.models import resolve_model
+from ..io.reports import ReportHeader
+from ..io.prompts import load_task_rows
+from ..training.attacks import build_attack
+from ..training.data import SFTData
+from ..training.memory import keep_freed_memory
+from ..training.methods import METHODS, MethodContext
+from ..training.trainer import (TrainOptions, progress_callback, build_trainer, last_checkpoint, plan_steps,
+                                training_arguments, training_versions, write_model_folder)
+from ..weights.layers import block_parameters, decoder_layers
+from .reporting import Silent
+
+TEMPLATES = ("alpaca", "chat")
+GGUF_TYPES = ("f16", "q8_0")
+
+
+@dataclass
+class HardenConfig:
+    out: str = setting(None, "The output model folder (HF format + safety_audit.json).")
+    model: str | None = setting(None, "The model to fine-tune (default: the bundled SmolLM2).")
+    method: str = setting("sppft", "What is frozen: " + "; ".join(f"{n}: {m.help}" for n, m in METHODS.items()) + ".")
+    layers: tuple[int, int] | None = setting(None, "Safety layers to freeze (inclusive, 0-based), e.g. 6-12.")
+    from_report: str | None = setting(None, "Take the layers from a locate (safety_layers) or scan report.")
+    data: str | None = setting(None, "Alpaca-form rows (.json/.jsonl/.csv: instruction, input, output).")
+    attack: str | None = setting(None, "Build the paper's attack set from bundled data instead of --data.")
+    p: float = setting(0.1, "Malicious share for --attack harmful.")
+    n_rows: int | None = setting(None, "Use the first N rows (normal rows for --attack).")
+    template: str = setting("alpaca", "Prompt template of the training rows.")
+    lora: bool = setting(False, "Train LoRA adapters (peft) instead, none on frozen layers; merged on save.")
+    lora_r: int = setting(8, "LoRA rank.")
+    epochs: float = setting(3.0, "Epochs (the paper: 3).")
+    max_steps: int | None = setting(None, "Stop after N optimizer steps (quick runs).")
+    lr: float = setting(1e-4, "Learning rate; the paper: 1e-4 (Llama-3, gemma), 3e-4 (Llama-2), 6e-4 (Phi-3).")
+    batch_size: int = setting(4, "Micro-batch size per device.")
+    warmup_steps: int | None = setting(None, "Warm-up steps (default: 100, or 10% of the steps for short runs).")
+    cutoff: int = setting(256, "Cut each row at N tokens.")
+    seed: int = setting(0, "Seed of data order, initialisation and attack sets.")
+    save_steps: int = setting(50, "Checkpoint every N steps (for --resume).")
+    lisa_period: int = setting(4, "lisa: steps per phase (alignment, task, alignment, ...).")
+    lisa_rho: float = setting(0.1, "lisa: proximal weight.")
+    gguf: str | None = setting(None, "Also write DIR/model.<type>.gguf with the input GGUF's metadata and tensor names.")
+    group_by_length: bool = setting(False, "Batches of similar length (less padding; the reference build uses it).")
+    optim: str = setting("adamw_torch_fused", "Optimizer; adamw_torch (foreach) differs in the last bits.")
+    force: bool = setting(False, "Replace an existing output folder.")
+    resume: bool = setting(False, "Continue a killed run from its last checkpoint (DIR.checkpoints).")
+    threads: int | None = setting(None, "CPU threads (default: all cores).")
+
+
+def check_numbers(cfg: HardenConfig) -> None:
+    """Training numbers that cannot work, refused before any data or model is loaded."""
+    if not (cfg.epochs > 0 and math.isfinite(cfg.epochs)) or not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise AuditError(f"--epochs and --lr must be positive numbers (got {cfg.epochs}, {cfg.lr})")
+    if cfg.max_steps is not None and cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.cutoff < 2:
+        raise AuditError("--max-steps and --batch-size must be >= 1, --cutoff >= 2")
+
+
+def check_config(cfg: HardenConfig) -> Path:
+    """Every option checked before anything loads; returns the output folder."""
+    if cfg.method not in METHODS:
+        raise AuditError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
+    method = METHODS[cfg.method]
+    if cfg.lora and not method.supports_lora:
+        raise AuditError(f"{cfg.method} cannot run as LoRA (use --method sppft --lora)")
+    if cfg.template not in TEMPLATES:
+        raise AuditError(f"unknown template '{cfg.template}' (choose {' or '.join(TEMPLATES)})")
+    if cfg.gguf and cfg.gguf not in GGUF_TYPES:
+        raise AuditError(f"unknown GGUF type '{cfg.gguf}' (choose {' or '.join(GGUF_TYPES)})")
+    if cfg.layers and cfg.from_report:
+        raise AuditError("give --layers or --from-report, not both")
+    if method.needs_layers and not (cfg.layers or cfg.from_report):
+        raise AuditError(f"--method {cfg.method} needs --layers i-j or --from-report LOCATE.json (the safety layers)")
+    if cfg.data and cfg.attack:
+        raise AuditError("give --data or --attack, not both")
+    check_numbers(cfg)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise AuditError("output path is a file, not a folder", out)
+    if out.exists() and not cfg.force:
+        raise AuditError("output folder exists (use --force to replace it)", out)
+    if not out.parent.exists():
+        raise AuditError("output's parent folder does not exist", out.parent)
+    return out
+
+
+def layer_range(cfg: HardenConfig, n_layers: int) -> tuple[int, int] | None:
+    if not METHODS[cfg.method].needs_layers:
+        return None
+    rng = cfg.layers
+    if rng is None:
+        p = Path(cfg.from_report)
+        try:
+            rep = json.loads(p.read_text())
+            rng = rep.get("safety_layers") or rep.get("initial_range")
+        except (OSError, json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            raise AuditError("not a readable locate/scan report", p) from None
+        if not rng:
+            raise AuditError("the report has no safety_layers or initial_range", p)
+    a, b = int(rng[0]), int(rng[1])
+    if not 0 <= a <= b < n_layers:
+        raise AuditError(f"layers {a}-{b} are outside the model (layers 0..{n_layers - 1})")
+    return a, b
+
+
+def training_rows(cfg: HardenConfig) -> tuple[list[dict], dict]:
+    if cfg.attack:
+        return build_attack(cfg.attack, cfg.n_rows, cfg.p, cfg.seed)
+    rows = load_task_rows(cfg.data or "alpaca-train")
+    return rows[: cfg.n_rows] if cfg.n_rows else rows, {"source": cfg.data or "bundled:alpaca-train"}
+
+
+def _apply_method(cfg: HardenConfig, ctx: MethodContext):
+    """Freeze (or wrap with LoRA) as the method says; returns (model to train, frozen info)."""
+    method = METHODS[cfg.method]
+    if not cfg.lora:
+        return ctx.model, method.freeze(ctx)
+    from peft import LoraConfig, get_peft_model
+
+    targets = method.lora_targets(ctx)
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
+    frozen = sorted(set(ctx.layer_range)) if method.freezes_range else []
+    return get_peft_model(ctx.model, lcfg), {"lora_modules": len(targets), "frozen_layers": frozen}
+
+
+def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[dict], dict] | None = None) -> dict:
+    """Train and write DIR. `rows`: in-memory training rows and their manifest instead of --data/--attack."""
+    reporter = reporter or Silent()
+    out = check_config(cfg)
+    rows, manifest = rows if rows is not None else training_rows(cfg)
+    t0 = time.perf_counter()
+    if not torch.cuda.is_available():
+        keep_freed_memory()
+    reporter.status("loading the model")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ref = resolve_model(cfg.model)
+    if cfg.gguf and not ref.is_gguf:
+        raise AuditError("--gguf needs a GGUF input model (its metadata and tensor names are reused)", ref.path)
+    model, tok = load_causal_lm(ref)
+    n_layers = len(decoder_layers(model))
+    ctx = MethodContext(model, tok, SFTData(rows, tok, cfg.template, cfg.cutoff), layer_range(cfg, n_layers), n_layers,
+                        cfg.template, cfg.cutoff, {"lisa_period": cfg.lisa_period, "lisa_rho": cfg.lisa_rho}, reporter.status)
+    if len(ctx.data) == 0:
+        raise AuditError("no training rows left (empty data, or every answer cut off by --cutoff)")
+    torch.manual_seed(cfg.seed)
+    n_total = sum(p.numel() for p in model.parameters())
+    train_model, frozen = _apply_method(cfg, ctx)
+    n_frozen = frozen.get("frozen_parameters", sum(p.numel() for p in train_model.parameters() if not p.requires_grad))
+    result, trainer, steps, resumed = _train(cfg, out, train_model, ctx, reporter, callbacks)
+    final = train_model.merge_and_unload() if cfg.lora else train_model
+    report = _report(cfg, ref, ctx, rows, manifest, frozen, n_frozen, n_total, steps, resumed, result, trainer, t0)
+    if trainer.is_world_process_zero():
+        _write(cfg, out, ref, final, tok, report, reporter)
+    return report
+
+
+def _train(cfg, out, train_model, ctx: MethodContext, reporter, callbacks):
+    causal_lm, tok, data = ctx.model, ctx.tokenizer, ctx.data
+    opts = TrainOptions(cfg.epochs, cfg.max_steps, cfg.lr, cfg.batch_size, cfg.warmup_steps, cfg.seed, cfg.save_steps,
+                        cfg.optim, cfg.group_by_length)
+    world, total, warmup = plan_steps(len(data), opts)
+    ckpt = out.with_name(out.name + ".checkpoints")
+    trainer_cls, extra = METHODS[cfg.method].trainer(ctx)
+    progress = progress_callback(reporter, f"{cfg.method}{' + LoRA' if cfg.lora else ''} training")
+    trainer = build_trainer(train_model, causal_lm, tok, data, training_arguments(ckpt, opts, warmup, world), trainer_cls,
+                            extra, [progress, *callbacks])
+    resumed = last_checkpoint(ckpt, cfg.resume)
+    result = trainer.train(resume_from_checkpoint=resumed)
+    return result, trainer, {"warmup_steps": warmup, "total_steps": total, "world_size": world}, resumed
+
+
+def _report(cfg, ref, ctx, rows, manifest, frozen, n_frozen, n_total, steps, resumed, result, trainer, t0) -> dict:
+    budget = sum(p.numel() for p in block_parameters(ctx.model, ctx.layer_range).values()) if ctx.layers else 0
+    header = ReportHeader("harden", ref.label, ref.content_hash("torch"), "torch")
+    return {**asdict(header), "method": cfg.method, "lora": cfg.lora, "input_model": ref.label, "template": cfg.template,
+            "layers": list(ctx.layers) if ctx.layers else None, "frozen": frozen, "frozen_parameters": n_frozen,
+            "frozen_fraction": n_frozen / n_total, "block_parameters": budget,
+            "data": {"rows": len(rows), "examples": len(ctx.data), "sha256": sha256_json(rows), **manifest},
+            "hyperparameters": {k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "resume", "threads")} | steps,
+            "resumed_from": resumed, "train_loss": result.training_loss, "steps": trainer.state.global_step,
+            "versions": training_versions(), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _write(cfg, out, ref, model, tok, report, reporter) -> None:
+    extra_files = None
+    if cfg.gguf:
+        reporter.status(f"writing the GGUF ({cfg.gguf})")
+        extra_files = lambda folder: export_gguf(ref.path, model.state_dict(), folder / f"model.{cfg.gguf}.gguf", cfg.gguf)
+        report["gguf"] = f"model.{cfg.gguf}.gguf"
+    write_model_folder(out, model, tok, report, cfg.force, extra_files)
+    shutil.rmtree(out.with_name(out.name + ".checkpoints"), ignore_errors=True)
+
+
+def load_model(spec=None, threads: int | None = None):
+    """(model ref, fp32 model, tokenizer) as harden loads them: for benchmarks and tests."""
+    if threads:
+        torch.set_num_threads(threads)
+    ref = resolve_model(spec)
+    return (ref, *load_causal_lm(ref))

@@ -1,0 +1,211 @@
+"""`locate`: precise safety-layer bounds by scaling a layer range's weights by α and counting
+over-refusals (docs/METHOD.md §1.2, the paper's Table 1). The search itself is `core.search`; this module
+counts refusals on a backend, journals every count (a killed run resumes) and writes the report.
+
+The start comes from --start, a scan report, a fresh scan, or a survey (equal-width windows tiled over the
+whole model, for models whose cosine gap opens away from the over-refusal lever: the reference model's gap
+is at 19-20, while early and middle windows raise refusals).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..backends import GENERATION, WEIGHT_SCALING, Backend, open_backend
+from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
+from ..core.search import SURVEY_ALPHA, choose_alpha, control_ranges, progressive_search, room_to_move, survey
+from ..errors import AuditError
+from ..io.cache import Journal, sha256_json
+from ..io.config import setting
+from ..io.models import resolve_model
+from ..io.prompts import check_template, load_prompts
+from ..io.reports import ReportHeader
+from .reporting import Silent
+from .scan import ScanConfig, run_scan
+
+
+@dataclass
+class LocateConfig:
+    model: str | None = setting(None, "A .gguf file, an HF model folder, 'reference', or omitted: the bundled SmolLM2.")
+    backend: str = setting("auto", "GGUF -> llama.cpp by default; HF folder -> torch.")
+    template: str = setting("alpaca", "alpaca | chat | raw (use the template the model was aligned with).")
+    over_refusal: str = setting("over-rejection", "Over-refusal set D_o: a bundled set (over-rejection, xstest-safe) or a file.")
+    limit: int | None = setting(150, "Use the first N prompts of D_o (0 = all).")
+    classifier: str = setting("keyword", "; ".join(f"{n}: {h}" for n, (_, h) in CLASSIFIERS.items()) + ".")
+    max_new_tokens: int = setting(16, "Greedy tokens per answer for the keyword classifier (the paper: 16).")
+    alpha: float | None = setting(None, "Scaling factor (>1 or <1). Default: automatic (steps of 0.05 from 1).")
+    start: tuple[int, int] | None = setting(None, "Start range i-j (inclusive, 0-based). Default: --from-scan or a fresh scan.")
+    from_scan: str | None = setting(None, "Start from a scan report's initial (or differential) range.")
+    survey: int | None = setting(None, "Start from the best of W-layer windows (default 2) scaled in turn over the whole model.")
+    patience: int = setting(3, "Stop a sweep after N steps without a new best (0 = to the end).")
+    controls: bool = setting(True, "Count equal-width control ranges beside the result.")
+    scale_o_proj: bool = setting(True, "Scale the attention output projection too (off under --compat paper).")
+    compat: str | None = setting(None, "paper: greedy 16 tokens, keyword classifier, o_proj unscaled, alpaca template.")
+    threads: int | None = setting(None, "CPU threads (default: all cores).")
+    journal: str | None = setting(None, "JSONL journal of finished counts (a killed run resumes from it).")
+
+
+def paper_compat(cfg: LocateConfig) -> LocateConfig:
+    """--compat paper: greedy 16 tokens, keyword classifier, o_proj unscaled, alpaca template."""
+    cfg.compat, cfg.classifier, cfg.max_new_tokens, cfg.scale_o_proj, cfg.template = "paper", "keyword", 16, False, "alpaca"
+    return cfg
+
+
+class CountJournal:
+    """Finished counts keyed by everything that determines a count; `io.cache.Journal` underneath."""
+
+    def __init__(self, path: Path | None, key: str):
+        self.journal, self.key, self.entries = Journal(path), key, {}
+        for e in self.journal.rows():
+            if e.get("key") == key:
+                self.entries[(tuple(e["range"]) if e.get("range") else None, e.get("alpha"))] = e["count"]
+
+    @staticmethod
+    def _id(rng, alpha):
+        return (tuple(rng) if rng else None, alpha if rng else 1.0)
+
+    def get(self, rng, alpha):
+        return self.entries.get(self._id(rng, alpha))
+
+    def record(self, rng, alpha, count):
+        self.entries[self._id(rng, alpha)] = count
+        rid = self._id(rng, alpha)
+        self.journal.append({"key": self.key, "range": list(rid[0]) if rid[0] else None, "alpha": rid[1], "count": count})
+
+
+class RefusalCounter:
+    """R(model scaled on `range` by alpha, D_o): the number of D_o prompts the classifier calls refusals."""
+
+    def __init__(self, backend, prompts, classifier, template, scale_o_proj, journal: CountJournal, reporter):
+        self.backend, self.prompts, self.classifier = backend, prompts, classifier
+        self.template, self.scale_o_proj, self.journal, self.reporter = template, scale_o_proj, journal, reporter
+        self.computed = 0
+
+    def __call__(self, rng: tuple[int, int] | None, alpha: float = 1.0) -> int:
+        alpha = round(float(alpha), 6)
+        hit = self.journal.get(rng, alpha)
+        if hit is not None:
+            return hit
+        label = "baseline" if rng is None else f"layers {rng[0]}–{rng[1]} × {alpha:g}"
+        self.reporter.start(f"{label} · {self.classifier.name}", len(self.prompts))
+        ctx = self.backend.scaled(range(rng[0], rng[1] + 1), alpha, self.scale_o_proj) if rng else nullcontext()
+        with ctx:
+            n = sum(self.classifier.decide(self.backend, self.prompts, self.template, self.reporter.advance))
+        self.computed += 1
+        self.journal.record(rng, alpha, n)
+        return n
+
+
+def _start_range(cfg: LocateConfig, reporter) -> tuple[tuple[int, int], str]:
+    if cfg.start:
+        return tuple(cfg.start), "--start"
+    if cfg.from_scan:
+        p = Path(cfg.from_scan)
+        try:
+            rep = json.loads(p.read_text())
+            rng, diff = rep["initial_range"], rep.get("differential_range")
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise AuditError("not a readable scan report (JSON with initial_range)", p) from None
+        if rng:
+            return (int(rng[0]), int(rng[1])), f"scan report {p}"
+        if diff:  # a --contrast scan: start where alignment moved the gap most
+            return (int(diff[0]), int(diff[1])), f"scan report {p} (differential range; no initial range)"
+        raise AuditError("the scan report has no initial range and no differential range (scan with --contrast "
+                         "BASE_MODEL, or pass --start i-j or --survey)", p)
+    rep = run_scan(ScanConfig(model=cfg.model, backend=cfg.backend, template=cfg.template, threads=cfg.threads), reporter)
+    if not rep["initial_range"]:
+        raise AuditError("a fresh scan found no initial safety-layer range; pass --start i-j or --survey")
+    return tuple(rep["initial_range"]), "fresh scan"
+
+
+def check_config(cfg: LocateConfig) -> None:
+    """Every option checked before anything loads."""
+    check_template(cfg.template)
+    cfg.classifier = canonical_classifier(cfg.classifier)
+    if cfg.alpha is not None and not (cfg.alpha > 0 and math.isfinite(cfg.alpha)):
+        raise AuditError(f"alpha must be a positive number, got {cfg.alpha}")
+    if cfg.alpha == 1.0:
+        raise AuditError("alpha = 1 scales nothing; use a value like 1.1 or 0.9")
+    if sum(x is not None for x in (cfg.start, cfg.from_scan, cfg.survey)) > 1:
+        raise AuditError("give one of --start, --from-scan and --survey")
+    if cfg.max_new_tokens < 1 or cfg.patience < 0 or any(v is not None and v < 1 for v in (cfg.limit, cfg.survey)):
+        raise AuditError("--max-new-tokens, --limit and --survey must be >= 1, --patience >= 0")
+
+
+@dataclass
+class Search:
+    """What the search found, before it becomes a report."""
+
+    start: tuple[int, int]
+    start_from: str
+    surveyed: dict | None
+    alpha: float
+    trials: list[dict]
+    rows: list[dict]
+    final: tuple[int, int]
+    best: int
+    baseline: int
+    controls: list[dict]
+
+
+def _search(cfg: LocateConfig, backend: Backend, count, n_prompts: int, reporter) -> Search:
+    K = backend.n_layers
+    if cfg.survey is not None and cfg.survey > K:
+        raise AuditError(f"--survey width {cfg.survey} is wider than the model ({K} layers)")
+    if cfg.survey is None:
+        start, start_from = _start_range(cfg, reporter)
+        if not (0 <= start[0] <= start[1] < K):
+            raise AuditError(f"start range {start[0]}-{start[1]} is outside the model (layers 0..{K - 1})")
+    baseline = count(None)
+    surveyed = None
+    if cfg.survey is not None:
+        s_alpha = cfg.alpha or round(1 + room_to_move(baseline, n_prompts) * (SURVEY_ALPHA - 1), 2)
+        start, windows = survey(count, K, cfg.survey, s_alpha, baseline)
+        surveyed = {"alpha": s_alpha, "width": cfg.survey, "windows": windows}
+        start_from = f"survey: {len(windows)} windows of {cfg.survey} at α {s_alpha:g}"
+    trials: list[dict] = []
+    alpha = surveyed["alpha"] if surveyed else cfg.alpha  # the survey already showed its α moves refusals
+    if alpha is None:
+        alpha, trials = choose_alpha(count, start, baseline, n_prompts)
+    final, best, rows = progressive_search(count, start, K, alpha, cfg.patience, trim=surveyed is not None)
+    controls = [{"range": list(r), "count": count(r, alpha)} for r in control_ranges(final, K)] if cfg.controls else []
+    return Search(start, start_from, surveyed, alpha, trials, rows, final, best, baseline, controls)
+
+
+ALPHA_RULE = "step 0.05 from 1 until the count moves the paper's way (alpha > 1: up) by >= max(3, 5% of D_o)"
+
+
+def run_locate(cfg: LocateConfig, reporter=None) -> dict:
+    reporter = reporter or Silent()
+    check_config(cfg)
+    model = resolve_model(cfg.model)
+    d_o = load_prompts(cfg.over_refusal)
+    prompts = list(d_o.prompts[: cfg.limit] if cfg.limit else d_o.prompts)
+    classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
+    t0 = time.perf_counter()
+    reporter.status(f"loading {model.label}")
+    backend = open_backend(model, cfg.backend, (GENERATION, WEIGHT_SCALING), threads=cfg.threads)
+    try:
+        model_hash = model.content_hash(backend.name)
+        key = sha256_json([model_hash, backend.name, cfg.template, classifier.describe(), prompts, cfg.scale_o_proj])[:24]
+        journal = CountJournal(Path(cfg.journal) if cfg.journal else None, key)
+        count = RefusalCounter(backend, prompts, classifier, cfg.template, cfg.scale_o_proj, journal, reporter)
+        s = _search(cfg, backend, count, len(prompts), reporter)
+    finally:
+        backend.close()
+    # the paper's effect (α > 1: more refusals), larger than any control's move in either direction
+    gain = (s.best - s.baseline) * (1 if s.alpha > 1 else -1)
+    stands_out = bool(s.controls) and gain > 0 and all(gain > abs(c["count"] - s.baseline) for c in s.controls)
+    header = ReportHeader("locate", model.label, model_hash, backend.name)
+    alpha_choice = "given" if cfg.alpha is not None else "survey" if s.surveyed else {"rule": ALPHA_RULE, "trials": s.trials}
+    return {**asdict(header), "template": cfg.template, "compat": cfg.compat, "scale_o_proj": cfg.scale_o_proj,
+            "n_layers": backend.n_layers, "over_refusal_set": d_o.name, "n_prompts": len(prompts),
+            "classifier": classifier.describe(), "alpha": s.alpha, "alpha_choice": alpha_choice, "start": list(s.start),
+            "start_from": s.start_from, "survey": s.surveyed, "baseline": s.baseline, "sweep": s.rows,
+            "safety_layers": list(s.final), "count": s.best, "controls": s.controls, "gain": gain,
+            "stands_out": stands_out, "counts_computed": count.computed, "seconds": round(time.perf_counter() - t0, 2)}

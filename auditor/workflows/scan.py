@@ -1,0 +1,203 @@
+"""`scan`: per-layer final-token states for normal vs malicious prompts, their pair statistics, the angle
+gap with bootstrap CIs and the initial safety-layer range (docs/METHOD.md §1.1).
+
+States are cached per (model content, backend, template, prompts) in chunks, so an interrupted scan
+resumes where it stopped and a re-run with other statistics options needs no forward pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+
+import torch
+
+from ..backends import HIDDEN_STATES, choose_backend, open_backend
+from ..core.gap import (GapStats, RangeRule, bootstrap_weights, differential_range, gap_stats, initial_range, pair_masks,
+                        percentile_ci)
+from ..core.similarity import pair_statistics
+from ..errors import AuditError
+from ..io.cache import StateStore, sha256_json
+from ..io.config import setting
+from ..io.models import ModelRef, resolve_model
+from ..io.prompts import PromptSet, check_template, load_prompts, require_pool
+from ..io.reports import Report, ReportHeader
+from .reporting import Reporter, Silent
+
+CHUNK = 32
+
+
+@dataclass
+class ScanConfig:
+    model: str | None = setting(None, "A .gguf file, an HF model folder, 'reference', or omitted: the bundled SmolLM2.")
+    backend: str = setting("auto", "GGUF -> llama.cpp by default; HF folder -> torch; torch on a GGUF loads it dequantized.")
+    template: str = setting("alpaca", "alpaca (the paper's) | chat (the model's own) | raw.")
+    normal: str = setting("normal", "Normal prompts: a bundled set or a .txt/.csv/.json/.jsonl file.")
+    malicious: str = setting("malicious", "Malicious prompts: a bundled set or a file.")
+    pairs: int | None = setting(None, "Sample N random pairs per type like the paper (default: all pairs, exact).")
+    bootstrap: int = setting(1000, "Bootstrap replicates (over prompts) for the 95% CIs; 0 = none.")
+    seed: int = setting(0, "Seed of the bootstrap and the pair sampling.")
+    threads: int | None = setting(None, "CPU threads (default: all cores).")
+    contrast: str | None = setting(None, "Scan a second model (e.g. the base model) and report the differential gap.")
+    contrast_backend: str = setting("auto", "Backend of the contrast model.")
+    use_cache: bool = setting(True, "Reuse and store hidden states (keyed by the model's content).")
+    rule: RangeRule = setting(help="The initial-range rule's parameters.", factory=RangeRule)
+
+
+@dataclass
+class LayerRow:
+    layer: int
+    cos_nn: float
+    cos_mm: float
+    cos_nm: float
+    angle_nn_deg: float
+    angle_mm_deg: float
+    angle_nm_deg: float
+    angle_gap_deg: float
+    gap_ci95: list[float]
+
+
+@dataclass
+class ModelScan:
+    model: str
+    backend: str
+    n_layers: int
+    hidden_size: int
+    layers: list[LayerRow]
+    initial_range: list[int] | None
+    range_details: dict
+    seconds: float
+
+
+def _state_key(model: ModelRef, backend: str, template: str, prompts: PromptSet) -> str:
+    """Everything that determines the states: the content of what the backend reads, its version, the
+    template and the prompts. Not the path: a scaled copy or a retrained folder never hits its source's."""
+    versions = version("llama_cpp_python") if backend == "llama" else version("transformers")
+    return sha256_json([model.content_hash(backend), backend, template, versions, list(prompts.prompts)])[:32]
+
+
+class StateProbe:
+    """Opens the backend lazily (only when a chunk is not cached) and returns [K, n, d] states."""
+
+    def __init__(self, model: ModelRef, backend: str, threads: int | None, use_cache: bool, reporter: Reporter):
+        self.model, self.backend_name = model, choose_backend(model, backend, (HIDDEN_STATES,))
+        self.threads, self.use_cache, self.reporter = threads, use_cache, reporter
+        self._backend = None
+        self.n_layers = self.hidden_size = None
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            self.reporter.status(f"loading {self.model.label} ({self.backend_name} backend)")
+            self._backend = open_backend(self.model, self.backend_name, (HIDDEN_STATES,), threads=self.threads)
+        return self._backend
+
+    def states(self, prompts: PromptSet, template: str, role: str) -> torch.Tensor:
+        store = StateStore(_state_key(self.model, self.backend_name, template, prompts), self.use_cache)
+        self.reporter.start(f"{role} prompts · {self.backend_name}", len(prompts))
+        parts = []
+        for c in range(0, len(prompts), CHUNK):
+            chunk = list(prompts.prompts[c : c + CHUNK])
+            part = store.get(c)
+            if part is None:
+                part = self.backend.final_token_states(chunk, template, self.reporter.advance)
+                store.put(c, part)
+            else:
+                self.reporter.advance(len(chunk))
+            parts.append(part)
+        return torch.cat(parts, dim=1)
+
+    def close(self):
+        if self._backend is not None:
+            self._backend.close()
+
+
+def _rows(gs: GapStats) -> list[LayerRow]:
+    lo, hi = gs.ci95()
+    return [
+        LayerRow(k, float(gs.cos_nn[k]), float(gs.cos_mm[k]), float(gs.cos_nm[k]), float(gs.angle_nn[k]),
+                 float(gs.angle_mm[k]), float(gs.angle_nm[k]), float(gs.gap[k]), [float(lo[k]), float(hi[k])])
+        for k in range(len(gs.gap))
+    ]
+
+
+def _scan_one(model: ModelRef, backend: str, cfg: ScanConfig, normal: PromptSet, malicious: PromptSet,
+              weights, reporter: Reporter) -> tuple[ModelScan, GapStats]:
+    t0 = time.perf_counter()
+    probe = StateProbe(model, backend, cfg.threads, cfg.use_cache, reporter)
+    try:
+        sn = probe.states(normal, cfg.template, "normal")
+        sm = probe.states(malicious, cfg.template, "malicious")
+    finally:
+        probe.close()
+    reporter.status("pair statistics")
+    need_pairs = cfg.bootstrap > 0 or cfg.pairs is not None
+    ps = pair_statistics(sn, sm, return_pairs=need_pairs)
+    masks = pair_masks(len(normal), len(malicious), cfg.pairs, cfg.seed)
+    gs = gap_stats(ps, masks, weights, exact=cfg.pairs is None)
+    lo, _ = gs.ci95()
+    rng, details = initial_range(gs.gap, lo, cfg.rule)
+    details["stats_path"] = ps.path
+    scan = ModelScan(model.label, probe.backend_name, sn.shape[0], sn.shape[2], _rows(gs), rng, details,
+                     round(time.perf_counter() - t0, 3))
+    return scan, gs
+
+
+@dataclass
+class ScanReport(Report):
+    template: str
+    n_layers: int
+    hidden_size: int
+    n_normal: int
+    n_malicious: int
+    normal_set: str
+    malicious_set: str
+    hidden_state: str
+    pairs: str | int
+    bootstrap: dict
+    layers: list[LayerRow]
+    initial_range: list[int] | None
+    range_rule: dict
+    seconds: float
+    contrast: ModelScan | None = None
+    differential: list[dict] | None = None
+    differential_range: list[int] | None = None
+
+
+HIDDEN_STATE = "raw residual output of each decoder layer (before the final norm) at the final prompt token"
+
+
+def _differential(gs: GapStats, gs2: GapStats, weights) -> list[dict]:
+    diff = gs.gap - gs2.gap
+    lo, hi = percentile_ci(gs.replicates - gs2.replicates, diff) if weights is not None else (diff, diff)
+    return [{"layer": k, "diff_gap_deg": float(diff[k]), "ci95": [float(lo[k]), float(hi[k])]} for k in range(len(diff))]
+
+
+def run_scan(cfg: ScanConfig, reporter: Reporter | None = None) -> dict:
+    """Run a scan (and its contrast) and return the JSON-ready report."""
+    reporter = reporter or Silent()
+    check_template(cfg.template)
+    if cfg.bootstrap < 0 or (cfg.pairs is not None and cfg.pairs < 1):
+        raise AuditError("--bootstrap must be >= 0 and --pairs >= 1")
+    model = resolve_model(cfg.model)
+    contrast = resolve_model(cfg.contrast) if cfg.contrast else None
+    backend = choose_backend(model, cfg.backend, (HIDDEN_STATES,))
+    if contrast:
+        choose_backend(contrast, cfg.contrast_backend, (HIDDEN_STATES,))
+    normal = require_pool(load_prompts(cfg.normal), "normal")
+    malicious = require_pool(load_prompts(cfg.malicious), "malicious")
+    weights = bootstrap_weights(len(normal), len(malicious), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
+
+    main, gs = _scan_one(model, backend, cfg, normal, malicious, weights, reporter)
+    report = ScanReport(
+        ReportHeader("scan", main.model, model.content_hash(backend), main.backend), cfg.template, main.n_layers,
+        main.hidden_size, len(normal), len(malicious), normal.name, malicious.name, HIDDEN_STATE,
+        "all" if cfg.pairs is None else cfg.pairs, {"replicates": cfg.bootstrap, "seed": cfg.seed, "unit": "prompts"},
+        main.layers, main.initial_range, {**cfg.rule.to_dict(), **main.range_details}, main.seconds)
+    if contrast:
+        report.contrast, gs2 = _scan_one(contrast, cfg.contrast_backend, cfg, normal, malicious, weights, reporter)
+        if report.contrast.n_layers == main.n_layers:
+            report.differential = _differential(gs, gs2, weights)
+            report.differential_range = differential_range(report.differential)
+    return report.to_dict()

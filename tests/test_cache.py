@@ -1,0 +1,96 @@
+"""Caches that cannot lie: every key is the content (the whole file), memoised so re-runs stay fast; a
+corrupted state chunk is recomputed; journal lines stay whole under kills and concurrent writers."""
+
+import json
+import multiprocessing
+import os
+
+import pytest
+import torch
+
+from auditor.io import cache
+from auditor.io.cache import Journal, StateStore, content_hash, file_hash
+from auditor.io.models import resolve_model
+from auditor.io.prompts import PromptSet
+from auditor.weights.gguf_scaling import scale_gguf
+from auditor.workflows.scan import _state_key
+
+
+def test_a_scaled_copy_never_shares_its_sources_cache(tmp_path, bundled_gguf):
+    """v0.1 keyed a GGUF by size + first/last 4 MB: a scaled copy (same size, same ends) got the source's states."""
+    copy = tmp_path / "scaled.gguf"
+    scale_gguf(bundled_gguf, copy, [14, 15], 1.1)
+    src, dst = resolve_model(str(bundled_gguf)), resolve_model(str(copy))
+    assert copy.stat().st_size == bundled_gguf.stat().st_size
+    with open(bundled_gguf, "rb") as a, open(copy, "rb") as b:  # the ends v0.1 hashed are identical
+        assert a.read(1 << 22) == b.read(1 << 22)
+        a.seek(-(1 << 22), os.SEEK_END), b.seek(-(1 << 22), os.SEEK_END)
+        assert a.read() == b.read()
+    assert src.content_hash("llama") != dst.content_hash("llama")
+    prompts = PromptSet("p", ("a", "b"))
+    assert _state_key(src, "llama", "alpaca", prompts) != _state_key(dst, "llama", "alpaca", prompts)
+
+
+def test_a_retrained_folder_at_the_same_path_gets_a_new_key(tmp_path, tiny_model):
+    model, tok = tiny_model
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    first = resolve_model(str(folder)).content_hash("torch")
+    retrained = type(model)(model.config)
+    retrained.save_pretrained(folder)  # same path, new weights
+    assert resolve_model(str(folder)).content_hash("torch") != first
+
+
+def test_hashes_are_memoised_by_path_size_mtime_and_inode(tmp_path, monkeypatch):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"x" * 1000)
+    h = file_hash(f)
+    cache._MEMO.clear()  # a new process: the on-disk memo answers without reading the file
+    monkeypatch.setattr(cache.hashlib, "file_digest", lambda *a: pytest.fail("re-hashed an unchanged file"))
+    assert file_hash(f) == h
+    monkeypatch.undo()
+    f.write_bytes(b"y" * 1000)  # same size, new content, new mtime
+    assert file_hash(f) != h
+    assert content_hash(tmp_path) == content_hash(tmp_path) and len(content_hash(tmp_path)) == 64
+
+
+def test_a_corrupted_state_chunk_is_recomputed_not_trusted(tmp_path):
+    store = StateStore("test-key")
+    states = torch.randn(3, 4, 8)
+    store.put(0, states)
+    assert torch.equal(store.get(0), states)
+    f = store.folder / "000000.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-5] ^= 0xFF  # flip bits inside the tensor data: the file still parses
+    f.write_bytes(bytes(data))
+    assert store.get(0) is None
+    f.write_bytes(bytes(data[:40]))  # truncated
+    assert store.get(0) is None
+    assert StateStore("test-key", enabled=False).get(0) is None
+
+
+def test_journal_closes_a_line_cut_by_a_kill(tmp_path):
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2, "cut')
+    j = Journal(path)
+    assert [r["a"] for r in j.rows()] == [1]
+    j.append({"a": 3})
+    assert [r["a"] for r in j.rows()] == [1, 3]
+
+
+def _writer(path, who):
+    j = Journal(path)
+    for i in range(200):
+        j.append({"who": who, "i": i, "pad": "x" * 300})
+
+
+def test_two_writers_never_tear_lines(tmp_path):
+    path = tmp_path / "j.jsonl"
+    procs = [multiprocessing.get_context("fork").Process(target=_writer, args=(path, w)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 400 and all(json.loads(line)["pad"] == "x" * 300 for line in lines)

@@ -1,0 +1,110 @@
+"""One definition of a safety layer's weights: scaling (locate), SPPFT/freeze-block freezing, LoRA targets and
+NFFT's candidate neurons select the same tensors, on Llama, Gemma-3 and GPT-2 (Conv1D, fused qkv)."""
+
+import pytest
+import torch
+
+from auditor.errors import AuditError
+from auditor.training.methods import METHODS, MethodContext
+from auditor.training.methods.nfft import freeze_safety_neurons
+from auditor.weights.layers import block_parameters, decoder_layers, linear_maps
+from auditor.weights.scaling import scalable_parameters, scaled
+
+
+def llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=5,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+
+
+def gemma3():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    return Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=5,
+                                              num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                              max_position_embeddings=64, sliding_window=16))
+
+
+def gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=5, n_head=4, n_positions=64))
+
+
+# (builder, block-relative names of the maps one layer must have, the attention output projection)
+ARCHS = {
+    "llama": (llama, {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                      "mlp.up_proj", "mlp.down_proj"}, "self_attn.o_proj"),
+    "gemma3": (gemma3, {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                        "mlp.up_proj", "mlp.down_proj"}, "self_attn.o_proj"),
+    "gpt2": (gpt2, {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}, "attn.c_proj"),
+}
+LAYERS = range(1, 3)
+
+
+def _context(model, layers=(1, 2)):
+    return MethodContext(model, None, None, layers, len(decoder_layers(model)), "alpaca", 64)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_selector_finds_every_linear_map_and_nothing_else(arch):
+    build, names, o_proj = ARCHS[arch]
+    model = build()
+    maps = linear_maps(model, LAYERS)
+    prefix = {m.layer: m.name.rsplit(".", len(next(iter(names)).split(".")))[0] for m in maps}
+    rel = {(m.layer, m.name[len(prefix[m.layer]) + 1:]) for m in maps}
+    assert rel == {(k, n) for k in LAYERS for n in names}
+    assert {m.name for m in maps if m.is_o_proj} == {f"{prefix[k]}.{o_proj}" for k in LAYERS}
+    assert not any("norm" in m.name or "embed" in m.name or "lm_head" in m.name or "wte" in m.name for m in maps)
+    assert {m.out_axis for m in maps} == ({1} if arch == "gpt2" else {0})  # Conv1D stores [in, out]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_scaling_freezing_lora_and_nfft_select_the_same_tensors(arch):
+    model = ARCHS[arch][0]()
+    selected = {f"{m.name}.weight" for m in linear_maps(model, LAYERS)}
+    params = dict(model.named_parameters())
+
+    # locate: exactly these weights are scaled, and nothing else moves
+    assert {n for n, _ in scalable_parameters(model, LAYERS)} == selected
+    before = {n: p.detach().clone() for n, p in params.items()}
+    with scaled(model, LAYERS, 1.5):
+        moved = {n for n, p in params.items() if not torch.equal(p, before[n])}
+    assert moved == selected and all(torch.equal(p, before[n]) for n, p in params.items())
+
+    # sppft / freeze-block: the same modules (their biases too), and nothing else, frozen
+    for method in ("sppft", "freeze-block"):
+        m = ARCHS[arch][0]()
+        METHODS[method].freeze(_context(m))
+        frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+        assert {n for n in frozen if n.endswith(".weight")} == selected
+        assert frozen == set(block_parameters(m, LAYERS))
+
+    # LoRA: every selected map outside the frozen range, and only those
+    targets = set(METHODS["sppft"].lora_targets(_context(model)))
+    assert targets == {m.name for m in linear_maps(model) if m.layer not in LAYERS}
+    assert set(METHODS["full"].lora_targets(_context(model, None))) == {m.name for m in linear_maps(model)}
+
+    # nfft: its candidate neurons are output neurons of the selected maps (all layers)
+    batches = [{"input_ids": torch.randint(0, 64, (2, 8)), "labels": torch.randint(0, 64, (2, 8))}]
+    rows = freeze_safety_neurons(model, 200, batches, batches)["rows"]
+    assert rows and set(rows) <= {f"{m.name}.weight" for m in linear_maps(model)}
+
+
+def test_nfft_freezes_conv1d_output_columns():
+    """GPT-2's Conv1D weight is [in, out]: a frozen neuron is a column, and its gradient is zeroed."""
+    model = gpt2()
+    batches = [{"input_ids": torch.randint(0, 64, (2, 8)), "labels": torch.randint(0, 64, (2, 8))}]
+    rows = freeze_safety_neurons(model, 500, batches, batches)["rows"]
+    name, neurons = next(iter(rows.items()))
+    w = dict(model.named_parameters())[name]
+    model.zero_grad()
+    model(**batches[0]).loss.backward()
+    assert torch.all(w.grad[:, neurons] == 0)
+    assert w.grad.abs().sum() > 0  # the other columns still learn
+
+
+def test_selector_rejects_layers_outside_the_model():
+    with pytest.raises(AuditError, match="outside the model"):
+        linear_maps(llama(), [5])
