@@ -23,9 +23,10 @@ print(f"wheel ok: {len(names)} files")
 PY
 python3 -m venv "$TMP/venv"
 PIP="$TMP/venv/bin/python -m pip"
-$PIP install -q "torch==2.13.0"
-$PIP install -q --no-cache-dir "$WHEELHOUSE"/llama_cpp_python-*.whl
-$PIP install -q "$WHEEL"
+quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; return "${PIPESTATUS[0]}"; }  # pip's config noise
+quiet $PIP install -q "torch==2.13.0"
+quiet $PIP install -q --no-cache-dir "$WHEELHOUSE"/llama_cpp_python-*.whl
+quiet $PIP install -q "$WHEEL"
 cd "$TMP"
 export SAFETY_AUDIT_CACHE="$TMP/cache" TORCH_EXTENSIONS_DIR="$TMP/ext"
 "$TMP/venv/bin/safety-audit" doctor --json > doctor.json

@@ -78,3 +78,39 @@ def test_folder_load_and_unknown_architecture(tiny_model_dir, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(AuditError, match="cannot load this model"):
         TorchBackend(ModelRef(bad, "hf", "bad"))
+
+
+def test_every_registered_backend_implements_the_contract():
+    """A backend is a Backend subclass whose declared capabilities are the registry's, and every method a
+    capability promises is overridden (not the base class's refusal)."""
+    from auditor.backends import REGISTRY, Backend
+    from auditor.backends.base import GENERATION, HIDDEN_STATES, NEXT_TOKEN, WEIGHT_SCALING
+
+    needs = {HIDDEN_STATES: "states_for_ids", GENERATION: "generate", NEXT_TOKEN: "opening_probs", WEIGHT_SCALING: "scaled"}
+    for name, spec in REGISTRY.items():
+        cls = spec.load_class()
+        assert issubclass(cls, Backend) and cls.name == name and cls.capabilities == spec.capabilities
+        for cap in spec.capabilities:
+            assert getattr(cls, needs[cap]) is not getattr(Backend, needs[cap]), (name, cap)
+
+
+def test_commands_ask_for_capabilities_not_classes(tiny_model_dir, bundled_gguf):
+    from auditor.backends import REGISTRY, BackendSpec, choose_backend
+    from auditor.backends.base import HIDDEN_STATES
+    from auditor.io.models import resolve_model
+
+    hf, gguf = resolve_model(str(tiny_model_dir)), resolve_model(str(bundled_gguf))
+    assert choose_backend(hf) == "torch" and choose_backend(gguf) == "llama"
+    assert choose_backend(gguf, "torch") == "torch"  # a GGUF loads dequantized
+    with pytest.raises(AuditError, match="llama backend needs a .gguf file"):
+        choose_backend(hf, "llama")
+    with pytest.raises(AuditError, match="unknown backend"):
+        choose_backend(hf, "vllm")
+    # a backend without hidden states (an HTTP server, say) is refused for a scan before anything loads
+    REGISTRY["remote"] = BackendSpec("remote", "nowhere:Nothing", ("hf", "gguf"), (), frozenset({"generation"}), "test")
+    try:
+        with pytest.raises(AuditError, match="remote backend has no hidden-states capability"):
+            choose_backend(hf, "remote", (HIDDEN_STATES,))
+        assert choose_backend(hf, "remote", ("generation",)) == "remote"
+    finally:
+        del REGISTRY["remote"]

@@ -156,3 +156,14 @@ def test_distillation_resumes_from_its_cache(tiny_model_dir, tmp_path):
     assert out[prompts[3]] != "not mine" and prompts[4] in out
     rows = [json.loads(x) for x in cache.read_text().splitlines()[5:]]
     assert [r["prompt"] for r in rows] == prompts[3:]  # appended after the repaired line
+
+
+def test_leaked_evaluation_prompts_are_refused_before_any_distillation(tiny_model_dir, tmp_path, monkeypatch):
+    """v0.1 checked for evaluation prompts in the recipe after 12 minutes of self-distillation."""
+    from auditor.workflows import reference
+
+    leaked = load_prompts("xstest-safe").prompts[0]
+    monkeypatch.setattr(reference, "borderline_prompts", lambda: [leaked])
+    monkeypatch.setattr(reference, "distill", lambda *a, **k: pytest.fail("distilled before the leak check"))
+    with pytest.raises(AuditError, match="is an evaluation prompt"):
+        build_reference(ReferenceConfig(out=str(tmp_path / "ref"), base=str(tiny_model_dir), benign_rows=2))

@@ -22,14 +22,13 @@ from ..errors import AuditError
 from ..io.config import setting
 from ..io.models import resolve_model
 from ..io.prompts import TEMPLATES, check_template, load_prompts, load_task_rows, task_query
-from ..io.reports import ReportHeader
+from ..io.reports import Report, ReportHeader
+from .options import ModelOptions
 from .reporting import Silent
 
 
 @dataclass
-class EvalConfig:
-    model: str | None = setting(None, "A .gguf file, an HF model folder, 'reference', or omitted: the bundled SmolLM2.")
-    backend: str = setting("auto", "GGUF -> llama.cpp by default; HF folder -> torch.")
+class EvalConfig(ModelOptions):
     template: str = setting("auto", "auto (the model's chat template if any, else alpaca) | " + " | ".join(TEMPLATES) + ".")
     metrics: tuple[str, ...] = setting(("harmful", "over-refusal", "mmlu"), "Comma list of metrics (see below).")
     harmful: str = setting("advbench-eval", "Harmful prompts (AdvBench eval split) or a file.")
@@ -42,7 +41,6 @@ class EvalConfig:
     judge_model: str | None = setting(None, "A local GGUF judge (llama.cpp).")
     bootstrap: int = setting(1000, "Bootstrap replicates for the 95% CIs.")
     seed: int = setting(0, "Seed of the bootstrap.")
-    threads: int | None = setting(None, "CPU threads (default: all cores).")
     responses: str | None = setting(None, "Reuse saved responses (JSONL of metric, prompt, response).")
     saved: list = field(default_factory=list)  # filled during the run: what --save-responses writes
 
@@ -141,6 +139,27 @@ METRICS: dict[str, Metric] = {
 }
 
 
+@dataclass
+class EvalReport(Report):
+    """The metrics a run did not compute are left out of the JSON (check compares those present)."""
+
+    template: str
+    classifier: dict
+    max_new_tokens: int
+    limit: int | None
+    config: dict
+    harmful_rate: dict | None = None
+    harmful_score: dict | None = None
+    over_refusal_rate: dict | None = None
+    over_refusal_by_set: dict | None = None
+    rouge_l: dict | None = None
+    mmlu_accuracy: dict | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in super().to_dict().items() if v is not None or k == "limit"}
+
+
 def _load_saved(path: str | None) -> dict:
     if not path:
         return {}
@@ -186,14 +205,14 @@ def run_eval(cfg: EvalConfig, reporter=None) -> dict:
     template = cfg.template if cfg.template != "auto" else ("chat" if backend.chat_template else "alpaca")
     classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
     header = ReportHeader("eval", model.label, model.content_hash(backend.name), backend.name)
-    report = {**asdict(header), "template": template, "classifier": classifier.describe(),
-              "max_new_tokens": cfg.max_new_tokens, "limit": cfg.limit, "config": _config_record(cfg)}
+    report = EvalReport(header, template, classifier.describe(), cfg.max_new_tokens, cfg.limit, _config_record(cfg))
     run = EvalRun(cfg, backend, template, classifier, judge, saved, reporter)
     try:
         for name in METRICS:  # registry order: R_h and S_h first, utility last
             if name in cfg.metrics:
-                report.update(METRICS[name].compute(run))
+                for key, value in METRICS[name].compute(run).items():
+                    setattr(report, key, value)
     finally:
         backend.close()
-    report["seconds"] = round(time.perf_counter() - t0, 2)
-    return report
+    report.seconds = round(time.perf_counter() - t0, 2)
+    return report.to_dict()

@@ -23,7 +23,7 @@ from ..io.cache import sha256_json
 from ..io.gguf_export import export_gguf
 from ..io.config import setting
 from ..io.models import resolve_model
-from ..io.reports import ReportHeader
+from ..io.reports import Report, ReportHeader
 from ..io.prompts import load_task_rows
 from ..training.attacks import build_attack
 from ..training.data import SFTData
@@ -68,6 +68,26 @@ class HardenConfig:
     force: bool = setting(False, "Replace an existing output folder.")
     resume: bool = setting(False, "Continue a killed run from its last checkpoint (DIR.checkpoints).")
     threads: int | None = setting(None, "CPU threads (default: all cores).")
+
+
+@dataclass
+class HardenReport(Report):
+    method: str
+    lora: bool
+    input_model: str
+    template: str
+    layers: list[int] | None
+    frozen: dict
+    frozen_parameters: int
+    frozen_fraction: float
+    block_parameters: int
+    data: dict
+    hyperparameters: dict
+    resumed_from: str | None
+    train_loss: float
+    steps: int
+    versions: dict
+    seconds: float
 
 
 def check_numbers(cfg: HardenConfig) -> None:
@@ -195,13 +215,11 @@ def _train(cfg, out, train_model, ctx: MethodContext, reporter, callbacks):
 def _report(cfg, ref, ctx, rows, manifest, frozen, n_frozen, n_total, steps, resumed, result, trainer, t0) -> dict:
     budget = sum(p.numel() for p in block_parameters(ctx.model, ctx.layer_range).values()) if ctx.layers else 0
     header = ReportHeader("harden", ref.label, ref.content_hash("torch"), "torch")
-    return {**asdict(header), "method": cfg.method, "lora": cfg.lora, "input_model": ref.label, "template": cfg.template,
-            "layers": list(ctx.layers) if ctx.layers else None, "frozen": frozen, "frozen_parameters": n_frozen,
-            "frozen_fraction": n_frozen / n_total, "block_parameters": budget,
-            "data": {"rows": len(rows), "examples": len(ctx.data), "sha256": sha256_json(rows), **manifest},
-            "hyperparameters": {k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "resume", "threads")} | steps,
-            "resumed_from": resumed, "train_loss": result.training_loss, "steps": trainer.state.global_step,
-            "versions": training_versions(), "seconds": round(time.perf_counter() - t0, 1)}
+    hyper = {k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "resume", "threads")} | steps
+    data = {"rows": len(rows), "examples": len(ctx.data), "sha256": sha256_json(rows), **manifest}
+    return HardenReport(header, cfg.method, cfg.lora, ref.label, cfg.template, list(ctx.layers) if ctx.layers else None,
+                        frozen, n_frozen, n_frozen / n_total, budget, data, hyper, resumed, result.training_loss,
+                        trainer.state.global_step, training_versions(), round(time.perf_counter() - t0, 1)).to_dict()
 
 
 def _write(cfg, out, ref, model, tok, report, reporter) -> None:

@@ -13,7 +13,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..backends import GENERATION, WEIGHT_SCALING, Backend, open_backend
@@ -24,16 +24,14 @@ from ..io.cache import Journal, sha256_json
 from ..io.config import setting
 from ..io.models import resolve_model
 from ..io.prompts import check_template, load_prompts
-from ..io.reports import ReportHeader
+from ..io.reports import Report, ReportHeader
+from .options import ModelOptions
 from .reporting import Silent
 from .scan import ScanConfig, run_scan
 
 
 @dataclass
-class LocateConfig:
-    model: str | None = setting(None, "A .gguf file, an HF model folder, 'reference', or omitted: the bundled SmolLM2.")
-    backend: str = setting("auto", "GGUF -> llama.cpp by default; HF folder -> torch.")
-    template: str = setting("alpaca", "alpaca | chat | raw (use the template the model was aligned with).")
+class LocateConfig(ModelOptions):
     over_refusal: str = setting("over-rejection", "Over-refusal set D_o: a bundled set (over-rejection, xstest-safe) or a file.")
     limit: int | None = setting(150, "Use the first N prompts of D_o (0 = all).")
     classifier: str = setting("keyword", "; ".join(f"{n}: {h}" for n, (_, h) in CLASSIFIERS.items()) + ".")
@@ -46,7 +44,6 @@ class LocateConfig:
     controls: bool = setting(True, "Count equal-width control ranges beside the result.")
     scale_o_proj: bool = setting(True, "Scale the attention output projection too (off under --compat paper).")
     compat: str | None = setting(None, "paper: greedy 16 tokens, keyword classifier, o_proj unscaled, alpaca template.")
-    threads: int | None = setting(None, "CPU threads (default: all cores).")
     journal: str | None = setting(None, "JSONL journal of finished counts (a killed run resumes from it).")
 
 
@@ -177,6 +174,31 @@ def _search(cfg: LocateConfig, backend: Backend, count, n_prompts: int, reporter
     return Search(start, start_from, surveyed, alpha, trials, rows, final, best, baseline, controls)
 
 
+@dataclass
+class LocateReport(Report):
+    template: str
+    compat: str | None
+    scale_o_proj: bool
+    n_layers: int
+    over_refusal_set: str
+    n_prompts: int
+    classifier: dict
+    alpha: float
+    alpha_choice: str | dict
+    start: list[int]
+    start_from: str
+    survey: dict | None
+    baseline: int
+    sweep: list[dict]
+    safety_layers: list[int]
+    count: int
+    controls: list[dict]
+    gain: int
+    stands_out: bool
+    counts_computed: int
+    seconds: float
+
+
 ALPHA_RULE = "step 0.05 from 1 until the count moves the paper's way (alpha > 1: up) by >= max(3, 5% of D_o)"
 
 
@@ -203,9 +225,7 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     stands_out = bool(s.controls) and gain > 0 and all(gain > abs(c["count"] - s.baseline) for c in s.controls)
     header = ReportHeader("locate", model.label, model_hash, backend.name)
     alpha_choice = "given" if cfg.alpha is not None else "survey" if s.surveyed else {"rule": ALPHA_RULE, "trials": s.trials}
-    return {**asdict(header), "template": cfg.template, "compat": cfg.compat, "scale_o_proj": cfg.scale_o_proj,
-            "n_layers": backend.n_layers, "over_refusal_set": d_o.name, "n_prompts": len(prompts),
-            "classifier": classifier.describe(), "alpha": s.alpha, "alpha_choice": alpha_choice, "start": list(s.start),
-            "start_from": s.start_from, "survey": s.surveyed, "baseline": s.baseline, "sweep": s.rows,
-            "safety_layers": list(s.final), "count": s.best, "controls": s.controls, "gain": gain,
-            "stands_out": stands_out, "counts_computed": count.computed, "seconds": round(time.perf_counter() - t0, 2)}
+    return LocateReport(header, cfg.template, cfg.compat, cfg.scale_o_proj, backend.n_layers, d_o.name, len(prompts),
+                        classifier.describe(), s.alpha, alpha_choice, list(s.start), s.start_from, s.surveyed, s.baseline,
+                        s.rows, list(s.final), s.best, s.controls, gain, stands_out, count.computed,
+                        round(time.perf_counter() - t0, 2)).to_dict()

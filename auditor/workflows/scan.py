@@ -23,22 +23,19 @@ from ..io.config import setting
 from ..io.models import ModelRef, resolve_model
 from ..io.prompts import PromptSet, check_template, load_prompts, require_pool
 from ..io.reports import Report, ReportHeader
+from .options import ModelOptions
 from .reporting import Reporter, Silent
 
 CHUNK = 32
 
 
 @dataclass
-class ScanConfig:
-    model: str | None = setting(None, "A .gguf file, an HF model folder, 'reference', or omitted: the bundled SmolLM2.")
-    backend: str = setting("auto", "GGUF -> llama.cpp by default; HF folder -> torch; torch on a GGUF loads it dequantized.")
-    template: str = setting("alpaca", "alpaca (the paper's) | chat (the model's own) | raw.")
+class ScanConfig(ModelOptions):
     normal: str = setting("normal", "Normal prompts: a bundled set or a .txt/.csv/.json/.jsonl file.")
     malicious: str = setting("malicious", "Malicious prompts: a bundled set or a file.")
     pairs: int | None = setting(None, "Sample N random pairs per type like the paper (default: all pairs, exact).")
     bootstrap: int = setting(1000, "Bootstrap replicates (over prompts) for the 95% CIs; 0 = none.")
     seed: int = setting(0, "Seed of the bootstrap and the pair sampling.")
-    threads: int | None = setting(None, "CPU threads (default: all cores).")
     contrast: str | None = setting(None, "Scan a second model (e.g. the base model) and report the differential gap.")
     contrast_backend: str = setting("auto", "Backend of the contrast model.")
     use_cache: bool = setting(True, "Reuse and store hidden states (keyed by the model's content).")

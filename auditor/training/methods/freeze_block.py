@@ -3,13 +3,9 @@ same mechanics as sppft, a different range, so a comparison isolates where the f
 
 from __future__ import annotations
 
-from .base import Method, MethodContext, freeze_range
+from .sppft import SPPFT
 
 
-class FreezeBlock(Method):
+class FreezeBlock(SPPFT):
     name = "freeze-block"
     help = "freeze another block of layers (the paper's ablation)"
-    needs_layers = freezes_range = True
-
-    def freeze(self, ctx: MethodContext) -> dict:
-        return freeze_range(ctx)
