@@ -148,9 +148,9 @@ def test_distillation_resumes_from_its_cache(tiny_model_dir, tmp_path):
     base = resolve_model(str(tiny_model_dir))
     prompts = borderline_prompts()[:5]
     cache = tmp_path / "distilled.jsonl"
-    lines = [json.dumps({"model": base.label, "prompt": p, "response": f"kept {i}"}) for i, p in enumerate(prompts[:3])]
+    lines = [json.dumps({"model": base.content_hash(), "prompt": p, "response": f"kept {i}"}) for i, p in enumerate(prompts[:3])]
     lines.append(json.dumps({"model": "other", "prompt": prompts[3], "response": "not mine"}))
-    cache.write_text("\n".join(lines) + "\n" + '{"model": "' + base.label + '", "prompt": "' + prompts[4][:10])
+    cache.write_text("\n".join(lines) + "\n" + '{"model": "' + base.content_hash() + '", "prompt": "' + prompts[4][:10])
     out = distill(base, prompts, cache, max_new_tokens=3)
     assert [out[p] for p in prompts[:3]] == ["kept 0", "kept 1", "kept 2"]
     assert out[prompts[3]] != "not mine" and prompts[4] in out

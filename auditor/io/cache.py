@@ -90,6 +90,7 @@ class Journal:
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = Path(path) if path else None
+        self._repaired = False
 
     def rows(self) -> Iterator[dict]:
         if not self.path or not self.path.is_file():
@@ -108,8 +109,10 @@ class Journal:
         line = (json.dumps(row) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            if os.fstat(fd).st_size and not self._ends_with_newline():
-                line = b"\n" + line  # close a line cut by a kill so this one stays whole
+            if not self._repaired:  # once: a line cut by an earlier kill is closed so ours stays whole (checked per
+                self._repaired = True  # append, another writer's line in flight would look cut)
+                if os.fstat(fd).st_size and not self._ends_with_newline():
+                    line = b"\n" + line
             os.write(fd, line)
             os.fsync(fd)
         finally:

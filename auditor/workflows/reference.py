@@ -136,8 +136,9 @@ def distill(base: ModelRef, prompts: list[str], cache: Path, max_new_tokens: int
             reporter=None) -> dict[str, str]:
     """The base model's greedy chat answers to `prompts`, journaled as JSONL (a killed build resumes)."""
     journal = Journal(cache)
+    key = base.content_hash()  # the answers of exactly this base model, whatever its path or label
     done = {r["prompt"]: r["response"] for r in journal.rows()
-            if r.get("model") == base.label and isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str)}
+            if r.get("model") == key and isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str)}
     todo = [p for p in prompts if p not in done]
     if todo:
         backend = open_backend(base, "auto", (GENERATION,), threads=threads)
@@ -148,7 +149,7 @@ def distill(base: ModelRef, prompts: list[str], cache: Path, max_new_tokens: int
                 part = todo[k:k + 16]
                 for p, r in zip(part, backend.generate(part, "chat", max_new_tokens)):
                     done[p] = r
-                    journal.append({"model": base.label, "prompt": p, "response": r})
+                    journal.append({"model": key, "prompt": p, "response": r})
                 if reporter:
                     reporter.advance(len(part))
         finally:
