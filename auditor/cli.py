@@ -128,6 +128,7 @@ def main():
 @opt(ScanConfig, "bootstrap", "--bootstrap", type=int)
 @opt(ScanConfig, "seed", "--seed", type=int)
 @threads_opt
+@opt(ScanConfig, "batch", "--batch", type=int, help="Prompts per forward pass (torch; default: up to 4,096 tokens).")
 @opt(ScanConfig, "contrast", "--contrast", metavar="MODEL2")
 @opt(ScanConfig, "contrast_backend", "--contrast-backend", type=click.Choice(BACKEND_CHOICES))
 @json_opt
@@ -162,6 +163,7 @@ def scan(model, json_path, plot_path, force, no_cache, quiet, **kw):
 @click.option("--no-controls", is_flag=True, help="Skip the equal-width control ranges.")
 @opt(LocateConfig, "compat", "--compat", type=click.Choice(["paper"]))
 @threads_opt
+@opt(LocateConfig, "batch", "--batch", type=int)
 @click.option("--json", "json_path", default=None, metavar="PATH",
               help="Write the JSON report; '-' prints it. A journal PATH.journal.jsonl makes the run resumable.")
 @click.option("--plot", "plot_path", default=None, metavar="PATH.png", help="Write the sweep as a PNG.")
@@ -205,13 +207,15 @@ METRICS_HELP = "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRI
 @opt(EvalConfig, "bootstrap", "--bootstrap", type=int)
 @opt(EvalConfig, "seed", "--seed", type=int)
 @threads_opt
+@opt(EvalConfig, "batch", "--batch", type=int)
 @json_opt
 @force_opt
 @quiet_opt
 def eval_cmd(model, metrics, over_refusal, save_responses, json_path, force, quiet, **kw):
     """Harmful rate, judge score, over-refusal, Rouge-L and MMLU of a model, with bootstrap 95% CIs."""
     _check_outputs(force, json_path, save_responses)
-    cfg = EvalConfig(model=model, metrics=_csv(metrics), over_refusal=_csv(over_refusal), **kw)
+    cfg = EvalConfig(model=model, metrics=_csv(metrics), over_refusal=_csv(over_refusal), keep_responses=bool(save_responses),
+                     **kw)
     with rich_reporter(err, quiet) as rep:
         report = run_eval(cfg, rep)
     if save_responses:

@@ -86,7 +86,7 @@ def test_every_registered_backend_implements_the_contract():
     from auditor.backends import REGISTRY, Backend
     from auditor.backends.base import GENERATION, HIDDEN_STATES, NEXT_TOKEN, WEIGHT_SCALING
 
-    needs = {HIDDEN_STATES: "states_for_ids", GENERATION: "generate", NEXT_TOKEN: "opening_probs", WEIGHT_SCALING: "scaled"}
+    needs = {HIDDEN_STATES: "states_for_ids", GENERATION: "complete", NEXT_TOKEN: "opening_probs", WEIGHT_SCALING: "scaled"}
     for name, spec in REGISTRY.items():
         cls = spec.load_class()
         assert issubclass(cls, Backend) and cls.name == name and cls.capabilities == spec.capabilities

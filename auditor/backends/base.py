@@ -8,6 +8,7 @@ and in its registry entry (backends/__init__.py), so a command can refuse an unf
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Callable, ClassVar, ContextManager, Sequence
 
 import torch
@@ -16,6 +17,16 @@ from ..errors import AuditError
 from ..io.models import ModelRef
 
 Progress = Callable[[int], None]  # called with the number of prompts just finished
+Stop = Callable[[str], bool]  # True once the text so far decides what the caller wants (generation may stop)
+
+
+@dataclass
+class Generated:
+    """One greedy continuation: its text, how many tokens were generated, whether `stop` ended it early."""
+
+    text: str
+    n_tokens: int
+    stopped_early: bool = False
 
 HIDDEN_STATES = "hidden-states"  # per-layer final-token residual states
 WEIGHT_SCALING = "weight-scaling"  # a layer range's linear maps scaled by α, restored afterwards
@@ -52,10 +63,15 @@ class Backend(abc.ABC):
         """[K, n, d] states for already tokenized prompts."""
         raise self.unable(HIDDEN_STATES)
 
-    def generate(self, queries: Sequence[str], template: str, max_new_tokens: int = 16,
-                 progress: Progress | None = None) -> list[str]:
-        """Greedy continuations (text of the new tokens only)."""
+    def complete(self, queries: Sequence[str], template: str, max_new_tokens: int = 16,
+                 progress: Progress | None = None, stop: Stop | None = None) -> list[Generated]:
+        """Greedy continuations, at most `max_new_tokens` each; a sequence may end as soon as `stop(text)`."""
         raise self.unable(GENERATION)
+
+    def generate(self, queries: Sequence[str], template: str, max_new_tokens: int = 16,
+                 progress: Progress | None = None, stop: Stop | None = None) -> list[str]:
+        """The texts of `complete` (the new tokens only)."""
+        return [g.text for g in self.complete(queries, template, max_new_tokens, progress, stop)]
 
     def opening_probs(self, queries: Sequence[str], template: str, first: Sequence[int],
                       progress: Progress | None = None) -> torch.Tensor:

@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from transformers import StoppingCriteria
 
 from ..io.models import ModelRef
 from ..io.prompts import wrap
 from ..weights.layers import decoder_layers
 from ..weights.scaling import scaled
-from .base import CAPABILITIES, Backend, Progress
+from .base import CAPABILITIES, Backend, Generated, Progress, Stop
 from .hf_loading import load_causal_lm, quiet_transformers
 
 
@@ -26,13 +27,14 @@ class TorchBackend(Backend):
     capabilities = frozenset(CAPABILITIES)
 
     def __init__(self, model: ModelRef | None = None, threads: int | None = None, max_batch_tokens: int = 4096,
-                 hf_model=None, tokenizer=None, trust_remote_code: bool = False):
+                 hf_model=None, tokenizer=None, trust_remote_code: bool = False, batch_size: int | None = None):
         """Load `model`, or wrap an in-memory `hf_model` + `tokenizer` (tests, harden)."""
         quiet_transformers()
         if threads:
             torch.set_num_threads(threads)
         self.model_ref = model
         self.max_batch_tokens = max_batch_tokens
+        self.batch_size = batch_size  # at most this many prompts per forward (None: as many as max_batch_tokens allow)
         if hf_model is None:
             hf_model, tokenizer = load_causal_lm(model, trust_remote_code)
         self.model = hf_model.eval()
@@ -70,7 +72,8 @@ class TorchBackend(Backend):
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         batch: list[int] = []
         for i in order:
-            if batch and (len(batch) + 1) * lengths[i] > self.max_batch_tokens:
+            full = self.batch_size is not None and len(batch) >= self.batch_size
+            if batch and (full or (len(batch) + 1) * lengths[i] > self.max_batch_tokens):
                 yield batch
                 batch = []
             batch.append(i)
@@ -115,18 +118,25 @@ class TorchBackend(Backend):
         return pad if pad is not None else (self.tokenizer.eos_token_id or 0)
 
     @torch.inference_mode()
-    def generate(self, queries: Sequence[str], template: str, max_new_tokens: int = 16,
-                 progress: Progress | None = None) -> list[str]:
-        """Greedy generation, batched with LEFT padding (generate derives positions from the mask)."""
+    def complete(self, queries: Sequence[str], template: str, max_new_tokens: int = 16,
+                 progress: Progress | None = None, stop: Stop | None = None) -> list[Generated]:
+        """Greedy generation, batched with LEFT padding (generate derives positions from the mask); a row
+        whose `stop(text)` holds is finished early (per-row stopping criteria)."""
         ids = [self.encode(q, template) for q in queries]
-        out: list[str] = [""] * len(ids)
+        out: list[Generated] = [Generated("", 0)] * len(ids)
+        eos = self.tokenizer.eos_token_id
         for batch in self._batches([len(x) + max_new_tokens for x in ids]):
             input_ids, mask = self._padded([ids[i] for i in batch], left=True)
             width = input_ids.shape[1]
+            criteria = [_StopRows(self.tokenizer, width, stop)] if stop else None
             gen = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                      do_sample=False, pad_token_id=self._pad_id(), top_p=None, top_k=None, temperature=None)
+                                      do_sample=False, pad_token_id=self._pad_id(), top_p=None, top_k=None,
+                                      temperature=None, stopping_criteria=criteria)
             for r, i in enumerate(batch):
-                out[i] = self.tokenizer.decode(gen[r, width:], skip_special_tokens=True)
+                new = gen[r, width:].tolist()
+                n = next((k for k, t in enumerate(new) if t == eos), len(new))
+                text = self.tokenizer.decode(new[:n], skip_special_tokens=True)
+                out[i] = Generated(text, n, bool(stop) and n < max_new_tokens and bool(stop(text)))
             if progress:
                 progress(len(batch))
         return out
@@ -155,3 +165,15 @@ class TorchBackend(Backend):
 
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
         return scaled(self.model, layers, alpha, scale_o_proj)
+
+
+class _StopRows(StoppingCriteria):
+    """A transformers stopping criterion per row: a row is done once `stop` holds for its text so far
+    (finished rows are then padded by generate and cost nothing more to decide)."""
+
+    def __init__(self, tokenizer, width: int, stop: Stop):
+        self.tokenizer, self.width, self.stop = tokenizer, width, stop
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+        return torch.tensor([self.stop(t) for t in texts], dtype=torch.bool, device=input_ids.device)

@@ -35,8 +35,12 @@ class KeywordClassifier:
         t = text.lower()
         return any(p.lower() in t for p in self.phrases)
 
+    def decided(self, text: str) -> bool:
+        """A keyword has appeared: the verdict (refusal) cannot change, generation may stop."""
+        return self.is_refusal(text)
+
     def decide(self, backend, queries: Sequence[str], template: str, progress=None) -> list[bool]:
-        texts = backend.generate(queries, template, self.max_new_tokens, progress)
+        texts = backend.generate(queries, template, self.max_new_tokens, progress, stop=self.decided)
         return [self.is_refusal(t) for t in texts]
 
     def describe(self) -> dict:
@@ -55,9 +59,15 @@ class OpeningClassifier:
         t = text.lstrip().replace("\u2019", "'")
         return any(t.startswith(s) for s in self.starts)
 
+    def decided(self, text: str) -> bool:
+        """The answer already opens with a refusal opening, or can no longer become one ("Sure" after one
+        token): the verdict cannot change, generation may stop."""
+        t = text.lstrip().replace("\u2019", "'")
+        return bool(t) and (self.is_refusal(t) or not any(s.startswith(t) for s in self.starts))
+
     def decide(self, backend, queries: Sequence[str], template: str, progress=None) -> list[bool]:
         depth = max(len(backend.token_ids(s)) for s in self.starts)
-        texts = backend.generate(queries, template, depth, progress)
+        texts = backend.generate(queries, template, depth, progress, stop=self.decided)
         return [self.is_refusal(t) for t in texts]
 
     def describe(self) -> dict:

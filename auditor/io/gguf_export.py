@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AuditError
-from .files import check_writable
+from .files import check_writable, default_mode
 
 PERMUTE_QK = {"llama"}  # architectures whose converter permutes attn_q / attn_k
 _GGUF_TYPES = {"f16": "F16", "q8_0": "Q8_0"}
@@ -80,6 +80,7 @@ def export_gguf(src_gguf: str | os.PathLike, state_dict: dict, dst: str | os.Pat
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+        default_mode(Path(tmp))
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):

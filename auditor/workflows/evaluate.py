@@ -42,6 +42,7 @@ class EvalConfig(ModelOptions):
     bootstrap: int = setting(1000, "Bootstrap replicates for the 95% CIs.")
     seed: int = setting(0, "Seed of the bootstrap.")
     responses: str | None = setting(None, "Reuse saved responses (JSONL of metric, prompt, response).")
+    keep_responses: bool = setting(False, "Generate whole answers even where a verdict is known early (to save them).")
     saved: list = field(default_factory=list)  # filled during the run: what --save-responses writes
 
 
@@ -62,19 +63,24 @@ class EvalRun:
         return list(items[: self.cfg.limit]) if self.cfg.limit else list(items)
 
     def responses(self, metric: str, queries: list[str]) -> list[str]:
+        """Whole answers (saved ones reused), recorded for --save-responses with their token counts."""
         missing = [q for q in queries if (metric, q) not in self.saved]
         self.reporter.start(f"{metric}: generating", len(missing))
-        fresh = dict(zip(missing, self.backend.generate(missing, self.template, self.cfg.max_new_tokens, self.reporter.advance)))
-        out = [self.saved.get((metric, q), fresh.get(q)) for q in queries]
-        for q, r in zip(queries, out):  # kept for --save-responses, and reused (the judge reads R_h's answers)
+        fresh = dict(zip(missing, self.backend.complete(missing, self.template, self.cfg.max_new_tokens, self.reporter.advance)))
+        for q in queries:  # kept for --save-responses, and reused (the judge reads R_h's answers)
             if (metric, q) not in self.recorded:
+                g = fresh.get(q)
+                r = self.saved[(metric, q)] if g is None else g.text
                 self.recorded[(metric, q)] = r
-                self.cfg.saved.append({"metric": metric, "prompt": q, "response": r})
+                self.cfg.saved.append({"metric": metric, "prompt": q, "response": r} | ({"n_tokens": g.n_tokens} if g else {}))
         self.saved.update(self.recorded)
-        return out
+        return [self.saved[(metric, q)] for q in queries]
 
     def refusals(self, metric: str, queries: list[str]) -> list[bool]:
-        if self.classifier.judges_text:  # classify the (saved or generated) answers
+        """Refusal verdicts: from whole answers where they are wanted (saved, judged, or already there), else
+        generated only until each verdict is known (the classifier's early stop: same verdicts, fewer tokens)."""
+        wanted = self.cfg.keep_responses or self.judge is not None or any((metric, q) in self.saved for q in queries)
+        if self.classifier.judges_text and wanted:
             return [self.classifier.is_refusal(r) for r in self.responses(metric, queries)]
         self.reporter.start(f"{metric}: {self.classifier.name}", len(queries))
         return self.classifier.decide(self.backend, queries, self.template, self.reporter.advance)
@@ -180,6 +186,10 @@ def check_config(cfg: EvalConfig) -> None:
         raise AuditError("the judge metric needs --judge URL or --judge-model FILE.gguf")
     if cfg.template != "auto":
         check_template(cfg.template)
+    for name, value, least in (("--batch", cfg.batch, 1), ("--max-new-tokens", cfg.max_new_tokens, 1),
+                               ("--bootstrap", cfg.bootstrap, 0)):
+        if value is not None and value < least:
+            raise AuditError(f"{name} must be >= {least} (got {value})")
     cfg.classifier = canonical_classifier(cfg.classifier)
 
 
@@ -201,7 +211,7 @@ def run_eval(cfg: EvalConfig, reporter=None) -> dict:
         judge = EndpointJudge(cfg.judge_url) if cfg.judge_url else LocalJudge(cfg.judge_model, cfg.threads)
     needs = tuple(sorted({c for m in cfg.metrics for c in METRICS[m].needs}))
     reporter.status(f"loading {model.label}")
-    backend = open_backend(model, cfg.backend, needs, threads=cfg.threads)
+    backend = open_backend(model, cfg.backend, needs, threads=cfg.threads, batch_size=cfg.batch)
     template = cfg.template if cfg.template != "auto" else ("chat" if backend.chat_template else "alpaca")
     classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
     header = ReportHeader("eval", model.label, model.content_hash(backend.name), backend.name)

@@ -130,8 +130,10 @@ def check_config(cfg: LocateConfig) -> None:
         raise AuditError("alpha = 1 scales nothing; use a value like 1.1 or 0.9")
     if sum(x is not None for x in (cfg.start, cfg.from_scan, cfg.survey)) > 1:
         raise AuditError("give one of --start, --from-scan and --survey")
-    if cfg.max_new_tokens < 1 or cfg.patience < 0 or any(v is not None and v < 1 for v in (cfg.limit, cfg.survey)):
-        raise AuditError("--max-new-tokens, --limit and --survey must be >= 1, --patience >= 0")
+    for name, value, least in (("--max-new-tokens", cfg.max_new_tokens, 1), ("--limit", cfg.limit, 1),
+                               ("--survey", cfg.survey, 1), ("--batch", cfg.batch, 1), ("--patience", cfg.patience, 0)):
+        if value is not None and value < least:
+            raise AuditError(f"{name} must be >= {least} (got {value})")
 
 
 @dataclass
@@ -211,7 +213,7 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
     t0 = time.perf_counter()
     reporter.status(f"loading {model.label}")
-    backend = open_backend(model, cfg.backend, (GENERATION, WEIGHT_SCALING), threads=cfg.threads)
+    backend = open_backend(model, cfg.backend, (GENERATION, WEIGHT_SCALING), threads=cfg.threads, batch_size=cfg.batch)
     try:
         model_hash = model.content_hash(backend.name)
         key = sha256_json([model_hash, backend.name, cfg.template, classifier.describe(), prompts, cfg.scale_o_proj])[:24]

@@ -14,3 +14,4 @@ class ModelOptions:
     backend: str = setting("auto", "GGUF -> llama.cpp by default; HF folder -> torch; torch on a GGUF loads it dequantized.")
     template: str = setting("alpaca", "alpaca (the paper's) | chat (the model's own: use the one it was aligned with) | raw.")
     threads: int | None = setting(None, "CPU threads (default: all cores).")
+    batch: int | None = setting(None, "Prompts generated together (continuous batching; default: automatic).")

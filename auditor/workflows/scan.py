@@ -77,9 +77,10 @@ def _state_key(model: ModelRef, backend: str, template: str, prompts: PromptSet)
 class StateProbe:
     """Opens the backend lazily (only when a chunk is not cached) and returns [K, n, d] states."""
 
-    def __init__(self, model: ModelRef, backend: str, threads: int | None, use_cache: bool, reporter: Reporter):
+    def __init__(self, model: ModelRef, backend: str, threads: int | None, use_cache: bool, reporter: Reporter,
+                 batch: int | None = None):
         self.model, self.backend_name = model, choose_backend(model, backend, (HIDDEN_STATES,))
-        self.threads, self.use_cache, self.reporter = threads, use_cache, reporter
+        self.threads, self.use_cache, self.reporter, self.batch = threads, use_cache, reporter, batch
         self._backend = None
         self.n_layers = self.hidden_size = None
 
@@ -87,7 +88,8 @@ class StateProbe:
     def backend(self):
         if self._backend is None:
             self.reporter.status(f"loading {self.model.label} ({self.backend_name} backend)")
-            self._backend = open_backend(self.model, self.backend_name, (HIDDEN_STATES,), threads=self.threads)
+            self._backend = open_backend(self.model, self.backend_name, (HIDDEN_STATES,), threads=self.threads,
+                                        batch_size=self.batch)
         return self._backend
 
     def states(self, prompts: PromptSet, template: str, role: str) -> torch.Tensor:
@@ -122,7 +124,7 @@ def _rows(gs: GapStats) -> list[LayerRow]:
 def _scan_one(model: ModelRef, backend: str, cfg: ScanConfig, normal: PromptSet, malicious: PromptSet,
               weights, reporter: Reporter) -> tuple[ModelScan, GapStats]:
     t0 = time.perf_counter()
-    probe = StateProbe(model, backend, cfg.threads, cfg.use_cache, reporter)
+    probe = StateProbe(model, backend, cfg.threads, cfg.use_cache, reporter, cfg.batch)
     try:
         sn = probe.states(normal, cfg.template, "normal")
         sm = probe.states(malicious, cfg.template, "malicious")
