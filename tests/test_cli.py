@@ -124,3 +124,15 @@ def test_piped_tables_are_not_cut_to_80_columns(tiny_model_dir, pools, monkeypat
              "--contrast", str(tiny_model_dir), "--template", "chat"])
     assert r.exit_code == 0
     assert "cos N-N" in r.output and "Δ gap° (95% CI)" in r.output and "contrast gap°" in r.output
+
+
+def test_long_jobs_log_plain_progress_lines_when_not_a_terminal(tmp_path, tiny_model_dir, pools, monkeypatch):
+    """Piped or in CI, rich hides its bars: a job must still say how far it is (done/total, rate, ETA)."""
+    monkeypatch.setenv("SAFETY_AUDIT_PROGRESS_SECONDS", "0")
+    r = CliRunner().invoke(main, ["scan", str(tiny_model_dir), "--normal", str(pools[0]), "--malicious", str(pools[1]),
+                                  "--bootstrap", "0", "--no-cache"])
+    assert r.exit_code == 0, r.output
+    assert "normal prompts · torch: 6/6 (" in r.output and "/s, done)" in r.output
+    quiet = CliRunner().invoke(main, ["scan", str(tiny_model_dir), "--normal", str(pools[0]), "--malicious", str(pools[1]),
+                                      "--bootstrap", "0", "--no-cache", "-q"])
+    assert "6/6" not in quiet.output
