@@ -20,6 +20,7 @@ from .core.refusal import CLASSIFIERS, RENAMED
 from .errors import AuditError
 from .io.config import default_of, help_of
 from .io.files import atomic_write, check_writable, write_json
+from .io.models import reference_dir, reference_model
 from .io.prompts import TEMPLATES
 from .io.reports import set_command_line
 from .render.plots import plot_locate, plot_scan
@@ -118,7 +119,7 @@ def main():
     """Find, verify and protect the safety layers of local open-weight LLMs."""
 
 
-@main.command()
+@main.command(short_help="Per-layer angle gap and the initial safety-layer range.")
 @click.argument("model", required=False)
 @opt(ScanConfig, "backend", "--backend", type=click.Choice(BACKEND_CHOICES))
 @opt(ScanConfig, "template", "--template", type=click.Choice(TEMPLATES))
@@ -147,7 +148,7 @@ def scan(model, json_path, plot_path, force, no_cache, quiet, **kw):
     _emit(report, json_path, plot_path, force, lambda r: print_scan(r, _out()), plot_scan)
 
 
-@main.command()
+@main.command(short_help="Precise safety-layer bounds by scaling layers (paper Table 1).")
 @click.argument("model", required=False)
 @opt(LocateConfig, "backend", "--backend", type=click.Choice(BACKEND_CHOICES))
 @opt(LocateConfig, "template", "--template", type=click.Choice(TEMPLATES))
@@ -189,7 +190,7 @@ def _csv(value) -> tuple[str, ...]:
 METRICS_HELP = "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRICS.items()) + "."
 
 
-@main.command("eval")
+@main.command("eval", short_help="Harmful rate, judge score, over-refusal, Rouge-L, MMLU.")
 @click.argument("model", required=False)
 @opt(EvalConfig, "backend", "--backend", type=click.Choice(BACKEND_CHOICES))
 @opt(EvalConfig, "template", "--template", type=click.Choice(["auto", *TEMPLATES]))
@@ -233,7 +234,7 @@ def _limit_options(f):
     return f
 
 
-@main.command()
+@main.command(short_help="Release gate: a candidate against a baseline eval (exit 1 on regression).")
 @click.argument("candidate")
 @click.option("--baseline", required=True, metavar="BASE.json", help="The baseline eval report.")
 @_limit_options
@@ -272,7 +273,7 @@ def check(candidate, baseline, policy, judge_url, judge_model, junit, json_path,
     sys.exit(0 if passed else 1)
 
 
-@main.command()
+@main.command(short_help="Eval reports side by side.")
 @click.argument("reports", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def compare(reports, as_json):
@@ -280,14 +281,15 @@ def compare(reports, as_json):
     reps = [gate.load_eval(p) for p in reports]
     names = [Path(p).stem for p in reports]
     rows = gate.compare_rows(reps)
+    settings = [gate.report_settings(r) for r in reps]
     if as_json:
-        click.echo(json.dumps({"schema_version": 2, "command": "compare", "columns": names,
+        click.echo(json.dumps({"schema_version": 2, "command": "compare", "columns": names, "settings": settings,
                                "rows": [{"metric": m, "values": v} for m, v in rows]}, indent=2))
         return
-    _out().print(compare_table(names, rows))
+    _out().print(compare_table(names, rows, settings))
 
 
-@main.command()
+@main.command(short_help="SPPFT fine-tuning (safety layers frozen) and its baselines.")
 @click.argument("model", required=False)
 @opt(HardenConfig, "out", "--out", required=True, metavar="DIR", default=None, show_default=False)
 @opt(HardenConfig, "method", "--method", type=click.Choice(list(METHODS)))
@@ -322,7 +324,7 @@ def harden(model, json_path, quiet, **kw):
     _emit(report, json_path, None, kw["force"], lambda r: _out().print(harden_table(r, kw["out"])))
 
 
-@main.group()
+@main.group(short_help="The safety-aligned reference model (build, show).")
 def reference():
     """The safety-aligned reference model, built reproducibly from the bundled SmolLM2 (MODEL 'reference')."""
 
@@ -351,8 +353,6 @@ def reference_build(json_path, quiet, **kw):
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def reference_show(seed, as_json):
     """Where the reference model is and how it was built (exit 2 when it is not built)."""
-    from .io.models import reference_dir, reference_model
-
     ref = reference_model(seed)
     info = json.loads((reference_dir(seed) / "safety_audit.json").read_text())
     if as_json:
@@ -362,7 +362,7 @@ def reference_show(seed, as_json):
                      f"steps {info['steps']}, train loss {info['train_loss']:.4f}, {info['seconds']} s", highlight=False)
 
 
-@main.command()
+@main.command(short_help="What this installation has: versions, CPU, compiled core.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema_version 2).")
 def doctor(as_json):
     """Versions, CPU features, compiled ops (CPU/CUDA), threads, and where the bundled model is."""

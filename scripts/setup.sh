@@ -13,10 +13,12 @@ WHEELHOUSE=${SAFETY_AUDIT_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/safety-aud
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
-$PIP install -q --upgrade pip >/dev/null
+# pip on machines of this kind warns about every missing local index folder of its config: keep real messages only
+quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }; return "${PIPESTATUS[0]}"; }
+quiet $PIP install -q --upgrade pip >/dev/null
 
 # torch first: the CPU wheel on disk. A bare `torch` requirement would pull a multi-GB CUDA build.
-$VENV/bin/python -c "import torch" 2>/dev/null || $PIP install -q "torch==2.13.0"
+$VENV/bin/python -c "import torch" 2>/dev/null || quiet $PIP install -q "torch==2.13.0"
 
 # llama-cpp-python ships only an sdist; pip's wheel cache ignores CMAKE_ARGS, so keep our own
 # wheelhouse keyed by version + flags and never let pip reuse a natively built (crashing) wheel.
@@ -25,10 +27,10 @@ if ! $VENV/bin/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ 
     echo "building llama-cpp-python $LLAMA_VERSION (portable AVX2, ~6 min on 2 cores) ..."
     mkdir -p "$WHEELHOUSE.tmp"
     CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-      $PIP wheel -q --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELHOUSE.tmp"
+      quiet $PIP wheel -q --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELHOUSE.tmp"
     rm -rf "$WHEELHOUSE" && mv "$WHEELHOUSE.tmp" "$WHEELHOUSE"
   fi
-  $PIP install -q --no-cache-dir "$WHEELHOUSE"/llama_cpp_python-*.whl
+  quiet $PIP install -q --no-cache-dir "$WHEELHOUSE"/llama_cpp_python-*.whl
 fi
 
-$PIP install -q -e ".[test]"
+quiet $PIP install -q -e ".[test]"

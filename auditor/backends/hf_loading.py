@@ -5,6 +5,7 @@ Shared by the torch backend and training."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -34,9 +35,10 @@ def converted_gguf_dir(path: Path) -> Path:
     out = cache_dir() / "converted" / f"{path.stem}-{content_hash(path)[:24]}"
     if (out / "config.json").is_file():
         return out
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    try:  # transformers draws a tqdm bar of its own here, which floods logs: its stderr goes nowhere
+        with contextlib.redirect_stderr(io.StringIO()):
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:
         raise AuditError(f"transformers cannot load this GGUF ({str(e).splitlines()[0][:120]})", path) from None
     model.config.quantization_config = None  # save_pretrained refuses "quantized with gguf" models

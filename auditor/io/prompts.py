@@ -20,6 +20,7 @@ ALPACA = (
     "request.\n\n### Instruction:\n{q}\n\n### Response:\n"
 )
 TEMPLATES = ("alpaca", "chat", "raw")
+TASK_FORMATS = (".json", ".jsonl", ".csv")
 TASK_SETS = ("alpaca-eval", "alpaca-train")  # bundled Alpaca-GPT4 rows: held-out every 5th row, and the rest
 PROMPT_FIELDS = ("prompt", "goal", "instruction")
 
@@ -62,6 +63,18 @@ def _rows_from_csv(text: str, where: str, row_filter=None) -> list[str]:
     return [r[col] for r in body if r[keep] == row_filter[1]]
 
 
+def jsonl_rows(text: str, path: Path) -> list:
+    """The rows of a JSONL text; a bad line is named (the 1-based line of the file)."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise AuditError(f"malformed JSON on line {n}", path) from None
+    return rows
+
+
 def _field(obj, where: str) -> str:
     if isinstance(obj, str):
         return obj
@@ -83,6 +96,8 @@ def load_prompts(spec: str | Path) -> PromptSet:
         text = data_text(fname)
         return PromptSet(f"bundled:{name}", tuple(p.strip() for p in _rows_from_csv(text, fname, row_filter)))
     path = Path(spec_s)
+    if path.is_dir():
+        raise AuditError("a prompt set must be a file (.txt, .csv, .json, .jsonl), not a folder", path)
     if not path.is_file():
         raise AuditError("prompt file not found (or not a bundled set: " + ", ".join([*BUNDLED, *TASK_SETS]) + ")", path)
     try:
@@ -94,7 +109,7 @@ def load_prompts(spec: str | Path) -> PromptSet:
         if suffix == ".csv":
             prompts = _rows_from_csv(text, str(path))
         elif suffix == ".jsonl":
-            prompts = [_field(json.loads(line), str(path)) for line in text.splitlines() if line.strip()]
+            prompts = [_field(x, str(path)) for x in jsonl_rows(text, path)]
         elif suffix == ".json":
             data = json.loads(text)
             if not isinstance(data, list):
@@ -140,16 +155,22 @@ def load_task_rows(spec: str | Path = "alpaca-eval") -> list[dict]:
     path = Path(spec)
     if not path.is_file():
         raise AuditError("task file not found", path)
+    suffix = path.suffix.lower()
+    if suffix not in TASK_FORMATS:
+        raise AuditError(f"unsupported task file type '{suffix}' (use {', '.join(TASK_FORMATS)} rows with instruction, "
+                         "input, output)", path)
     try:
         text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            rows = [json.loads(x) for x in text.splitlines() if x.strip()]
-        elif path.suffix == ".csv":
+        if suffix == ".jsonl":
+            rows = jsonl_rows(text, path)
+        elif suffix == ".csv":
             rows = list(csv.DictReader(io.StringIO(text)))
         else:
             rows = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as e:
-        raise AuditError(f"malformed task file ({type(e).__name__})", path) from None
+    except json.JSONDecodeError as e:
+        raise AuditError(f"malformed JSON (line {e.lineno})", path) from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise AuditError(f"cannot read task file ({type(e).__name__}: not UTF-8 text or broken CSV)", path) from None
     if not isinstance(rows, list) or not rows:
         raise AuditError("task file holds no rows", path)
     for r in rows:

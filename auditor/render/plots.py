@@ -46,6 +46,10 @@ def plot_scan(report: dict, path: str | Path, force: bool = False) -> Path:
     ax2.axhline(0, color="black", lw=0.8)
     ax2.set_ylabel("mean ∠(N-M) − mean ∠(N-N)  [degrees]")
     ax2.set_title("Angle gap between normal and malicious prompts")
+    if not rng:  # say it on the picture too: an absent band could be read as a plotting fault
+        ax2.text(0.02, 0.97, "no initial safety-layer range: the gap never opens above the early-layer baseline",
+                 transform=ax2.transAxes, va="top", fontsize=8, color="#b71c1c",
+                 bbox={"facecolor": "white", "edgecolor": "#b71c1c", "alpha": 0.85})
     ax1.legend(fontsize=8, ncol=2)
     ax2.legend(fontsize=8)
     fig.suptitle(f"{report['model']}  ·  {report['backend']}  ·  template: {report['template']}", fontsize=10)
@@ -89,9 +93,13 @@ def plot_locate(report: dict, path: str | Path, force: bool = False) -> Path:
         ax.axvline(report["safety_layers"][idx], color="#ffb300", lw=6, alpha=0.4, label="chosen bound")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    if report["controls"]:
-        cx = [sum(c["range"]) / 2 for c in report["controls"]]
-        axes[0].scatter(cx, [c["count"] for c in report["controls"]], marker="s", color="#7f7f7f", label="controls (window centre)")
+    if report["controls"]:  # each control as the layers it spans, at its count
+        for k, c in enumerate(report["controls"]):
+            axes[0].hlines(c["count"], c["range"][0], c["range"][1], color="#7f7f7f", lw=3,
+                           label="controls (layers spanned)" if k == 0 else None)
+    for ax in axes:
+        ax.axhline(report["count"], color="#ffb300", lw=1, ls=":", label=f"chosen range: {report['count']} refusals")
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.axes[0].set_ylabel(f"refusals on {report['n_prompts']} over-refusal prompts")
     axes[0].legend(fontsize=8)
     f = report["safety_layers"]

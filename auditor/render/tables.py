@@ -40,11 +40,13 @@ def scan_table(report: dict) -> Table:
     if diff:
         table.add_column("Δ gap° (95% CI)", justify="right", no_wrap=True)
     scale = max(abs(r["angle_gap_deg"]) for r in report["layers"]) or 1.0
+    has_ci = (report.get("bootstrap") or {}).get("replicates", 1) > 1  # without a bootstrap there is no interval
     for r in report["layers"]:
         k = r["layer"]
         inside = rng is not None and rng[0] <= k <= rng[1]
+        ci = f"{r['gap_ci95'][0]:+.2f}…{r['gap_ci95'][1]:+.2f}" if has_ci else "–"
         cells = [str(k), f"{r['cos_nn']:.4f}", f"{r['cos_mm']:.4f}", f"{r['cos_nm']:.4f}", f"{r['angle_gap_deg']:+.2f}",
-                 f"{r['gap_ci95'][0]:+.2f}…{r['gap_ci95'][1]:+.2f}", gap_bar(r["angle_gap_deg"], scale, 14)]
+                 ci, gap_bar(r["angle_gap_deg"], scale, 14)]
         if contrast:
             cells.append(f"{contrast[k]['angle_gap_deg']:+.2f}" if k in contrast else "")
         if diff:
@@ -99,23 +101,30 @@ def locate_table(report: dict) -> Table:
 
 
 def eval_table(report: dict) -> Table:
+    limit = f"first {report['limit']} prompts per set" if report.get("limit") else "full sets"
     t = Table(title=f"{report['model']} · {report['backend']} · template {report['template']} · classifier "
-                    f"{report['classifier']['name']}", header_style="bold")
+                    f"{report['classifier']['name']} · {limit}", header_style="bold")
     for c in ("metric", "value", "95% CI", "n", "set / notes"):
         t.add_column(c, justify="right" if c in ("value", "95% CI", "n") else "left")
-    for m in THRESHOLDS:
-        if m in report:
-            v = report[m]
-            ci = v.get("ci95") or [None, None]
-            note = v.get("set", "")
-            if m == "harmful_score":
-                note = f"{v['judge']}; unparseable {v['unparseable']}"
-            t.add_row(LABELS[m], f"{v['value']:.3f}" if v["value"] is not None else "–",
-                      f"{ci[0]:.3f}–{ci[1]:.3f}" if ci[0] is not None else "–", str(v["n"]), str(note))
-    for name, v in (report.get("over_refusal_by_set") or {}).items():
-        if name != report["over_refusal_rate"]["set"]:
-            t.add_row("over-refusal", f"{v['value']:.3f}", f"{v['ci95'][0]:.3f}–{v['ci95'][1]:.3f}", str(v["n"]), name)
+    for label, v, note in _metric_rows(report):
+        ci = v.get("ci95") or [None, None]
+        has_ci = ci[0] is not None and (ci[0] != ci[1] or v["n"] < 2)
+        t.add_row(label, f"{v['value']:.3f}" if v["value"] is not None else "–",
+                  f"{ci[0]:.3f}–{ci[1]:.3f}" if has_ci else "–", str(v["n"]), str(note))
     return t
+
+
+def _metric_rows(report: dict):
+    """(label, value dict, note) in the registry's order; every over-refusal set right under its metric."""
+    for m in THRESHOLDS:
+        if m not in report:
+            continue
+        v = report[m]
+        if m == "over_refusal_rate":
+            for name, per_set in (report.get("over_refusal_by_set") or {v.get("set", ""): v}).items():
+                yield LABELS[m], per_set, name
+            continue
+        yield LABELS[m], v, f"{v['judge']}; unparseable {v['unparseable']}" if m == "harmful_score" else v.get("set", "")
 
 
 def harden_table(r: dict, out) -> Table:
@@ -136,17 +145,17 @@ def check_table(result: dict, rows: list[dict]) -> Table:
         t.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
     for r in rows:
         fmt = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
-        limit = f"Δ ≤ +{r['limit']:g}" if r["direction"] == "increase" else f"Δ ≥ −{r['limit']:g}"
+        limit = f"Δ ≤ {r['limit']:+g}" if r["direction"] == "increase" else f"Δ ≥ {-r['limit']:+g}"
         t.add_row(LABELS[r["metric"]], fmt(r["baseline"]), fmt(r["candidate"]), "–" if r["delta"] is None else f"{r['delta']:+.3f}",
                   limit, "[green]pass[/green]" if r["passed"] else f"[red]FAIL[/red] {r['reason']}")
     return t
 
 
-def compare_table(names: list[str], rows: list[tuple[str, list[str]]]) -> Table:
+def compare_table(names: list[str], rows: list[tuple[str, list[str]]], settings: list[str] | None = None) -> Table:
     t = Table(title="safety-audit compare", header_style="bold")
     t.add_column("metric")
-    for n in names:
-        t.add_column(n, justify="right")
+    for k, n in enumerate(names):
+        t.add_column(f"{n}\n[dim]{settings[k]}[/dim]" if settings else n, justify="right")
     for m, vals in rows:
         t.add_row(m, *vals)
     return t

@@ -114,4 +114,21 @@ def compare_rows(reports: list[dict]) -> list[tuple[str, list[str]]]:
         ci = f" ({lo:.3f}–{hi:.3f})" if lo is not None else ""
         return f"{v['value']:.3f}{ci}"
 
-    return [(LABELS[m], [fmt(r, m) for r in reports]) for m in THRESHOLDS]
+    rows = []
+    for m in THRESHOLDS:
+        if m != "over_refusal_rate":
+            rows.append((LABELS[m], [fmt(r, m) for r in reports]))
+            continue
+        sets = list(dict.fromkeys(s for r in reports for s in (r.get("over_refusal_by_set") or
+                                                                 ({r[m].get("set", "")} if m in r else {}))))
+        for name in sets:  # one labelled row per over-refusal set
+            rows.append((f"{LABELS[m]} ({name.removeprefix('bundled:')})",
+                         [fmt(r.get("over_refusal_by_set") or {name: r.get(m)}, name) for r in reports]))
+    return rows
+
+
+def report_settings(report: dict) -> str:
+    """What a column of `compare` was measured with: model, backend, template, classifier, token budget."""
+    clf = report.get("classifier") or {}
+    return (f"{report.get('model', '?')} · {report.get('backend', '?')} · {report.get('template', '?')} · "
+            f"{clf.get('name', '?')} · {report.get('max_new_tokens', '?')} tok · limit {report.get('limit') or 'none'}")

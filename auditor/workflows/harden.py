@@ -22,7 +22,7 @@ from ..errors import AuditError
 from ..io.cache import sha256_json
 from ..io.gguf_export import export_gguf
 from ..io.config import setting
-from ..io.models import resolve_model
+from ..io.models import layer_count, resolve_model
 from ..io.reports import Report, ReportHeader
 from ..io.prompts import load_task_rows
 from ..training.attacks import build_attack
@@ -179,6 +179,9 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[
     ref = resolve_model(cfg.model)
     if cfg.gguf and not ref.is_gguf:
         raise AuditError("--gguf needs a GGUF input model (its metadata and tensor names are reused)", ref.path)
+    stated = layer_count(ref)
+    if stated:
+        layer_range(cfg, stated)  # a bad range fails before the load, not after it
     model, tok = load_causal_lm(ref)
     n_layers = len(decoder_layers(model))
     ctx = MethodContext(model, tok, SFTData(rows, tok, cfg.template, cfg.cutoff), layer_range(cfg, n_layers), n_layers,

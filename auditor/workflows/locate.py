@@ -22,7 +22,7 @@ from ..core.search import SURVEY_ALPHA, choose_alpha, control_ranges, progressiv
 from ..errors import AuditError
 from ..io.cache import Journal, sha256_json
 from ..io.config import setting
-from ..io.models import resolve_model
+from ..io.models import layer_count, resolve_model
 from ..io.prompts import check_template, load_prompts
 from ..io.reports import Report, ReportHeader
 from .options import ModelOptions
@@ -208,6 +208,11 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     reporter = reporter or Silent()
     check_config(cfg)
     model = resolve_model(cfg.model)
+    stated = layer_count(model)
+    if cfg.start and stated and not cfg.start[1] < stated:
+        raise AuditError(f"start range {cfg.start[0]}-{cfg.start[1]} is outside the model (layers 0..{stated - 1})")
+    if cfg.survey and stated and cfg.survey > stated:
+        raise AuditError(f"--survey width {cfg.survey} is wider than the model ({stated} layers)")
     d_o = load_prompts(cfg.over_refusal)
     prompts = list(d_o.prompts[: cfg.limit] if cfg.limit else d_o.prompts)
     classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
