@@ -113,6 +113,15 @@ def test_locate_cli_json_plot_and_bad_inputs(planted, tmp_path):
     for key in ("schema_version", "model", "backend", "alpha", "classifier", "baseline", "sweep", "safety_layers", "controls"):
         assert key in rep
     assert rep["safety_layers"] == list(BLOCK) and png.read_bytes()[:4] == b"\x89PNG"
+    # the plot shows the chosen range at its own count (not 0) and whole-layer ticks only
+    from auditor.render.plots import locate_figure
+
+    fig = locate_figure(rep)
+    for ax in fig.axes:
+        chosen = [ln for ln in ax.get_lines() if ln.get_label().startswith("chosen range")]
+        assert chosen and chosen[0].get_ydata()[0] == rep["count"] and f"{rep['count']} refusals" in chosen[0].get_label()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert all(float(t).is_integer() for t in ticks), ticks
     empty = write_lines(tmp_path / "empty.txt", [""])
     for args, msg in ((["--alpha", "0"], "alpha must be a positive"), (["--alpha", "-1.1"], "alpha must be a positive"),
                       (["--start", "3-40"], "outside the model"), (["--over-refusal", str(empty)], "no prompts"),

@@ -132,9 +132,19 @@ def test_check_and_compare_render_limits_and_settings(eval_json, tmp_path):
     assert "over-refusal (xstest-safe)" in labels and "over-refusal (over-rejection)" in labels
 
 
-def test_scan_table_shows_no_interval_without_a_bootstrap(tmp_path, tiny_model_dir):
+def test_scan_table_and_plot_say_what_is_missing(tmp_path, tiny_model_dir):
+    from auditor.render.plots import scan_figure
+
     n, m = write_lines(tmp_path / "n.txt", NORMAL), write_lines(tmp_path / "m.txt", MALICIOUS)
-    r = run(["scan", str(tiny_model_dir), "--normal", str(n), "--malicious", str(m), "--bootstrap", "0", "-q"],
-            terminal_width=200)
+    js = tmp_path / "s.json"
+    r = run(["scan", str(tiny_model_dir), "--normal", str(n), "--malicious", str(m), "--bootstrap", "0", "-q", "--json",
+             str(js)], terminal_width=200)
     assert r.exit_code == 0
-    assert "…" not in r.output.split("layer")[1].split("gap by layer")[0]  # no "-1.93…-1.93" pseudo-intervals
+    rep = json.loads(js.read_text())
+    table = CliRunner().invoke(main, ["scan", str(tiny_model_dir), "--normal", str(n), "--malicious", str(m),
+                                      "--bootstrap", "0", "-q"], terminal_width=200).output
+    assert "…" not in table.split("layer")[1].split("gap by layer")[0]  # no "-1.93…-1.93" pseudo-intervals
+    rep["initial_range"] = None
+    assert "no initial safety-layer range" in scan_figure(rep).axes[1].get_title()
+    rep["initial_range"] = [1, 2]
+    assert "no initial" not in scan_figure(rep).axes[1].get_title()

@@ -7,13 +7,33 @@ from pathlib import Path
 from ..io.files import atomic_write
 
 
-def plot_scan(report: dict, path: str | Path, force: bool = False) -> Path:
-    """Two panels like the paper's Fig. 2: pair cosines per layer; angle gap with its 95% CI."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: str | Path, force: bool) -> Path:
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), force)
+    finally:
+        _pyplot().close(fig)
+
+
+def plot_scan(report: dict, path: str | Path, force: bool = False) -> Path:
+    return _save(scan_figure(report), path, force)
+
+
+def plot_locate(report: dict, path: str | Path, force: bool = False) -> Path:
+    return _save(locate_figure(report), path, force)
+
+
+def scan_figure(report: dict):
+    """Two panels like the paper's Fig. 2: pair cosines per layer; angle gap with its 95% CI."""
+    plt = _pyplot()
     layers = [r["layer"] for r in report["layers"]]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=130)
     series = [(report, "", 1.0)]
@@ -45,33 +65,21 @@ def plot_scan(report: dict, path: str | Path, force: bool = False) -> Path:
     ax1.set_title("Final-token cosine similarity of prompt pairs")
     ax2.axhline(0, color="black", lw=0.8)
     ax2.set_ylabel("mean ∠(N-M) − mean ∠(N-N)  [degrees]")
-    ax2.set_title("Angle gap between normal and malicious prompts")
-    if not rng:  # say it on the picture too: an absent band could be read as a plotting fault
-        ax2.text(0.02, 0.97, "no initial safety-layer range: the gap never opens above the early-layer baseline",
-                 transform=ax2.transAxes, va="top", fontsize=8, color="#b71c1c",
-                 bbox={"facecolor": "white", "edgecolor": "#b71c1c", "alpha": 0.85})
+    # with no range, say so on the picture too: an absent band could be read as a plotting fault
+    ax2.set_title("Angle gap between normal and malicious prompts" + ("" if rng else
+                  "\nno initial safety-layer range: no layer rises above the early baseline"),
+                  color="black" if rng else "#b71c1c", fontsize=None if rng else 10)
     ax1.legend(fontsize=8, ncol=2)
     ax2.legend(fontsize=8)
     fig.suptitle(f"{report['model']}  ·  {report['backend']}  ·  template: {report['template']}", fontsize=10)
     fig.tight_layout()
-
-    def save(tmp: Path):
-        fig.savefig(tmp, format="png")
-
-    try:
-        return atomic_write(path, save, force)
-    finally:
-        plt.close(fig)
+    return fig
 
 
-def plot_locate(report: dict, path: str | Path, force: bool = False) -> Path:
+def locate_figure(report: dict):
     """Refusal count per swept range (upper sweep, lower sweep, controls) against the baseline; with a
     survey, a first panel of refusals per surveyed window."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     sv = report.get("survey")
     fig, axes = plt.subplots(1, 3 if sv else 2, figsize=(17 if sv else 12, 4.2), dpi=130, sharey=True)
     base = report["baseline"]
@@ -106,7 +114,4 @@ def plot_locate(report: dict, path: str | Path, force: bool = False) -> Path:
     fig.suptitle(f"{report['model']} · α = {report['alpha']:g} · {report['classifier']['name']} classifier · "
                  f"safety layers {f[0]}–{f[1]}", fontsize=10)
     fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), force)
-    finally:
-        plt.close(fig)
+    return fig
