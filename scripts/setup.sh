@@ -33,4 +33,10 @@ if ! $VENV/bin/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ 
   quiet $PIP install -q --no-cache-dir "$WHEELHOUSE"/llama_cpp_python-*.whl
 fi
 
-quiet $PIP install -q -e ".[test]"
+# this package, editable: only when its packaging changed (a re-run installs nothing and prints nothing)
+STAMP="$VENV/.safety-audit-installed"
+WANT=$(cat pyproject.toml setup.py | sha256sum | cut -d" " -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! "$VENV/bin/python" -c "import auditor" 2>/dev/null; then
+  quiet $PIP install -q -e ".[test]"
+  echo "$WANT" > "$STAMP"
+fi

@@ -148,3 +148,16 @@ def test_scan_table_and_plot_say_what_is_missing(tmp_path, tiny_model_dir):
     assert "no initial safety-layer range" in scan_figure(rep).axes[1].get_title()
     rep["initial_range"] = [1, 2]
     assert "no initial" not in scan_figure(rep).axes[1].get_title()
+
+
+def test_llama_cpp_warnings_stay_quiet_errors_get_through(capsys):
+    """gemma's "control-looking token" and SWA-cache lines are llama.cpp warnings (level 3), not errors (4)."""
+    from auditor.backends.llamacpp import _log_errors_only
+
+    _log_errors_only(3, b"load: control-looking token: 212\n", None)
+    _log_errors_only(5, b" ... continued warning\n", None)
+    _log_errors_only(2, b"llama_kv_cache: info\n", None)
+    assert capsys.readouterr().err == ""
+    _log_errors_only(4, b"llama_model_load: error loading model", None)
+    _log_errors_only(5, b": file is cut\n", None)
+    assert capsys.readouterr().err == "llama_model_load: error loading model: file is cut\n"

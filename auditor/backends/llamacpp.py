@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,6 @@ import numpy as np
 import torch
 
 import llama_cpp as L  # heavy: this module is imported only when the registry opens the backend
-from llama_cpp import _logger
 
 from ..errors import AuditError
 from ..io.gguf_file import read_gguf
@@ -30,7 +30,23 @@ from ..weights.gguf_scaling import scale_gguf
 from .base import CAPABILITIES, Backend, Generated, Progress, Stop
 from .llama_batching import BatchedDecoder, piece_fn
 
-_logger.set_verbose(False)
+_GGML_LOG_ERROR, _GGML_LOG_CONT = 4, 5  # ggml's enum today: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+_last_level = 0
+
+
+@L.llama_log_callback
+def _log_errors_only(level: int, text: bytes, user_data) -> None:
+    """llama.cpp's errors reach stderr, nothing else. (llama-cpp-python 0.3.36's own callback reads an older
+    enum in which 3 was ERROR, so every warning - gemma's "control-looking token", the SWA cache line -
+    leaked into the user's terminal.)"""
+    global _last_level
+    if level != _GGML_LOG_CONT:
+        _last_level = level
+    if _last_level == _GGML_LOG_ERROR:
+        sys.stderr.write(text.decode("utf-8", errors="replace"))
+
+
+L.llama_log_set(_log_errors_only, ctypes.c_void_p(0))
 _ggml = ctypes.CDLL(str(Path(L.__file__).parent / "lib" / "libggml-base.so"))
 _ggml.ggml_get_name.restype = ctypes.c_char_p
 _ggml.ggml_get_name.argtypes = [ctypes.c_void_p]
