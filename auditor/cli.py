@@ -132,6 +132,7 @@ def main():
 @opt(ScanConfig, "batch", "--batch", type=int, help="Prompts per forward pass (torch; default: up to 4,096 tokens).")
 @opt(ScanConfig, "contrast", "--contrast", metavar="MODEL2")
 @opt(ScanConfig, "contrast_backend", "--contrast-backend", type=click.Choice(BACKEND_CHOICES))
+@opt(ScanConfig, "compat", "--compat", type=click.Choice(["paper"]))
 @json_opt
 @click.option("--plot", "plot_path", default=None, metavar="PATH.png", help="Write a two-panel PNG (cosines; angle gap with CI).")
 @force_opt

@@ -54,12 +54,16 @@ class Backend(abc.ABC):
     def token_ids(self, text: str) -> list[int]:
         """Token ids of a response fragment (no special tokens)."""
 
-    def final_token_states(self, queries: Sequence[str], template: str, progress: Progress | None = None) -> torch.Tensor:
-        """[K, n, d] float32: raw residual output of every decoder layer at the final prompt token."""
+    def final_token_states(self, queries: Sequence[str], template: str, progress: Progress | None = None,
+                           last_normed: bool = False) -> torch.Tensor:
+        """[K, n, d] float32: raw residual output of every decoder layer at the final prompt token; with
+        `last_normed`, the last layer's after the model's final norm (what HF's last hidden_states entry
+        holds, and the paper read)."""
         self.require(HIDDEN_STATES)
-        return self.states_for_ids([self.encode(q, template) for q in queries], progress)
+        return self.states_for_ids([self.encode(q, template) for q in queries], progress, last_normed)
 
-    def states_for_ids(self, ids: list[list[int]], progress: Progress | None = None) -> torch.Tensor:
+    def states_for_ids(self, ids: list[list[int]], progress: Progress | None = None,
+                       last_normed: bool = False) -> torch.Tensor:
         """[K, n, d] states for already tokenized prompts."""
         raise self.unable(HIDDEN_STATES)
 

@@ -81,7 +81,8 @@ class TorchBackend(Backend):
             yield batch
 
     @torch.inference_mode()
-    def states_for_ids(self, ids: list[list[int]], progress: Progress | None = None) -> torch.Tensor:
+    def states_for_ids(self, ids: list[list[int]], progress: Progress | None = None,
+                       last_normed: bool = False) -> torch.Tensor:
         K, n = self.n_layers, len(ids)
         out = torch.empty(K, n, self.hidden_size)
         last: torch.Tensor | None = None
@@ -100,7 +101,9 @@ class TorchBackend(Backend):
                 input_ids, mask = self._padded([ids[i] for i in batch], left=False)
                 last = mask.sum(1) - 1
                 captured.clear()
-                base(input_ids=input_ids, attention_mask=mask, use_cache=False)
+                res = base(input_ids=input_ids, attention_mask=mask, use_cache=False, output_hidden_states=last_normed)
+                if last_normed:  # HF's last hidden_states entry: the last layer after the final norm
+                    captured[K - 1] = res.hidden_states[-1][torch.arange(len(batch)), last].float()
                 for k in range(K):
                     out[k, batch] = captured[k]
                 if progress:

@@ -90,6 +90,7 @@ class LlamaCppBackend(Backend):
         self._rows: dict[int, np.ndarray] = {}
         self._want_row = 0
         self.batch_size = batch_size  # sequences per generation decode (None: AUTO_BATCH)
+        self._want_norm = False  # also capture the final norm's output (the paper's last-layer state)
         self._gen: BatchedDecoder | None = None
         self._cb = L.ggml_backend_sched_eval_callback(self._eval_callback)  # keep a reference
         self._ensure_ctx(n_ctx)
@@ -129,7 +130,8 @@ class LlamaCppBackend(Backend):
 
     def _eval_callback(self, t, ask, user_data) -> bool:
         name = _ggml.ggml_get_name(t) or b""
-        if not name.startswith(b"l_out-"):
+        wanted = name.startswith(b"l_out-") or (self._want_norm and name == b"result_norm")
+        if not wanted:
             return False if ask else True
         if ask:
             return True
@@ -141,7 +143,7 @@ class LlamaCppBackend(Backend):
         row = self._want_row if rows > self._want_row else rows - 1
         buf = np.empty(d, dtype=np.float32)
         _ggml.ggml_backend_tensor_get(t, buf.ctypes.data, row * int(view.nb[1]), d * 4)
-        self._rows[int(name[6:])] = buf
+        self._rows[-1 if name == b"result_norm" else int(name[6:])] = buf
         return True
 
     # -- prompts -----------------------------------------------------------------------------------
@@ -198,12 +200,21 @@ class LlamaCppBackend(Backend):
             raise AuditError(f"llama.cpp did not expose layer outputs {missing[:3]} for this architecture", self.model_ref.path)
         return np.stack([self._rows[k] for k in range(self.n_layers)])
 
-    def states_for_ids(self, ids: list[list[int]], progress: Progress | None = None) -> torch.Tensor:
+    def states_for_ids(self, ids: list[list[int]], progress: Progress | None = None,
+                       last_normed: bool = False) -> torch.Tensor:
         out = torch.empty(self.n_layers, len(ids), self.hidden_size)
-        for i, toks in enumerate(ids):
-            out[:, i] = torch.from_numpy(self._states_for(toks))
-            if progress:
-                progress(1)
+        self._want_norm = last_normed
+        try:
+            for i, toks in enumerate(ids):
+                out[:, i] = torch.from_numpy(self._states_for(toks))
+                if last_normed:
+                    if -1 not in self._rows:
+                        raise AuditError("llama.cpp did not expose the final norm's output (result_norm)", self.model_ref.path)
+                    out[-1, i] = torch.from_numpy(self._rows[-1])
+                if progress:
+                    progress(1)
+        finally:
+            self._want_norm = False
         return out
 
     # -- generation and next-token probabilities ---------------------------------------------------

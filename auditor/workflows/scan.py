@@ -14,8 +14,8 @@ from importlib.metadata import version
 import torch
 
 from ..backends import HIDDEN_STATES, choose_backend, open_backend
-from ..core.gap import (GapStats, RangeRule, bootstrap_weights, differential_range, gap_stats, initial_range, pair_masks,
-                        percentile_ci)
+from ..core.gap import (GAP_DEFINITIONS, GapStats, RangeRule, bootstrap_weights, differential_range, gap_stats,
+                        initial_range, pair_masks, paper_pair_masks, percentile_ci)
 from ..core.similarity import pair_statistics
 from ..errors import AuditError
 from ..io.cache import StateStore, sha256_json
@@ -40,6 +40,8 @@ class ScanConfig(ModelOptions):
     contrast_backend: str = setting("auto", "Backend of the contrast model.")
     use_cache: bool = setting(True, "Reuse and store hidden states (keyed by the model's content).")
     rule: RangeRule = setting(help="The initial-range rule's parameters.", factory=RangeRule)
+    compat: str | None = setting(None, "paper: the authors' computation (their 500 pair draws per type, seeds 10/100/"
+                                       "1000; last layer after the final norm; gap = angle of the mean cosine; alpaca).")
 
 
 @dataclass
@@ -51,8 +53,10 @@ class LayerRow:
     angle_nn_deg: float
     angle_mm_deg: float
     angle_nm_deg: float
-    angle_gap_deg: float
+    angle_gap_deg: float  # in the report's gap_definition
     gap_ci95: list[float]
+    gap_mean_of_angles_deg: float
+    gap_angle_of_mean_cosine_deg: float
 
 
 @dataclass
@@ -92,15 +96,16 @@ class StateProbe:
                                         batch_size=self.batch)
         return self._backend
 
-    def states(self, prompts: PromptSet, template: str, role: str) -> torch.Tensor:
-        store = StateStore(_state_key(self.model, self.backend_name, template, prompts), self.use_cache)
+    def states(self, prompts: PromptSet, template: str, role: str, last_normed: bool = False) -> torch.Tensor:
+        key = _state_key(self.model, self.backend_name, template, prompts) + ("-normed" if last_normed else "")
+        store = StateStore(key, self.use_cache)
         self.reporter.start(f"{role} prompts · {self.backend_name}", len(prompts))
         parts = []
         for c in range(0, len(prompts), CHUNK):
             chunk = list(prompts.prompts[c : c + CHUNK])
             part = store.get(c)
             if part is None:
-                part = self.backend.final_token_states(chunk, template, self.reporter.advance)
+                part = self.backend.final_token_states(chunk, template, self.reporter.advance, last_normed)
                 store.put(c, part)
             else:
                 self.reporter.advance(len(chunk))
@@ -116,7 +121,8 @@ def _rows(gs: GapStats) -> list[LayerRow]:
     lo, hi = gs.ci95()
     return [
         LayerRow(k, float(gs.cos_nn[k]), float(gs.cos_mm[k]), float(gs.cos_nm[k]), float(gs.angle_nn[k]),
-                 float(gs.angle_mm[k]), float(gs.angle_nm[k]), float(gs.gap[k]), [float(lo[k]), float(hi[k])])
+                 float(gs.angle_mm[k]), float(gs.angle_nm[k]), float(gs.gap[k]), [float(lo[k]), float(hi[k])],
+                 float(gs.gap_mean_of_angles[k]), float(gs.gap_angle_of_mean_cosine[k]))
         for k in range(len(gs.gap))
     ]
 
@@ -125,16 +131,21 @@ def _scan_one(model: ModelRef, backend: str, cfg: ScanConfig, normal: PromptSet,
               weights, reporter: Reporter) -> tuple[ModelScan, GapStats]:
     t0 = time.perf_counter()
     probe = StateProbe(model, backend, cfg.threads, cfg.use_cache, reporter, cfg.batch)
+    paper = cfg.compat == "paper"
     try:
-        sn = probe.states(normal, cfg.template, "normal")
-        sm = probe.states(malicious, cfg.template, "malicious")
+        sn = probe.states(normal, cfg.template, "normal", last_normed=paper)
+        sm = probe.states(malicious, cfg.template, "malicious", last_normed=paper)
     finally:
         probe.close()
     reporter.status("pair statistics")
-    need_pairs = cfg.bootstrap > 0 or cfg.pairs is not None
+    need_pairs = cfg.bootstrap > 0 or cfg.pairs is not None or paper
     ps = pair_statistics(sn, sm, return_pairs=need_pairs)
-    masks = pair_masks(len(normal), len(malicious), cfg.pairs, cfg.seed)
-    gs = gap_stats(ps, masks, weights, exact=cfg.pairs is None)
+    if paper:
+        masks = paper_pair_masks(len(normal), len(malicious), cfg.pairs or 500)
+    else:
+        masks = pair_masks(len(normal), len(malicious), cfg.pairs, cfg.seed)
+    definition = "angle-of-mean-cosine" if paper else "mean-of-angles"
+    gs = gap_stats(ps, masks, weights, exact=cfg.pairs is None and not paper, definition=definition)
     lo, _ = gs.ci95()
     rng, details = initial_range(gs.gap, lo, cfg.rule)
     details["stats_path"] = ps.path
@@ -153,6 +164,8 @@ class ScanReport(Report):
     normal_set: str
     malicious_set: str
     hidden_state: str
+    compat: str | None
+    gap_definition: dict
     pairs: str | int
     bootstrap: dict
     layers: list[LayerRow]
@@ -165,6 +178,8 @@ class ScanReport(Report):
 
 
 HIDDEN_STATE = "raw residual output of each decoder layer (before the final norm) at the final prompt token"
+HIDDEN_STATE_PAPER = ("residual output of each decoder layer at the final prompt token; the last layer's after the "
+                      "final norm (HF's last hidden_states entry, as the paper read it)")
 
 
 def _differential(gs: GapStats, gs2: GapStats, weights) -> list[dict]:
@@ -173,9 +188,19 @@ def _differential(gs: GapStats, gs2: GapStats, weights) -> list[dict]:
     return [{"layer": k, "diff_gap_deg": float(diff[k]), "ci95": [float(lo[k]), float(hi[k])]} for k in range(len(diff))]
 
 
+def _pairs_label(cfg: ScanConfig) -> str | int:
+    if cfg.compat == "paper":
+        return f"the authors' draws: {cfg.pairs or 500} per type, Python random seeds 10/100/1000 (+1 per draw)"
+    return "all" if cfg.pairs is None else cfg.pairs
+
+
 def run_scan(cfg: ScanConfig, reporter: Reporter | None = None) -> dict:
     """Run a scan (and its contrast) and return the JSON-ready report."""
     reporter = reporter or Silent()
+    if cfg.compat not in (None, "paper"):
+        raise AuditError(f"unknown compat mode '{cfg.compat}' (choose paper)")
+    if cfg.compat == "paper":
+        cfg.template = "alpaca"  # the authors' Prompter("alpaca"), the tokenizer's default special tokens
     check_template(cfg.template)
     if cfg.bootstrap < 0 or (cfg.pairs is not None and cfg.pairs < 1):
         raise AuditError("--bootstrap must be >= 0 and --pairs >= 1")
@@ -191,8 +216,9 @@ def run_scan(cfg: ScanConfig, reporter: Reporter | None = None) -> dict:
     main, gs = _scan_one(model, backend, cfg, normal, malicious, weights, reporter)
     report = ScanReport(
         ReportHeader("scan", main.model, model.content_hash(backend), main.backend), cfg.template, main.n_layers,
-        main.hidden_size, len(normal), len(malicious), normal.name, malicious.name, HIDDEN_STATE,
-        "all" if cfg.pairs is None else cfg.pairs, {"replicates": cfg.bootstrap, "seed": cfg.seed, "unit": "prompts"},
+        main.hidden_size, len(normal), len(malicious), normal.name, malicious.name,
+        HIDDEN_STATE_PAPER if cfg.compat else HIDDEN_STATE, cfg.compat, {"name": gs.definition, "definition":
+        GAP_DEFINITIONS[gs.definition]}, _pairs_label(cfg), {"replicates": cfg.bootstrap, "seed": cfg.seed, "unit": "prompts"},
         main.layers, main.initial_range, {**cfg.rule.to_dict(), **main.range_details}, main.seconds)
     if contrast:
         report.contrast, gs2 = _scan_one(contrast, cfg.contrast_backend, cfg, normal, malicious, weights, reporter)
