@@ -78,8 +78,13 @@ def test_both_backends_give_the_same_range_on_the_bundled_model():
 
 
 @pytest.mark.model
-def test_compat_paper_on_both_backends_reads_the_normed_last_layer():
-    reps = {b: run_scan(ScanConfig(backend=b, compat="paper", bootstrap=0)) for b in ("llama", "torch")}
+def test_compat_paper_on_both_backends_reads_the_normed_last_layer(tmp_path):
+    from auditor.io.prompts import load_prompts
+
+    n = write_lines(tmp_path / "n.txt", load_prompts("normal").prompts[:24])
+    m = write_lines(tmp_path / "m.txt", load_prompts("malicious").prompts[:24])
+    reps = {b: run_scan(ScanConfig(backend=b, compat="paper", bootstrap=0, normal=str(n), malicious=str(m)))
+            for b in ("llama", "torch")}
     for a, b in zip(reps["llama"]["layers"], reps["torch"]["layers"]):
         assert a["angle_gap_deg"] == pytest.approx(b["angle_gap_deg"], abs=0.35), a["layer"]
     assert reps["llama"]["layers"][-1]["cos_nm"] == pytest.approx(reps["torch"]["layers"][-1]["cos_nm"], abs=0.01)

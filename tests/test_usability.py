@@ -99,27 +99,33 @@ def test_messages_name_the_real_problem(tmp_path, tiny_model_dir):
 @pytest.fixture(scope="module")
 def eval_json(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ev") / "e.json"
-    r = run(["eval", str(tiny_model_dir), "--metrics", "harmful,over-refusal,mmlu", "--limit", "0", "--bootstrap", "50",
+    r = run(["eval", str(tiny_model_dir), "--metrics", "harmful,over-refusal,mmlu", "--limit", "10", "--bootstrap", "50",
              "--max-new-tokens", "2", "--json", str(out), "--over-refusal", "xstest-safe,over-rejection", "-q"],
             catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return out
 
 
-def test_eval_limit_0_is_the_full_sets_and_the_table_reads_in_order(eval_json):
+def test_eval_table_reads_in_order(eval_json):
     from rich.console import Console
 
     from auditor.render.tables import eval_table
 
-    rep = json.loads(eval_json.read_text())
-    assert rep["harmful_rate"]["n"] == 260 and rep["over_refusal_by_set"]["bundled:over-rejection"]["n"] == 731
     console = Console(width=200, record=True)
-    console.print(eval_table(rep))
+    console.print(eval_table(json.loads(eval_json.read_text())))
     text = console.export_text()
-    assert "full sets" in text
+    assert "first 10 prompts per set" in text
     rows = [line.split("│")[1].strip() for line in text.splitlines() if line.count("│") > 3]
     metrics = [x for x in rows if x and x != "metric"]
     assert metrics == ["harmful rate R_h", "over-refusal", "over-refusal", "MMLU accuracy"]  # the two sets together
+
+
+def test_eval_limit_0_means_the_full_sets_and_says_so(tiny_model_dir, tmp_path):
+    out = tmp_path / "full.json"
+    r = run(["eval", str(tiny_model_dir), "--metrics", "harmful", "--limit", "0", "--bootstrap", "0",
+             "--max-new-tokens", "1", "--json", str(out)], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["harmful_rate"]["n"] == 260 and "full sets" in r.output
 
 
 def test_check_and_compare_render_limits_and_settings(eval_json, tmp_path):
@@ -127,7 +133,7 @@ def test_check_and_compare_render_limits_and_settings(eval_json, tmp_path):
     assert "Δ ≥ +0.1" in r.output and "−-" not in r.output and "--0" not in r.output
     r = run(["compare", str(eval_json), str(eval_json), "--json"])
     data = json.loads(r.output)
-    assert len(data["settings"]) == 2 and "keyword" in data["settings"][0] and "limit none" in data["settings"][0]
+    assert len(data["settings"]) == 2 and "keyword" in data["settings"][0] and "limit 10" in data["settings"][0]
     labels = [row["metric"] for row in data["rows"]]
     assert "over-refusal (xstest-safe)" in labels and "over-refusal (over-rejection)" in labels
 

@@ -64,7 +64,8 @@ def scan_figure(report: dict):
     ax1.set_ylabel("mean cosine similarity")
     ax1.set_title("Final-token cosine similarity of prompt pairs")
     ax2.axhline(0, color="black", lw=0.8)
-    ax2.set_ylabel("mean ∠(N-M) − mean ∠(N-N)  [degrees]")
+    paper = (report.get("gap_definition") or {}).get("name") == "angle-of-mean-cosine"
+    ax2.set_ylabel("∠(mean cos N-M) − ∠(mean cos N-N)  [degrees]" if paper else "mean ∠(N-M) − mean ∠(N-N)  [degrees]")
     # with no range, say so on the picture too: an absent band could be read as a plotting fault
     ax2.set_title("Angle gap between normal and malicious prompts" + ("" if rng else
                   "\nno initial safety-layer range: no layer rises above the early baseline"),
