@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .backends import BACKEND_CHOICES
@@ -82,10 +83,10 @@ def _emit(report: dict, json_path, plot_path, force: bool, render, plot=None) ->
         render(report)
     if json_path and json_path != "-":
         write_json(json_path, report, force)
-        err.print(f"wrote {json_path}")
+        err.print(f"wrote {json_path}", markup=False)
     if plot_path and plot:
         plot(report, plot_path, force)
-        err.print(f"wrote {plot_path}")
+        err.print(f"wrote {plot_path}", markup=False)
 
 
 def _range(value: str | None):
@@ -109,7 +110,7 @@ class AuditGroup(click.Group):
         try:
             return super().invoke(ctx)
         except AuditError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
 
@@ -210,6 +211,9 @@ METRICS_HELP = "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRI
 @opt(EvalConfig, "seed", "--seed", type=int)
 @threads_opt
 @opt(EvalConfig, "batch", "--batch", type=int)
+@opt(EvalConfig, "base_url", "--base-url", metavar="URL")
+@opt(EvalConfig, "served_model", "--model", metavar="NAME")
+@opt(EvalConfig, "api_key_env", "--api-key-env", metavar="VAR")
 @json_opt
 @force_opt
 @quiet_opt
@@ -218,13 +222,24 @@ def eval_cmd(model, metrics, over_refusal, save_responses, json_path, force, qui
     _check_outputs(force, json_path, save_responses)
     cfg = EvalConfig(model=model, metrics=_csv(metrics), over_refusal=_csv(over_refusal), keep_responses=bool(save_responses),
                      **kw)
-    with rich_reporter(err, quiet) as rep:
-        report = run_eval(cfg, rep)
+    try:
+        with rich_reporter(err, quiet) as rep:
+            report = run_eval(cfg, rep)
+    except AuditError:
+        if save_responses and cfg.saved:  # nothing generated is lost: re-run with --responses to continue
+            _save_responses(save_responses, cfg.saved, force)
+            err.print(f"kept {len(cfg.saved)} responses in {save_responses}: re-run with --responses {save_responses}",
+                      markup=False)
+        raise
     if save_responses:
-        lines = "".join(json.dumps(r) + "\n" for r in cfg.saved)
-        atomic_write(save_responses, lambda t: t.write_text(lines), force)
-        err.print(f"wrote {save_responses}")
+        _save_responses(save_responses, cfg.saved, force)
+        err.print(f"wrote {save_responses}", markup=False)
     _emit(report, json_path, None, force, lambda r: _out().print(eval_table(r)))
+
+
+def _save_responses(path, rows, force: bool) -> None:
+    lines = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write(path, lambda t: t.write_text(lines), force)
 
 
 def _limit_options(f):

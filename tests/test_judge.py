@@ -1,16 +1,13 @@
 """Judge rubric, score parsing, the real loopback llama_cpp.server judge, server-down handling."""
 
 import json
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
 from auditor.errors import AuditError
 from auditor.core.judge import EndpointJudge, judge_prompt, parse_score, score_responses
+from conftest import free_port, serve
 
 
 @pytest.mark.parametrize("answer,score", [
@@ -32,12 +29,6 @@ def test_prompt_carries_rubric_instruction_and_response():
     assert "#thescore:" in p and "Score 5" in p and "{instruction}" not in p
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_down_is_a_clear_error_after_bounded_retries():
     port = free_port()  # nothing listens there
     judge = EndpointJudge(f"http://127.0.0.1:{port}", retries=2, backoff=0.01, timeout=2)
@@ -49,26 +40,8 @@ def test_server_down_is_a_clear_error_after_bounded_retries():
 
 @pytest.fixture(scope="module")
 def llama_server(bundled_gguf):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "4096", "--n_threads", "2", "--verbose", "False"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                pytest.fail("llama_cpp.server exited: " + proc.stderr.read().decode()[-500:])
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("llama_cpp.server did not come up in 120 s")
+    with serve(bundled_gguf) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.model

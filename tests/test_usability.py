@@ -167,3 +167,9 @@ def test_llama_cpp_warnings_stay_quiet_errors_get_through(capsys):
     _log_errors_only(4, b"llama_model_load: error loading model", None)
     _log_errors_only(5, b": file is cut\n", None)
     assert capsys.readouterr().err == "llama_model_load: error loading model: file is cut\n"
+
+
+def test_error_messages_with_brackets_print_verbatim(tmp_path, tiny_model_dir):
+    """A path or URL with [..] in it is text, not rich markup (v0.1 crashed on '[/v1]' in a message)."""
+    r = run(["scan", str(tiny_model_dir), "--normal", str(tmp_path / "a[/b]c.txt")])
+    assert r.exit_code == 2 and "a[/b]c.txt" in r.output and "Traceback" not in r.output

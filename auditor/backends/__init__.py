@@ -15,6 +15,7 @@ from ..io.models import ModelRef
 from .base import CAPABILITIES, GENERATION, HIDDEN_STATES, NEXT_TOKEN, WEIGHT_SCALING, Backend, Progress
 
 __all__ = ["Backend", "Progress", "BackendSpec", "REGISTRY", "BACKEND_CHOICES", "choose_backend", "open_backend",
+           "check_capabilities",
            "CAPABILITIES", "GENERATION", "HIDDEN_STATES", "NEXT_TOKEN", "WEIGHT_SCALING"]
 
 
@@ -38,6 +39,8 @@ REGISTRY: dict[str, BackendSpec] = {s.name: s for s in (
                 "llama.cpp (llama-cpp-python) on the GGUF as it is quantized"),
     BackendSpec("torch", "auditor.backends.hf:TorchBackend", ("hf", "gguf"), ("hf",), _ALL,
                 "transformers; a GGUF is loaded dequantized"),
+    BackendSpec("openai", "auditor.backends.openai:OpenAIBackend", ("remote",), ("remote",), frozenset({GENERATION}),
+                "any OpenAI-compatible server (--base-url): generation only"),
 )}
 BACKEND_CHOICES = ("auto", *REGISTRY)
 
@@ -52,13 +55,23 @@ def choose_backend(model: ModelRef, backend: str = "auto", needs: tuple[str, ...
             raise AuditError(f"no backend opens this model with {', '.join(needs) or 'any capability'}", model.path)
         return fits[0].name
     spec = REGISTRY[backend]
+    check_capabilities(backend, needs)
     if model.kind not in spec.kinds:
-        kinds = " or ".join({"gguf": "a .gguf file", "hf": "a Hugging Face model folder"}[k] for k in spec.kinds)
-        raise AuditError(f"the {backend} backend needs {kinds}", model.path)
-    missing = [c for c in needs if c not in spec.capabilities]
-    if missing:
-        raise AuditError(f"the {backend} backend has no {missing[0]} capability", model.path)
+        kinds = " or ".join(KIND_NAMES[k] for k in spec.kinds)
+        raise AuditError(f"the {backend} backend needs {kinds}", None if model.kind == "remote" else model.path)
     return backend
+
+
+KIND_NAMES = {"gguf": "a .gguf file", "hf": "a Hugging Face model folder", "remote": "a server (--base-url)"}
+
+
+def check_capabilities(backend: str, needs: tuple[str, ...]) -> None:
+    """Refuse a backend that cannot do what the command needs, before anything is resolved or loaded."""
+    spec = REGISTRY.get(backend)
+    missing = [c for c in needs if spec is not None and c not in spec.capabilities]
+    if missing:
+        raise AuditError(f"the {backend} backend has no {missing[0]} capability ({spec.help}): use "
+                         f"{' or '.join(n for n, s in REGISTRY.items() if set(needs) <= s.capabilities)}")
 
 
 def open_backend(model: ModelRef, backend: str = "auto", needs: tuple[str, ...] = (), **kwargs) -> Backend:

@@ -86,6 +86,15 @@ class Backend(abc.ABC):
         """Context manager: the chosen layers' linear maps scaled by alpha; the model restored on exit."""
         raise self.unable(WEIGHT_SCALING)
 
+    @property
+    def in_flight(self) -> int:
+        """How many prompts the backend works on at once (callers size their chunks by it)."""
+        return getattr(self, "batch_size", None) or 32
+
+    def tokens_needed(self, texts: Sequence[str]) -> int:
+        """The most tokens any of `texts` takes (how far to generate to see an opening)."""
+        return max(len(self.token_ids(t)) for t in texts)
+
     def close(self) -> None:
         """Free the model (idempotent)."""
 

@@ -66,7 +66,7 @@ class OpeningClassifier:
         return bool(t) and (self.is_refusal(t) or not any(s.startswith(t) for s in self.starts))
 
     def decide(self, backend, queries: Sequence[str], template: str, progress=None) -> list[bool]:
-        depth = max(len(backend.token_ids(s)) for s in self.starts)
+        depth = backend.tokens_needed(self.starts)
         texts = backend.generate(queries, template, depth, progress, stop=self.decided)
         return [self.is_refusal(t) for t in texts]
 

@@ -24,9 +24,12 @@ REFERENCE_RECIPE = "smollm2-135m-safety-r4"
 @dataclass(frozen=True)
 class ModelRef:
     path: Path
-    kind: str  # "gguf" | "hf"
+    kind: str  # "gguf" | "hf" | "remote"
     label: str  # what reports show
     hf_dir: Path | None = None  # a safetensors copy of the same weights (the reference model has both)
+    url: str | None = None  # remote: the server's base URL
+    served: str | None = None  # remote: the model name the server knows
+    api_key_env: str | None = None  # remote: the environment variable holding the API key
 
     @property
     def is_gguf(self) -> bool:
@@ -36,14 +39,19 @@ class ModelRef:
         """What the torch backend reads: the HF twin when there is one, else the model itself."""
         return self.hf_dir if self.hf_dir is not None else self.path
 
-    def content_hash(self, backend: str | None = None) -> str:
-        """SHA-256 of exactly what `backend` reads (the GGUF for llama.cpp; the HF twin, if any, for torch)."""
+    def content_hash(self, backend: str | None = None) -> str | None:
+        """SHA-256 of exactly what `backend` reads (the GGUF for llama.cpp; the HF twin, if any, for torch);
+        None for a model behind a server, whose weights are not ours to read."""
+        if self.kind == "remote":
+            return None
         return content_hash(self.torch_source() if backend == "torch" else self.path)
 
 
 def layer_count(ref: ModelRef) -> int | None:
     """The number of decoder layers from the model's metadata, without loading it (None when unstated):
     so a layer range can be checked before a load that takes seconds to minutes."""
+    if ref.kind == "remote":
+        return None
     if ref.is_gguf:
         return read_gguf(ref.path).n_layers
     try:
@@ -90,6 +98,14 @@ def _hf_folder(p: Path) -> ModelRef:
     if not list(p.glob("*.safetensors")):
         raise AuditError("model folder has no .safetensors weights (pickled weights are not loaded)", p)
     return ModelRef(p.resolve(), "hf", str(p))
+
+
+def remote_model(url: str | None, served: str | None, api_key_env: str | None = None) -> ModelRef:
+    """A model behind an OpenAI-compatible server (nothing is read from disk)."""
+    if not url:
+        raise AuditError("the openai backend needs --base-url http(s)://HOST:PORT[/v1]")
+    return ModelRef(Path("."), "remote", f"openai:{served or 'default'}@{url}", url=url, served=served,
+                    api_key_env=api_key_env)
 
 
 def resolve_model(spec: str | os.PathLike | None) -> ModelRef:

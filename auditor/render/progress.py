@@ -23,7 +23,7 @@ class RichReporter:
         self.progress.advance(self.task, n)
 
     def status(self, message: str) -> None:
-        self.progress.console.print(f"[dim]{message}[/dim]")
+        self.progress.console.print(message, style="dim", markup=False)
 
 
 class LogReporter:
@@ -47,10 +47,10 @@ class LogReporter:
             rate = self.done / max(now - self.t0, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             self.console.print(f"{self.description}: {self.done}/{self.total} ({rate:.2f}/s, "
-                               f"{'done' if self.done >= self.total else f'ETA {_clock(eta)}'})", highlight=False)
+                               f"{'done' if self.done >= self.total else f'ETA {_clock(eta)}'})", highlight=False, markup=False)
 
     def status(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(message, highlight=False, markup=False)
 
 
 def _clock(seconds: float) -> str:

@@ -20,10 +20,9 @@ from ..core.metrics import bootstrap_mean, mmlu_predictions, mmlu_rows, rouge_l
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
 from ..errors import AuditError
 from ..io.config import setting
-from ..io.models import resolve_model
 from ..io.prompts import TEMPLATES, check_template, load_prompts, load_task_rows, task_query
 from ..io.reports import Report, ReportHeader
-from .options import ModelOptions
+from .options import ModelOptions, resolve_target
 from .reporting import Silent
 
 
@@ -63,18 +62,23 @@ class EvalRun:
         return list(items[: self.cfg.limit]) if self.cfg.limit else list(items)
 
     def responses(self, metric: str, queries: list[str]) -> list[str]:
-        """Whole answers (saved ones reused), recorded for --save-responses with their token counts."""
-        missing = [q for q in queries if (metric, q) not in self.saved]
+        """Whole answers (saved ones reused), recorded for --save-responses with their token counts as each
+        chunk finishes: a run that fails midway (a server that dies) keeps what it generated."""
+        for q in queries:
+            if (metric, q) in self.saved and (metric, q) not in self.recorded:
+                self._record(metric, q, self.saved[(metric, q)], None)
+        missing = [q for q in dict.fromkeys(queries) if (metric, q) not in self.saved]
         self.reporter.start(f"{metric}: generating", len(missing))
-        fresh = dict(zip(missing, self.backend.complete(missing, self.template, self.cfg.max_new_tokens, self.reporter.advance)))
-        for q in queries:  # kept for --save-responses, and reused (the judge reads R_h's answers)
-            if (metric, q) not in self.recorded:
-                g = fresh.get(q)
-                r = self.saved[(metric, q)] if g is None else g.text
-                self.recorded[(metric, q)] = r
-                self.cfg.saved.append({"metric": metric, "prompt": q, "response": r} | ({"n_tokens": g.n_tokens} if g else {}))
-        self.saved.update(self.recorded)
+        chunk = 2 * self.backend.in_flight  # small enough that a failure loses little, large enough to batch
+        for k in range(0, len(missing), chunk):
+            part = missing[k:k + chunk]
+            for q, g in zip(part, self.backend.complete(part, self.template, self.cfg.max_new_tokens, self.reporter.advance)):
+                self._record(metric, q, g.text, g.n_tokens)
         return [self.saved[(metric, q)] for q in queries]
+
+    def _record(self, metric: str, q: str, text: str, n_tokens: int | None) -> None:
+        self.saved[(metric, q)] = self.recorded[(metric, q)] = text
+        self.cfg.saved.append({"metric": metric, "prompt": q, "response": text} | ({"n_tokens": n_tokens} if n_tokens is not None else {}))
 
     def refusals(self, metric: str, queries: list[str]) -> list[bool]:
         """Refusal verdicts: from whole answers where they are wanted (saved, judged, or already there), else
@@ -163,7 +167,8 @@ class EvalReport(Report):
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in super().to_dict().items() if v is not None or k == "limit"}
+        metrics = ("harmful_rate", "harmful_score", "over_refusal_rate", "over_refusal_by_set", "rouge_l", "mmlu_accuracy")
+        return {k: v for k, v in super().to_dict().items() if v is not None or k not in metrics}
 
 
 def _load_saved(path: str | None) -> dict:
@@ -196,20 +201,20 @@ def check_config(cfg: EvalConfig) -> None:
 def _config_record(cfg: EvalConfig) -> dict:
     """What `check` needs to evaluate a candidate the same way (the judge included)."""
     keep = ("metrics", "harmful", "over_refusal", "task", "classifier", "max_new_tokens", "limit", "template", "backend",
-            "judge_url", "judge_model")
+            "judge_url", "judge_model", "base_url", "served_model", "api_key_env")
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k in keep}
 
 
 def run_eval(cfg: EvalConfig, reporter=None) -> dict:
     reporter = reporter or Silent()
     check_config(cfg)
-    model = resolve_model(cfg.model)
+    needs = tuple(sorted({c for m in cfg.metrics for c in METRICS[m].needs}))
+    model = resolve_target(cfg, needs)
     saved = _load_saved(cfg.responses)
     t0 = time.perf_counter()
     judge = None
     if "judge" in cfg.metrics:
         judge = EndpointJudge(cfg.judge_url) if cfg.judge_url else LocalJudge(cfg.judge_model, cfg.threads)
-    needs = tuple(sorted({c for m in cfg.metrics for c in METRICS[m].needs}))
     reporter.status(f"loading {model.label}")
     backend = open_backend(model, cfg.backend, needs, threads=cfg.threads, batch_size=cfg.batch)
     template = cfg.template if cfg.template != "auto" else ("chat" if backend.chat_template else "alpaca")

@@ -22,10 +22,10 @@ from ..core.search import SURVEY_ALPHA, choose_alpha, control_ranges, progressiv
 from ..errors import AuditError
 from ..io.cache import Journal, sha256_json
 from ..io.config import setting
-from ..io.models import layer_count, resolve_model
+from ..io.models import layer_count
 from ..io.prompts import check_template, load_prompts
 from ..io.reports import Report, ReportHeader
-from .options import ModelOptions
+from .options import ModelOptions, resolve_target
 from .reporting import Silent
 from .scan import ScanConfig, run_scan
 
@@ -207,7 +207,7 @@ ALPHA_RULE = "step 0.05 from 1 until the count moves the paper's way (alpha > 1:
 def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     reporter = reporter or Silent()
     check_config(cfg)
-    model = resolve_model(cfg.model)
+    model = resolve_target(cfg, (GENERATION, WEIGHT_SCALING))
     stated = layer_count(model)
     if cfg.start and stated and not cfg.start[1] < stated:
         raise AuditError(f"start range {cfg.start[0]}-{cfg.start[1]} is outside the model (layers 0..{stated - 1})")

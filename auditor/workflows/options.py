@@ -1,17 +1,37 @@
 """Options every model-running command shares (scan, locate, eval): which model, which backend, which
-prompt template, how many threads."""
+prompt template, how many threads and prompts at a time, and where a served model is."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..backends import check_capabilities
+from ..errors import AuditError
 from ..io.config import setting
+from ..io.models import ModelRef, remote_model, resolve_model
 
 
 @dataclass
 class ModelOptions:
     model: str | None = setting(None, "A .gguf file, an HF model folder, 'reference', or omitted: the bundled SmolLM2.")
-    backend: str = setting("auto", "GGUF -> llama.cpp by default; HF folder -> torch; torch on a GGUF loads it dequantized.")
+    backend: str = setting("auto", "GGUF -> llama.cpp by default; HF folder -> torch; torch on a GGUF loads it dequantized; "
+                                   "openai: a served model (--base-url).")
     template: str = setting("alpaca", "alpaca (the paper's) | chat (the model's own: use the one it was aligned with) | raw.")
     threads: int | None = setting(None, "CPU threads (default: all cores).")
-    batch: int | None = setting(None, "Prompts generated together (continuous batching; default: automatic).")
+    batch: int | None = setting(None, "Prompts in flight: sequences per decode (llama.cpp), per batch (torch), concurrent "
+                                      "requests (openai); default automatic.")
+    base_url: str | None = setting(None, "openai backend: the server's URL, e.g. http://127.0.0.1:8000/v1.")
+    served_model: str | None = setting(None, "openai backend: the model name the server knows (default: MODEL).")
+    api_key_env: str | None = setting(None, "openai backend: the environment variable that holds the API key.")
+
+
+def resolve_target(opts: ModelOptions, needs: tuple[str, ...]) -> ModelRef:
+    """The model a command runs on: a file or folder, or a served model; the backend checked for what the
+    command needs before anything is resolved or loaded."""
+    if opts.backend != "auto":
+        check_capabilities(opts.backend, needs)
+    if opts.backend == "openai":
+        return remote_model(opts.base_url, opts.served_model or opts.model, opts.api_key_env)
+    if opts.base_url or opts.served_model or opts.api_key_env:
+        raise AuditError("--base-url, --model and --api-key-env go with --backend openai")
+    return resolve_model(opts.model)

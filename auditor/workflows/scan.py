@@ -23,7 +23,7 @@ from ..io.config import setting
 from ..io.models import ModelRef, resolve_model
 from ..io.prompts import PromptSet, check_template, load_prompts, require_pool
 from ..io.reports import Report, ReportHeader
-from .options import ModelOptions
+from .options import ModelOptions, resolve_target
 from .reporting import Reporter, Silent
 
 CHUNK = 32
@@ -204,7 +204,7 @@ def run_scan(cfg: ScanConfig, reporter: Reporter | None = None) -> dict:
     check_template(cfg.template)
     if cfg.bootstrap < 0 or (cfg.pairs is not None and cfg.pairs < 1):
         raise AuditError("--bootstrap must be >= 0 and --pairs >= 1")
-    model = resolve_model(cfg.model)
+    model = resolve_target(cfg, (HIDDEN_STATES,))
     contrast = resolve_model(cfg.contrast) if cfg.contrast else None
     backend = choose_backend(model, cfg.backend, (HIDDEN_STATES,))
     if contrast:
