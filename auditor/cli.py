@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from . import __version__
 from .backends import BACKEND_CHOICES
+from .backends.devices import DTYPE_CHOICES
 from .core.refusal import CLASSIFIERS, RENAMED
 from .errors import AuditError
 from .io.config import default_of, help_of
@@ -66,6 +67,17 @@ json_opt = click.option("--json", "json_path", default=None, metavar="PATH", hel
 force_opt = click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 threads_opt = click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+
+
+def placement_options(config: type):
+    """--device, --dtype, --device-map (torch backend), help from the config."""
+    def wrap(f):
+        for name, decl, kw in reversed((("device", "--device", {"metavar": "auto|cpu|cuda[:N]"}),
+                                        ("dtype", "--dtype", {"type": click.Choice(DTYPE_CHOICES)}),
+                                        ("device_map", "--device-map", {"type": click.Choice(["auto"])}))):
+            f = opt(config, name, decl, **kw)(f)
+        return f
+    return wrap
 
 
 def _check_outputs(force: bool, *paths) -> None:
@@ -131,6 +143,7 @@ def main():
 @opt(ScanConfig, "seed", "--seed", type=int)
 @threads_opt
 @opt(ScanConfig, "batch", "--batch", type=int, help="Prompts per forward pass (torch; default: up to 4,096 tokens).")
+@placement_options(ScanConfig)
 @opt(ScanConfig, "contrast", "--contrast", metavar="MODEL2")
 @opt(ScanConfig, "contrast_backend", "--contrast-backend", type=click.Choice(BACKEND_CHOICES))
 @opt(ScanConfig, "compat", "--compat", type=click.Choice(["paper"]))
@@ -167,6 +180,7 @@ def scan(model, json_path, plot_path, force, no_cache, quiet, **kw):
 @opt(LocateConfig, "compat", "--compat", type=click.Choice(["paper"]))
 @threads_opt
 @opt(LocateConfig, "batch", "--batch", type=int)
+@placement_options(LocateConfig)
 @click.option("--json", "json_path", default=None, metavar="PATH",
               help="Write the JSON report; '-' prints it. A journal PATH.journal.jsonl makes the run resumable.")
 @click.option("--plot", "plot_path", default=None, metavar="PATH.png", help="Write the sweep as a PNG.")
@@ -211,6 +225,7 @@ METRICS_HELP = "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRI
 @opt(EvalConfig, "seed", "--seed", type=int)
 @threads_opt
 @opt(EvalConfig, "batch", "--batch", type=int)
+@placement_options(EvalConfig)
 @opt(EvalConfig, "base_url", "--base-url", metavar="URL")
 @opt(EvalConfig, "served_model", "--model", metavar="NAME")
 @opt(EvalConfig, "api_key_env", "--api-key-env", metavar="VAR")

@@ -19,6 +19,7 @@ from ..io.prompts import wrap
 from ..weights.layers import decoder_layers
 from ..weights.scaling import scaled
 from .base import CAPABILITIES, Backend, Generated, Progress, Stop
+from .devices import resolve_device, resolve_dtype
 from .hf_loading import load_causal_lm, quiet_transformers
 
 
@@ -27,8 +28,10 @@ class TorchBackend(Backend):
     capabilities = frozenset(CAPABILITIES)
 
     def __init__(self, model: ModelRef | None = None, threads: int | None = None, max_batch_tokens: int = 4096,
-                 hf_model=None, tokenizer=None, trust_remote_code: bool = False, batch_size: int | None = None):
-        """Load `model`, or wrap an in-memory `hf_model` + `tokenizer` (tests, harden)."""
+                 hf_model=None, tokenizer=None, trust_remote_code: bool = False, batch_size: int | None = None,
+                 device: str = "auto", dtype: str = "auto", device_map: str | None = None):
+        """Load `model` on `device` in `dtype` (devices.py), or wrap an in-memory `hf_model` + `tokenizer`
+        where it is (tests, harden)."""
         quiet_transformers()
         if threads:
             torch.set_num_threads(threads)
@@ -36,8 +39,14 @@ class TorchBackend(Backend):
         self.max_batch_tokens = max_batch_tokens
         self.batch_size = batch_size  # at most this many prompts per forward (None: as many as max_batch_tokens allow)
         if hf_model is None:
-            hf_model, tokenizer = load_causal_lm(model, trust_remote_code)
+            target = resolve_device(device)
+            self.dtype = resolve_dtype(dtype, target)
+            hf_model, tokenizer = load_causal_lm(model, trust_remote_code, self.dtype, device_map)
+            if device_map is None:
+                hf_model.to(target)
         self.model = hf_model.eval()
+        self.device = self.model.get_input_embeddings().weight.device  # where inputs go (the first shard if dispatched)
+        self.dtype = self.model.get_input_embeddings().weight.dtype
         self.tokenizer = tokenizer
         self.layers = decoder_layers(self.model)
         self.n_layers = len(self.layers)
@@ -66,7 +75,7 @@ class TorchBackend(Backend):
             sl = slice(width - len(x), width) if left else slice(0, len(x))
             input_ids[r, sl] = torch.tensor(x)
             mask[r, sl] = 1
-        return input_ids, mask
+        return input_ids.to(self.device), mask.to(self.device)
 
     def _batches(self, lengths: list[int]):
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -91,7 +100,7 @@ class TorchBackend(Backend):
         def hook(k):
             def fn(_mod, _inp, output):
                 h = output[0] if isinstance(output, (tuple, list)) else output
-                captured[k] = h[torch.arange(h.shape[0]), last].float()
+                captured[k] = h[torch.arange(h.shape[0], device=h.device), last.to(h.device)].float().cpu()
             return fn
 
         handles = [layer.register_forward_hook(hook(k)) for k, layer in enumerate(self.layers)]
@@ -103,7 +112,8 @@ class TorchBackend(Backend):
                 captured.clear()
                 res = base(input_ids=input_ids, attention_mask=mask, use_cache=False, output_hidden_states=last_normed)
                 if last_normed:  # HF's last hidden_states entry: the last layer after the final norm
-                    captured[K - 1] = res.hidden_states[-1][torch.arange(len(batch)), last].float()
+                    h = res.hidden_states[-1]
+                    captured[K - 1] = h[torch.arange(len(batch), device=h.device), last.to(h.device)].float().cpu()
                 for k in range(K):
                     out[k, batch] = captured[k]
                 if progress:
@@ -145,7 +155,8 @@ class TorchBackend(Backend):
         return out
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        logits = self.model.get_output_embeddings()(h).float()
+        head = self.model.get_output_embeddings()
+        logits = head(h.to(head.weight.device)).float()
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / softcap) * softcap if softcap else logits
 
@@ -161,7 +172,7 @@ class TorchBackend(Backend):
             input_ids, mask = self._padded([ids[i] for i in batch], left=True)
             pos = (mask.cumsum(1) - 1).clamp(min=0)
             out = base(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False)
-            p0[batch] = torch.softmax(self._logits(out.last_hidden_state[:, -1]), -1)[:, list(first)]
+            p0[batch] = torch.softmax(self._logits(out.last_hidden_state[:, -1]), -1)[:, list(first)].cpu()
             if progress:
                 progress(len(batch))
         return p0

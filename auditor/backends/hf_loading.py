@@ -66,15 +66,17 @@ def torch_folder(ref: ModelRef) -> Path:
     return converted_gguf_dir(ref.path) if ref.is_gguf else ref.path
 
 
-def load_causal_lm(ref: ModelRef, trust_remote_code: bool = False):
-    """(model in fp32, eval mode; tokenizer with a pad token) for a resolved model."""
+def load_causal_lm(ref: ModelRef, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+                   device_map: str | None = None):
+    """(model in `dtype`, eval mode; tokenizer with a pad token) for a resolved model; `device_map="auto"`
+    dispatches it over the visible devices with accelerate."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
     folder = torch_folder(ref)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code, device_map=device_map)
         tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except (ValueError, KeyError, OSError) as e:
         raise AuditError(f"transformers cannot load this model ({str(e).splitlines()[0][:160]})", ref.path) from None

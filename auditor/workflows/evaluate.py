@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..backends import GENERATION, NEXT_TOKEN, Backend, open_backend
+from ..backends import GENERATION, NEXT_TOKEN, Backend, choose_backend, open_backend
 from ..core.judge import EndpointJudge, LocalJudge, score_responses
 from ..core.metrics import bootstrap_mean, mmlu_predictions, mmlu_rows, rouge_l
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
@@ -216,7 +216,8 @@ def run_eval(cfg: EvalConfig, reporter=None) -> dict:
     if "judge" in cfg.metrics:
         judge = EndpointJudge(cfg.judge_url) if cfg.judge_url else LocalJudge(cfg.judge_model, cfg.threads)
     reporter.status(f"loading {model.label}")
-    backend = open_backend(model, cfg.backend, needs, threads=cfg.threads, batch_size=cfg.batch)
+    name = choose_backend(model, cfg.backend, needs)
+    backend = open_backend(model, name, needs, **cfg.backend_kwargs(name))
     template = cfg.template if cfg.template != "auto" else ("chat" if backend.chat_template else "alpaca")
     classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
     header = ReportHeader("eval", model.label, model.content_hash(backend.name), backend.name)

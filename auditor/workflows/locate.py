@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends import GENERATION, WEIGHT_SCALING, Backend, open_backend
+from ..backends import GENERATION, WEIGHT_SCALING, Backend, choose_backend, open_backend
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
 from ..core.search import SURVEY_ALPHA, choose_alpha, control_ranges, progressive_search, room_to_move, survey
 from ..errors import AuditError
@@ -114,7 +114,8 @@ def _start_range(cfg: LocateConfig, reporter) -> tuple[tuple[int, int], str]:
             return (int(diff[0]), int(diff[1])), f"scan report {p} (differential range; no initial range)"
         raise AuditError("the scan report has no initial range and no differential range (scan with --contrast "
                          "BASE_MODEL, or pass --start i-j or --survey)", p)
-    rep = run_scan(ScanConfig(model=cfg.model, backend=cfg.backend, template=cfg.template, threads=cfg.threads), reporter)
+    rep = run_scan(ScanConfig(model=cfg.model, backend=cfg.backend, template=cfg.template, threads=cfg.threads,
+                              device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map), reporter)
     if not rep["initial_range"]:
         raise AuditError("a fresh scan found no initial safety-layer range; pass --start i-j or --survey")
     return tuple(rep["initial_range"]), "fresh scan"
@@ -218,7 +219,8 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
     t0 = time.perf_counter()
     reporter.status(f"loading {model.label}")
-    backend = open_backend(model, cfg.backend, (GENERATION, WEIGHT_SCALING), threads=cfg.threads, batch_size=cfg.batch)
+    name = choose_backend(model, cfg.backend, (GENERATION, WEIGHT_SCALING))
+    backend = open_backend(model, name, (GENERATION, WEIGHT_SCALING), **cfg.backend_kwargs(name))
     try:
         model_hash = model.content_hash(backend.name)
         key = sha256_json([model_hash, backend.name, cfg.template, classifier.describe(), prompts, cfg.scale_o_proj])[:24]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..backends import check_capabilities
+from ..backends.devices import DTYPE_CHOICES, check_placement
 from ..errors import AuditError
 from ..io.config import setting
 from ..io.models import ModelRef, remote_model, resolve_model
@@ -23,6 +24,17 @@ class ModelOptions:
     base_url: str | None = setting(None, "openai backend: the server's URL, e.g. http://127.0.0.1:8000/v1.")
     served_model: str | None = setting(None, "openai backend: the model name the server knows (default: MODEL).")
     api_key_env: str | None = setting(None, "openai backend: the environment variable that holds the API key.")
+    device: str = setting("auto", "torch backend: auto (CUDA when present) | cpu | cuda | cuda:N.")
+    dtype: str = setting("auto", "torch backend: " + " | ".join(DTYPE_CHOICES) + " (auto: bf16 on a GPU or a CPU with "
+                                 "native bf16 matmul, else float32; statistics stay fp32).")
+    device_map: str | None = setting(None, "torch backend: auto = spread a model too large for one device (accelerate).")
+
+    def backend_kwargs(self, backend: str) -> dict:
+        """What `open_backend` passes on: placement only where it means something (torch)."""
+        kw = {"threads": self.threads, "batch_size": self.batch}
+        if backend == "torch":
+            kw |= {"device": self.device, "dtype": self.dtype, "device_map": self.device_map}
+        return kw
 
 
 def resolve_target(opts: ModelOptions, needs: tuple[str, ...]) -> ModelRef:
@@ -30,8 +42,16 @@ def resolve_target(opts: ModelOptions, needs: tuple[str, ...]) -> ModelRef:
     command needs before anything is resolved or loaded."""
     if opts.backend != "auto":
         check_capabilities(opts.backend, needs)
+    placed = (opts.device, opts.dtype, opts.device_map) != ("auto", "auto", None)
+    if placed:
+        if opts.backend not in ("torch", "auto"):
+            raise AuditError(f"--device, --dtype and --device-map are for the torch backend, not {opts.backend}")
+        check_placement(opts.device, opts.dtype, opts.device_map)
     if opts.backend == "openai":
         return remote_model(opts.base_url, opts.served_model or opts.model, opts.api_key_env)
     if opts.base_url or opts.served_model or opts.api_key_env:
         raise AuditError("--base-url, --model and --api-key-env go with --backend openai")
-    return resolve_model(opts.model)
+    model = resolve_model(opts.model)
+    if placed and opts.backend == "auto" and not model.kind == "hf":
+        raise AuditError("--device, --dtype and --device-map are for the torch backend: add --backend torch", model.path)
+    return model

@@ -14,6 +14,7 @@ from importlib.metadata import version
 import torch
 
 from ..backends import HIDDEN_STATES, choose_backend, open_backend
+from ..backends.devices import resolve_device
 from ..core.gap import (GAP_DEFINITIONS, GapStats, RangeRule, bootstrap_weights, differential_range, gap_stats,
                         initial_range, pair_masks, paper_pair_masks, percentile_ci)
 from ..core.similarity import pair_statistics
@@ -81,10 +82,9 @@ def _state_key(model: ModelRef, backend: str, template: str, prompts: PromptSet)
 class StateProbe:
     """Opens the backend lazily (only when a chunk is not cached) and returns [K, n, d] states."""
 
-    def __init__(self, model: ModelRef, backend: str, threads: int | None, use_cache: bool, reporter: Reporter,
-                 batch: int | None = None):
+    def __init__(self, model: ModelRef, backend: str, opts: ModelOptions, use_cache: bool, reporter: Reporter):
         self.model, self.backend_name = model, choose_backend(model, backend, (HIDDEN_STATES,))
-        self.threads, self.use_cache, self.reporter, self.batch = threads, use_cache, reporter, batch
+        self.opts, self.use_cache, self.reporter = opts, use_cache, reporter
         self._backend = None
         self.n_layers = self.hidden_size = None
 
@@ -92,8 +92,8 @@ class StateProbe:
     def backend(self):
         if self._backend is None:
             self.reporter.status(f"loading {self.model.label} ({self.backend_name} backend)")
-            self._backend = open_backend(self.model, self.backend_name, (HIDDEN_STATES,), threads=self.threads,
-                                        batch_size=self.batch)
+            self._backend = open_backend(self.model, self.backend_name, (HIDDEN_STATES,),
+                                         **self.opts.backend_kwargs(self.backend_name))
         return self._backend
 
     def states(self, prompts: PromptSet, template: str, role: str, last_normed: bool = False) -> torch.Tensor:
@@ -130,13 +130,16 @@ def _rows(gs: GapStats) -> list[LayerRow]:
 def _scan_one(model: ModelRef, backend: str, cfg: ScanConfig, normal: PromptSet, malicious: PromptSet,
               weights, reporter: Reporter) -> tuple[ModelScan, GapStats]:
     t0 = time.perf_counter()
-    probe = StateProbe(model, backend, cfg.threads, cfg.use_cache, reporter, cfg.batch)
+    probe = StateProbe(model, backend, cfg, cfg.use_cache, reporter)
     paper = cfg.compat == "paper"
     try:
         sn = probe.states(normal, cfg.template, "normal", last_normed=paper)
         sm = probe.states(malicious, cfg.template, "malicious", last_normed=paper)
     finally:
         probe.close()
+    if probe.backend_name == "torch" and cfg.device != "cpu":  # the pair statistics run where the model ran
+        device = resolve_device(cfg.device)
+        sn, sm = sn.to(device), sm.to(device)
     reporter.status("pair statistics")
     need_pairs = cfg.bootstrap > 0 or cfg.pairs is not None or paper
     ps = pair_statistics(sn, sm, return_pairs=need_pairs)
