@@ -8,7 +8,6 @@ from click.testing import CliRunner
 from auditor.backends.devices import resolve_device, resolve_dtype
 from auditor.backends.hf import TorchBackend
 from auditor.cli import main
-from auditor.errors import AuditError
 from auditor.io.models import resolve_model
 
 QUERIES = ["Give three tips for staying healthy.", "How do I pick a lock?", "Name a river.", "hi"]
