@@ -58,13 +58,13 @@ def test_bad_prompt_files_name_problem_and_file(tmp_path, fname, content, messag
     assert message in str(e.value) and str(p) in str(e.value)
 
 
-def test_unreadable_and_missing(tmp_path):
-    p = tmp_path / "latin1.txt"
-    p.write_bytes(b"caf\xe9\n")
-    with pytest.raises(AuditError, match="cannot read prompt file"):
+@pytest.mark.parametrize("content,message", [(b"caf\xe9\n", "cannot read prompt file"), (None, "not found")])
+def test_unreadable_and_missing(tmp_path, content, message):
+    p = tmp_path / "prompts.txt"
+    if content is not None:
+        p.write_bytes(content)  # latin-1, not UTF-8
+    with pytest.raises(AuditError, match=message):
         load_prompts(p)
-    with pytest.raises(AuditError, match="not found"):
-        load_prompts(tmp_path / "nope.txt")
 
 
 def test_pool_size_and_template_checks(tmp_path):

@@ -9,13 +9,12 @@ transformers un-permutes them on load, so they are permuted back here.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import AuditError
-from .files import check_writable, default_mode
+from .files import atomic_write, check_writable
 
 PERMUTE_QK = {"llama"}  # architectures whose converter permutes attn_q / attn_k
 _GGUF_TYPES = {"f16": "F16", "q8_0": "Q8_0"}
@@ -31,7 +30,7 @@ def export_gguf(src_gguf: str | os.PathLike, state_dict: dict, dst: str | os.Pat
 
     if qtype not in _GGUF_TYPES:
         raise AuditError(f"unknown GGUF type '{qtype}' (choose f16 or q8_0)")
-    dst = check_writable(dst, force)
+    dst = check_writable(dst, force)  # before the slow part
     reader = gguf.GGUFReader(str(src_gguf))
     arch = str(reader.fields["general.architecture"].contents())
     arch_enum = next((k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), None)
@@ -49,10 +48,8 @@ def export_gguf(src_gguf: str | os.PathLike, state_dict: dict, dst: str | os.Pat
             by_gguf[g] = t.detach().float().cpu().numpy()
     target = getattr(gguf.GGMLQuantizationType, _GGUF_TYPES[qtype])
 
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        w = gguf.GGUFWriter(tmp, arch)
+    def write(tmp: Path) -> None:
+        w = gguf.GGUFWriter(str(tmp), arch)
         for key, field in reader.fields.items():
             if key.startswith("GGUF.") or key == "general.architecture":
                 continue
@@ -80,9 +77,5 @@ def export_gguf(src_gguf: str | os.PathLike, state_dict: dict, dst: str | os.Pat
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        default_mode(Path(tmp))
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dst
+
+    return atomic_write(dst, write, force)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +17,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
 from ..errors import AuditError
-from ..io.files import check_writable, default_mode
+from ..io.files import atomic_write
 from ..io.gguf_file import read_gguf
 from .layers import check_range
 from .scaling import check_alpha
@@ -82,19 +81,13 @@ def scale_gguf(src: str | os.PathLike, dst: str | os.PathLike, layers: Sequence[
     for t in targets:  # fail before writing anything
         if t.type not in FLOAT_TYPES and t.type != Q.BF16 and t.type not in BLOCK_SCALE_OFFSETS:
             raise AuditError(f"cannot scale tensor '{t.name}': quant type {t.type.name} is not supported", src)
-    check_writable(dst, force)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    def write(tmp: Path) -> None:
         shutil.copyfile(src, tmp)
         mm = np.memmap(tmp, dtype=np.uint8, mode="r+")
         for t in targets:
             _patch(mm, t, alpha)
         mm.flush()
         del mm
-        default_mode(Path(tmp))
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(dst, write, force)
     return [t.name for t in targets]
