@@ -36,11 +36,6 @@ class PairStatistics:
     pairs_ab: torch.Tensor | None = None  # [K, n, m]
     path: str = "torch"
 
-    @property
-    def angle_gap(self) -> torch.Tensor:
-        """mean∠(A-B) − mean∠(A-A), degrees: the paper's 'average angle difference'."""
-        return self.angle_ab - self.angle_aa
-
 
 def _inverse_norms(X: torch.Tensor) -> torch.Tensor:
     norm = torch.linalg.vector_norm(X, dim=-1, dtype=torch.float64)
