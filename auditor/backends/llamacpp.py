@@ -76,7 +76,7 @@ class LlamaCppBackend(Backend):
     name = "llama"
     capabilities = frozenset(CAPABILITIES)
 
-    def __init__(self, model: ModelRef, threads: int | None = None, n_ctx: int = 2048, batch_size: int | None = None):
+    def __init__(self, model: ModelRef, threads: int | None = None, batch_size: int | None = None):
         self.model_ref = model
         info = read_gguf(model.path)
         self.architecture = info.architecture
@@ -93,7 +93,6 @@ class LlamaCppBackend(Backend):
         self._want_norm = False  # also capture the final norm's output (the paper's last-layer state)
         self._gen: BatchedDecoder | None = None
         self._cb = L.ggml_backend_sched_eval_callback(self._eval_callback)  # keep a reference
-        self._ensure_ctx(n_ctx)
 
     # -- model and context ---------------------------------------------------------------------------
     def _load(self, path: Path) -> None:

@@ -24,6 +24,7 @@ import torch
 from .files import atomic_write
 
 _MEMO: dict[tuple, str] = {}
+_DISK: dict[Path, dict[str, str]] = {}
 
 
 def cache_dir() -> Path:
@@ -47,13 +48,12 @@ def _memo_file() -> Path:
 
 
 def _disk_memo() -> dict[str, str]:
+    """The on-disk memo, read once per process (per cache folder) and kept up to date by file_hash."""
     f = _memo_file()
-    out = {}
-    if f.is_file():
-        for row in Journal(f).rows():
-            if isinstance(row.get("key"), str) and isinstance(row.get("sha256"), str):
-                out[row["key"]] = row["sha256"]
-    return out
+    if f not in _DISK:
+        _DISK[f] = {row["key"]: row["sha256"] for row in Journal(f).rows()
+                    if isinstance(row.get("key"), str) and isinstance(row.get("sha256"), str)}
+    return _DISK[f]
 
 
 def file_hash(path: str | os.PathLike) -> str:
@@ -67,6 +67,7 @@ def file_hash(path: str | os.PathLike) -> str:
     if digest is None:
         with open(path, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
+        _disk_memo()[skey] = digest
         try:
             _memo_file().parent.mkdir(parents=True, exist_ok=True)
             Journal(_memo_file()).append({"key": skey, "sha256": digest})

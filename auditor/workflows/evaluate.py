@@ -8,7 +8,6 @@ back (`responses`) so a judge can be re-run without regenerating. The report's `
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from ..core.metrics import bootstrap_mean, mmlu_predictions, mmlu_rows, rouge_l
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
 from ..errors import AuditError
 from ..io.config import setting
-from ..io.prompts import TEMPLATES, check_template, load_prompts, load_task_rows, task_query
+from ..io.prompts import TEMPLATES, check_template, jsonl_rows, load_prompts, load_task_rows, task_query
 from ..io.reports import Report, ReportHeader
 from .options import ModelOptions, resolve_target
 from .reporting import Silent
@@ -176,9 +175,8 @@ def _load_saved(path: str | None) -> dict:
         return {}
     p = Path(path)
     try:
-        rows = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
-        return {(r["metric"], r["prompt"]): r["response"] for r in rows}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        return {(r["metric"], r["prompt"]): r["response"] for r in jsonl_rows(p.read_text(encoding="utf-8"), p)}
+    except (OSError, KeyError, TypeError, UnicodeDecodeError):
         raise AuditError("not a readable responses file (JSONL with metric, prompt, response)", p) from None
 
 
@@ -224,9 +222,9 @@ def run_eval(cfg: EvalConfig, reporter=None) -> dict:
     report = EvalReport(header, template, classifier.describe(), cfg.max_new_tokens, cfg.limit, _config_record(cfg))
     run = EvalRun(cfg, backend, template, classifier, judge, saved, reporter)
     try:
-        for name in METRICS:  # registry order: R_h and S_h first, utility last
-            if name in cfg.metrics:
-                for key, value in METRICS[name].compute(run).items():
+        for metric in METRICS:  # registry order: R_h and S_h first, utility last
+            if metric in cfg.metrics:
+                for key, value in METRICS[metric].compute(run).items():
                     setattr(report, key, value)
     finally:
         backend.close()
