@@ -59,9 +59,7 @@ class Report:
 def _plain(value):
     if hasattr(value, "__dataclass_fields__"):
         return asdict(value)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, tuple):
+    if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
 
