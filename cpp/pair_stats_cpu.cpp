@@ -168,4 +168,86 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_stats_cpu(
   return {means, paa, pbb, pab};
 }
 
+// Bootstrap replicates without the pair matrix (scan --bootstrap at any n). For weights Wa [R, n] and
+// Wb [R, m] (multinomial prompt counts of R replicates) it returns [2, K, R] float64:
+//   sum over counted pairs of Wa[r,i] Wa[r,j] f(cos_ij) (i<j within A) and of Wa[r,i] Wb[r,j] f(cos_ij)
+//   (A x B), f = the cosine, or the pair angle in degrees when `angles`. Each work item reduces its tile
+//   with one GEMM [R, rows] x [rows, cols] (uncounted entries zeroed) and a float64 dot with the column
+//   weights; items run in fixed-size waves reduced in item order, so a run is reproducible bit for bit,
+//   and the memory is O(wave x R + threads x R x cols), whatever n and m are.
+at::Tensor pair_weighted_cpu(const at::Tensor& A_in, const at::Tensor& B_in, const at::Tensor& Wa_in,
+                             const at::Tensor& Wb_in, bool angles) {
+  TORCH_CHECK(A_in.dim() == 3 && B_in.dim() == 3 && A_in.size(0) == B_in.size(0) && A_in.size(2) == B_in.size(2),
+              "pair_weighted: A and B must be [K, n, d] and [K, m, d]");
+  TORCH_CHECK(Wa_in.dim() == 2 && Wb_in.dim() == 2 && Wa_in.size(0) == Wb_in.size(0) &&
+                  Wa_in.size(1) == A_in.size(1) && Wb_in.size(1) == B_in.size(1),
+              "pair_weighted: weights must be [R, n] and [R, m]");
+  const auto A = A_in.contiguous(), B = B_in.contiguous();
+  const auto Wa = Wa_in.to(at::kFloat).contiguous(), Wb = Wb_in.to(at::kFloat).contiguous();
+  const int64_t K = A.size(0), n = A.size(1), m = B.size(1), R = Wa.size(0);
+  const auto invA = inverse_norms(A), invB = inverse_norms(B);
+  const bool f32 = A.scalar_type() == at::kFloat && B.scalar_type() == at::kFloat;
+  auto fopt = A.options().dtype(at::kFloat);
+
+  std::vector<Item> items;
+  add_items(items, K, AA, n, n, true);
+  add_items(items, K, AB, n, m, false);
+  auto out = at::zeros({2, K, R}, A.options().dtype(at::kDouble));
+  auto acc = out.accessor<double, 3>();
+  const double scale = angles ? 180.0 / M_PI : 1.0;
+  constexpr int64_t kWave = 128;
+  std::vector<double> part(kWave * R);
+
+  for (int64_t w0 = 0; w0 < (int64_t)items.size(); w0 += kWave) {
+    const int64_t w1 = std::min<int64_t>(items.size(), w0 + kWave);
+    at::parallel_for(w0, w1, 1, [&](int64_t begin, int64_t end) {
+      at::Tensor buf = at::empty({kRows * kCols}, fopt), tmp = at::empty({R * kCols}, fopt);
+      for (int64_t it = begin; it < end; ++it) {
+        const Item& w = items[it];
+        const bool within = w.block == AA;
+        const at::Tensor& C = within ? A : B;
+        const float* iR = invA[w.k].data_ptr<float>() + w.r0;
+        const float* iC = (within ? invA : invB)[w.k].data_ptr<float>() + w.c0;
+        auto rows = A[w.k].narrow(0, w.r0, w.rh), cols = C[w.k].narrow(0, w.c0, w.ch);
+        if (!f32) {
+          rows = rows.to(at::kFloat);
+          cols = cols.to(at::kFloat);
+        }
+        auto t = buf.narrow(0, 0, w.rh * w.ch).view({w.rh, w.ch});
+        at::mm_out(t, rows, cols.t());
+        float* p = t.data_ptr<float>();
+        for (int64_t i = 0; i < w.rh; ++i) {  // normalise and clamp, as pair_stats does
+          float* row = p + i * w.ch;
+          for (int64_t j = 0; j < w.ch; ++j) {
+            const float c = row[j] * iR[i] * iC[j];
+            row[j] = c < -1.f ? -1.f : (c > 1.f ? 1.f : c);
+          }
+        }
+        if (angles) t.acos_();
+        for (int64_t i = 0; within && i < w.rh; ++i) {  // uncounted pairs (i >= j within a set) weigh nothing
+          const int64_t j0 = std::min(w.ch, std::max<int64_t>(0, w.r0 + i + 1 - w.c0));
+          std::fill(p + i * w.ch, p + i * w.ch + j0, 0.f);
+        }
+        auto s = tmp.narrow(0, 0, R * w.ch).view({R, w.ch});
+        at::mm_out(s, Wa.narrow(1, w.r0, w.rh), t);
+        const float* sp = s.data_ptr<float>();
+        const float* wc = (within ? Wa : Wb).data_ptr<float>() + w.c0;
+        const int64_t ldw = within ? n : m;
+        double* dst = part.data() + (it - w0) * R;
+        for (int64_t r = 0; r < R; ++r) {
+          double d = 0.0;
+          for (int64_t j = 0; j < w.ch; ++j) d += double(sp[r * w.ch + j]) * double(wc[r * ldw + j]);
+          dst[r] = d * scale;
+        }
+      }
+    });
+    for (int64_t it = w0; it < w1; ++it) {
+      const int slot = items[it].block == AA ? 0 : 1;
+      const double* src = part.data() + (it - w0) * R;
+      for (int64_t r = 0; r < R; ++r) acc[slot][items[it].k][r] += src[r];
+    }
+  }
+  return out;
+}
+
 }  // namespace safety_audit

@@ -33,6 +33,23 @@ def test_pair_stats_cuda_matches_cpu(dtype, K, n, m, d):
         torch.testing.assert_close(getattr(gpu, f).cpu(), getattr(cpu, f), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("K,n,m,d", [(1, 6, 5, 3), (2, 300, 1100, 64)])
+def test_bootstrap_sums_on_cuda_match_cpu(K, n, m, d):
+    """Scan's bootstrap replicates run on the states' device (tiled torch GEMMs) and agree with the CPU op."""
+    from auditor.core.gap import bootstrap_weights, gap_stats
+    from auditor.core.similarity import weighted_pair_sums
+
+    g = torch.Generator().manual_seed(n)
+    A, B = torch.randn(K, n, d, generator=g), torch.randn(K, m, d, generator=g) + 0.1
+    wa, wb = bootstrap_weights(n, m, 20, seed=0)
+    for angles in (False, True):
+        cpu, gpu = weighted_pair_sums(A, B, wa, wb, angles), weighted_pair_sums(A.cuda(), B.cuda(), wa, wb, angles)
+        for f in ("aa", "ab"):
+            torch.testing.assert_close(gpu.mean(f), cpu.mean(f), atol=1e-4, rtol=0)
+    torch.testing.assert_close(gap_stats(A.cuda(), B.cuda(), None, (wa, wb)).replicates,
+                               gap_stats(A, B, None, (wa, wb)).replicates, atol=1e-3, rtol=0)
+
+
 def test_zero_vector_on_cuda():
     from auditor.core.similarity import pair_statistics
 

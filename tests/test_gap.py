@@ -5,23 +5,71 @@ import itertools
 import pytest
 import torch
 
-from auditor.core.gap import (RangeRule, bootstrap_weights, differential_range, gap_stats, initial_range, pair_masks,
-                              percentile_ci, weighted_pair_mean)
-from auditor.core.similarity import pair_statistics
+from auditor.core.gap import (RangeRule, bootstrap_weights, differential_range, gap_stats, initial_range, pair_sample,
+                              paper_pair_sample, percentile_ci, sampled_cosines, sampled_mean)
+from auditor.core.similarity import pair_statistics, weighted_pair_sums
+from auditor.ops import compiled as _ext
+
+IMPLS = ["torch", pytest.param("compiled", marks=pytest.mark.skipif(not _ext.load(), reason="compiled core unavailable"))]
 
 
-def test_weighted_pair_mean_equals_explicit_resample():
-    """A replicate's weighted mean = the plain mean over pairs of distinct original prompts, duplicates expanded."""
+def _explicit_replicate(vals, w, within=True):
+    """A replicate's mean the slow way: expand duplicated prompts, average over pairs of distinct originals."""
+    draws = [i for i in range(len(w)) for _ in range(int(w[i]))]
+    pairs = [(a, b) for a, b in itertools.combinations(draws, 2) if a != b]
+    return torch.stack([torch.stack([vals[k, min(a, b), max(a, b)] for a, b in pairs]).double().mean() for k in range(vals.shape[0])])
+
+
+def test_sampled_mean_equals_explicit_resample():
     g = torch.Generator().manual_seed(1)
     n = 6
     vals = torch.rand(2, n, n, generator=g)
-    vals = (vals + vals.transpose(1, 2)) / 2
+    iu = torch.triu_indices(n, n, 1)
+    pairs = (iu[0], iu[1], torch.ones(iu.shape[1], dtype=torch.float64))
     w = torch.tensor([[2.0, 0, 1, 1, 0, 2]])
-    got = weighted_pair_mean(vals, torch.ones(n, n).triu(1), w, w)[:, 0]
-    draws = [i for i in range(n) for _ in range(int(w[0, i]))]
-    pairs = [(a, b) for a, b in itertools.combinations(draws, 2) if a != b]
-    want = torch.stack([torch.stack([vals[k, a, b] for a, b in pairs]).double().mean() for k in range(2)])
-    torch.testing.assert_close(got, want)
+    got = sampled_mean(vals[:, iu[0], iu[1]], pairs, w, w)[:, 0]
+    torch.testing.assert_close(got, _explicit_replicate(vals, w[0]))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("K,n,m,d", [(2, 6, 5, 4), (1, 70, 1100, 8), (3, 300, 40, 24)])
+def test_weighted_pair_sums_equal_the_pair_matrix_reduction(impl, K, n, m, d):
+    """Bootstrap sums from the tiled op equal the pair matrices weighted by hand (the v0.1 way, O(n^2) memory)."""
+    g = torch.Generator().manual_seed(K * n)
+    A, B = torch.randn(K, n, d, generator=g), torch.randn(K, m, d, generator=g) + 0.2
+    A[0, 1] = 0  # a zero vector: cosine 0 with everything
+    wa, wb = bootstrap_weights(n, m, 9, seed=5)
+    ps = pair_statistics(A, B, return_pairs=True)
+    upper = torch.ones(n, n).triu(1).double()
+    for angles in (False, True):
+        ws = weighted_pair_sums(A, B, wa, wb, angles=angles, impl=impl)
+        for field, pairs, w2 in (("aa", ps.pairs_aa, wa), ("ab", ps.pairs_ab, wb)):
+            mask = upper if field == "aa" else torch.ones(n, m).double()
+            vals = torch.rad2deg(torch.acos(pairs.double().clamp(-1, 1))) if angles else pairs.double()
+            want = torch.einsum("kij,ij,ri,rj->kr", vals, mask, wa.double(), w2.double())
+            torch.testing.assert_close(getattr(ws, field), want, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(getattr(ws, "weight_" + field), torch.einsum("ij,ri,rj->r", mask, wa.double(), w2.double()))
+        if n == 6 and not angles:  # one replicate checked against an explicit resample of the prompts
+            torch.testing.assert_close(ws.mean("aa")[:, 0], _explicit_replicate(ps.pairs_aa, wa[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_weighted_pair_sums_are_reproducible_and_thread_safe():
+    """Items reduce in a fixed order: the same run twice is bit-identical; 1 vs 2 threads differ only by
+    float32 GEMM rounding (MKL picks other kernels), never by a lost or doubled tile."""
+    g = torch.Generator().manual_seed(3)
+    A, B = torch.randn(2, 700, 16, generator=g), torch.randn(2, 300, 16, generator=g)
+    wa, wb = bootstrap_weights(700, 300, 5, seed=1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = weighted_pair_sums(A, B, wa, wb)
+        torch.set_num_threads(2)
+        two, again = weighted_pair_sums(A, B, wa, wb), weighted_pair_sums(A, B, wa, wb)
+    finally:
+        torch.set_num_threads(threads)
+    for f in ("aa", "ab"):
+        assert torch.equal(getattr(two, f), getattr(again, f))
+        torch.testing.assert_close(one.mean(f), two.mean(f), rtol=1e-7, atol=1e-9)
 
 
 def test_bootstrap_weights_are_multinomial_counts_and_seeded():
@@ -33,12 +81,15 @@ def test_bootstrap_weights_are_multinomial_counts_and_seeded():
     assert torch.equal(wn, wn2) and not torch.equal(wn, wn3)
 
 
-def test_sampled_pairs_masks():
-    nn, mm, nm = pair_masks(20, 15, 500, seed=0)
-    assert nn.sum() == 500 and mm.sum() == 500 and nm.sum() == 500
-    assert torch.all(nn.tril() == 0) and torch.all(mm.tril() == 0)  # i < j only, never i == j
-    full = pair_masks(4, 3, None, 0)
-    assert full[0].sum() == 6 and full[1].sum() == 3 and full[2].sum() == 12
+def test_pair_sample_is_sparse_and_never_pairs_a_prompt_with_itself():
+    s = pair_sample(20, 15, 500, seed=0)
+    for (i, j, c), rows, cols, within in ((s.nn, 20, 20, True), (s.mm, 15, 15, True), (s.nm, 20, 15, False)):
+        assert c.sum() == 500 and torch.all(i < rows) and torch.all(j < cols)
+        assert not within or torch.all(i < j)
+    big = pair_sample(100_000, 100_000, 10, seed=0)  # no n x n mask: fine at any size
+    assert big.nn[0].numel() <= 10
+    paper = paper_pair_sample(30, 40, 500)
+    assert paper.nn[2].sum() == 500 and torch.all(paper.nn[0] < paper.nn[1])
 
 
 def test_gap_ci_covers_point_and_shrinks_with_more_prompts():
@@ -49,8 +100,7 @@ def test_gap_ci_covers_point_and_shrinks_with_more_prompts():
         B = torch.randn(2, n, 16, generator=g)
         A[1, :, 0] += 3.0  # layer 1: normal and malicious states cluster in different directions
         B[1, :, 1] += 3.0
-        ps = pair_statistics(A, B, return_pairs=True)
-        gs = gap_stats(ps, pair_masks(n, n, None, 0), bootstrap_weights(n, n, 400, 0), exact=True)
+        gs = gap_stats(A, B, None, bootstrap_weights(n, n, 400, 0))
         lo, hi = gs.ci95()
         assert torch.all(lo <= gs.gap + 0.3) and torch.all(gs.gap - 0.3 <= hi)
         widths.append(float((hi - lo)[1]))
@@ -58,15 +108,30 @@ def test_gap_ci_covers_point_and_shrinks_with_more_prompts():
     assert widths[1] < widths[0]
 
 
-def test_sampled_means_converge_to_exact():
+@pytest.mark.parametrize("definition", ["mean-of-angles", "angle-of-mean-cosine"])
+def test_sampled_means_and_replicates_converge_to_exact(definition):
     g = torch.Generator().manual_seed(2)
     A, B = torch.randn(3, 30, 8, generator=g), torch.randn(3, 25, 8, generator=g) + 0.3
-    ps = pair_statistics(A, B, return_pairs=True)
-    exact = gap_stats(ps, pair_masks(30, 25, None, 0), None, exact=True)
-    via_masks = gap_stats(ps, pair_masks(30, 25, None, 0), None, exact=False)
-    torch.testing.assert_close(exact.gap, via_masks.gap, atol=1e-5, rtol=0)
-    sampled = gap_stats(ps, pair_masks(30, 25, 20000, 0), None, exact=False)
+    weights = bootstrap_weights(30, 25, 50, 1)
+    exact = gap_stats(A, B, None, weights, definition)
+    iu_n, iu_m = torch.triu_indices(30, 30, 1), torch.triu_indices(25, 25, 1)
+    every = type(pair_sample(2, 2, 1, 0))(
+        (iu_n[0], iu_n[1], torch.ones(iu_n.shape[1], dtype=torch.float64)),
+        (iu_m[0], iu_m[1], torch.ones(iu_m.shape[1], dtype=torch.float64)),
+        (torch.arange(30).repeat_interleave(25), torch.arange(25).repeat(30), torch.ones(750, dtype=torch.float64)))
+    via_sample = gap_stats(A, B, every, weights, definition)  # every pair once: the same numbers
+    torch.testing.assert_close(exact.gap, via_sample.gap, atol=1e-5, rtol=0)
+    torch.testing.assert_close(exact.replicates, via_sample.replicates, atol=1e-4, rtol=0)
+    sampled = gap_stats(A, B, pair_sample(30, 25, 20000, 0), None, definition)
     torch.testing.assert_close(sampled.gap, exact.gap, atol=0.5, rtol=0)
+
+
+def test_sampled_cosines_match_pair_statistics():
+    g = torch.Generator().manual_seed(4)
+    A, B = torch.randn(2, 9, 5, generator=g), torch.randn(2, 7, 5, generator=g)
+    ps = pair_statistics(A, B, return_pairs=True)
+    s = pair_sample(9, 7, 40, 0)
+    torch.testing.assert_close(sampled_cosines(A, B, s.nm), ps.pairs_ab[:, s.nm[0], s.nm[1]], atol=1e-6, rtol=0)
 
 
 def test_percentile_ci_without_replicates_is_the_point():

@@ -3,6 +3,7 @@ generation equals one-prompt-at-a-time generation, slots are reused, verdicts do
 stops as soon as they are known."""
 
 import pytest
+import torch
 
 from auditor.backends import open_backend
 from auditor.backends.hf import TorchBackend
@@ -73,3 +74,53 @@ def test_classifiers_know_when_their_verdict_is_final():
     assert o.decided("I can't") and o.decided("Sure, here") and o.decided("To kill")
     k = KeywordClassifier(phrases=["I cannot", "As an AI"])
     assert not k.decided("Here is how") and k.decided("Well, I cannot do that")
+
+
+def test_prefix_groups_share_only_common_tokens():
+    from auditor.backends.base import prefix_groups
+
+    head = list(range(100))
+    ids = [head + [7, 8], head[:90] + [5, 6, 7], [1] * 10, head + [7, 9, 9], list(range(200, 300)) + [1]]
+    groups = {tuple(m): P for P, m in prefix_groups(ids, min_shared=64)}
+    assert groups[(0, 1, 3)] == 90  # the shortest agreement inside the group
+    assert groups[(2,)] == 0 and groups[(4,)] == 0
+    same = [head + [1], head + [1]]  # identical prompts still keep one token of their own
+    assert prefix_groups(same, 64) == [(100, [0, 1])]
+
+
+def _mmlu_prompts(n_per_subject: int, subjects: int = 3):
+    from auditor.core.metrics import mmlu_prompt, mmlu_rows
+
+    dev, test = mmlu_rows(n_per_subject * 10)
+    return [mmlu_prompt(dev[r["subject"]], r) for r in test[: subjects * n_per_subject]]
+
+
+def test_torch_prefix_reuse_equals_full_prefill(tiny_model, monkeypatch):
+    """MMLU-shaped prompts (three 5-shot prefixes): reusing each prefix's KV cache gives the probabilities of a
+    full left-padded prefill."""
+    import auditor.backends.hf as hf
+
+    model, tok = tiny_model
+    b = TorchBackend(hf_model=model, tokenizer=tok, batch_size=3)
+    prompts = _mmlu_prompts(4)
+    first = [b.token_ids(c)[0] for c in "ABCD"]
+    groups = hf.prefix_groups([b.encode(q, "raw") for q in prompts])
+    assert sum(1 for P, _ in groups if P) == 3
+    reused = b.opening_probs(prompts, "raw", first)
+    monkeypatch.setattr(hf, "prefix_groups", lambda ids: [(0, list(range(len(ids))))])
+    full = b.opening_probs(prompts, "raw", first)
+    torch.testing.assert_close(reused, full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.model
+def test_llama_prefix_reuse_matches_full_prefill(llama, monkeypatch):
+    """The same on llama.cpp, bit for bit: the prefix decoded once and kept, each suffix decoded after it alone."""
+    import auditor.backends.llamacpp as lc
+
+    llama.batch_size = 4
+    prompts = _mmlu_prompts(2, subjects=2)
+    first = [llama.token_ids(" " + c)[0] for c in "ABCD"]
+    reused = llama.opening_probs(prompts, "raw", first)
+    monkeypatch.setattr(lc, "prefix_groups", lambda ids: [(0, list(range(len(ids))))])
+    full = llama.opening_probs(prompts, "raw", first)
+    assert torch.equal(reused, full)

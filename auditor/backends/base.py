@@ -111,3 +111,39 @@ class Backend(abc.ABC):
     def no_chat_template(self) -> AuditError:
         where = self.model_ref.path if self.model_ref else None
         return AuditError("model has no chat template (use --template alpaca or raw)", where)
+
+
+PREFIX_MIN = 64  # shared tokens worth a reused KV prefix (MMLU's 5-shot prefixes are ~500)
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    return next((k for k in range(n) if a[k] != b[k]), n)
+
+
+def prefix_groups(ids: Sequence[Sequence[int]], min_shared: int = PREFIX_MIN) -> list[tuple[int, list[int]]]:
+    """Prompts grouped to share a decoded prefix: [(P, members)], P the tokens every member shares (each keeps
+    at least one token of its own, so it has logits to read); P = 0 for prompts best decoded alone. Sorted
+    prompts put long common prefixes side by side; a dynamic programme over contiguous runs picks the
+    grouping that saves the most prefill tokens ((members − 1) · P per group, P ≥ `min_shared`). Token ids,
+    not text: a BPE merge across a textual prefix's boundary cannot make the reused cache differ."""
+    order = sorted(range(len(ids)), key=lambda i: list(ids[i]))
+    adjacent = [_common(ids[order[k - 1]], ids[order[k]]) for k in range(1, len(order))]
+    best, start = [0] * (len(order) + 1), list(range(len(order) + 1))
+    for j in range(1, len(order) + 1):  # best saving over order[:j]; a group is order[i-1 : j]
+        best[j], start[j] = best[j - 1], j
+        P = len(ids[order[j - 1]]) - 1
+        for i in range(j - 1, 0, -1):
+            P = min(P, adjacent[i - 1], len(ids[order[i - 1]]) - 1)
+            if P < min_shared:
+                break
+            if best[i - 1] + (j - i) * P > best[j]:
+                best[j], start[j] = best[i - 1] + (j - i) * P, i
+    groups, j = [], len(order)
+    while j > 0:
+        i = start[j]
+        members = sorted(order[i - 1 : j])
+        P = min([adjacent[k - 1] for k in range(i, j)] + [len(ids[m]) - 1 for m in members]) if j > i else 0
+        groups.append((P, members))
+        j = i - 1
+    return groups[::-1]

@@ -9,6 +9,7 @@ lm_head, which a scan does not need (28M of SmolLM2's 135M weights).
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -18,7 +19,7 @@ from ..io.models import ModelRef
 from ..io.prompts import wrap
 from ..weights.layers import decoder_layers
 from ..weights.scaling import scaled
-from .base import CAPABILITIES, Backend, Generated, Progress, Stop
+from .base import CAPABILITIES, Backend, Generated, Progress, Stop, prefix_groups
 from .devices import resolve_device, resolve_dtype
 from .hf_loading import load_causal_lm, quiet_transformers
 
@@ -163,19 +164,44 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def opening_probs(self, queries: Sequence[str], template: str, first: Sequence[int],
                       progress: Progress | None = None) -> torch.Tensor:
-        """Left-padded prefill; the next-token probabilities of the `first` token ids. The lm_head runs on
-        the last position only."""
+        """Next-token probabilities of the `first` token ids after each prompt; the lm_head runs on the last
+        position only. Prompts sharing a long token prefix (MMLU's 5-shot prompts) run it once and continue
+        from its KV cache, expanded over the batch; the rest are left-padded prefills."""
         ids = [self.encode(q, template) for q in queries]
         base = getattr(self.model, self.model.base_model_prefix, self.model)
         p0 = torch.empty(len(ids), len(first))
-        for batch in self._batches([len(x) for x in ids]):
-            input_ids, mask = self._padded([ids[i] for i in batch], left=True)
-            pos = (mask.cumsum(1) - 1).clamp(min=0)
-            out = base(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False)
-            p0[batch] = torch.softmax(self._logits(out.last_hidden_state[:, -1]), -1)[:, list(first)].cpu()
-            if progress:
-                progress(len(batch))
+        probs = lambda h: torch.softmax(self._logits(h), -1)[:, list(first)].cpu()
+        for P, members in prefix_groups(ids):
+            if P:
+                self._prefixed(base, ids[members[0]][:P], members, [ids[i][P:] for i in members], probs, p0, progress)
+                continue
+            for chunk in self._batches([len(ids[i]) for i in members]):
+                batch = [members[j] for j in chunk]
+                input_ids, mask = self._padded([ids[i] for i in batch], left=True)
+                pos = (mask.cumsum(1) - 1).clamp(min=0)
+                out = base(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False)
+                p0[batch] = probs(out.last_hidden_state[:, -1])
+                if progress:
+                    progress(len(batch))
         return p0
+
+    def _prefixed(self, base, prefix, members, suffixes, probs, p0, progress) -> None:
+        """Right-padded suffixes continue one prefix's cache (copied and repeated per batch row)."""
+        cache = base(input_ids=torch.tensor([prefix], device=self.device), use_cache=True).past_key_values
+        P = len(prefix)
+        for chunk in self._batches([P + len(x) for x in suffixes]):
+            input_ids, mask = self._padded([suffixes[j] for j in chunk], left=False)
+            rows = len(chunk)
+            c = copy.deepcopy(cache)
+            c.batch_repeat_interleave(rows)
+            full = torch.cat([torch.ones(rows, P, dtype=mask.dtype, device=mask.device), mask], 1)
+            pos = torch.arange(P, P + input_ids.shape[1], device=input_ids.device).expand(rows, -1)
+            h = base(input_ids=input_ids, attention_mask=full, position_ids=pos, past_key_values=c,
+                     use_cache=True).last_hidden_state
+            last = mask.sum(1) - 1
+            p0[[members[j] for j in chunk]] = probs(h[torch.arange(rows, device=h.device), last])
+            if progress:
+                progress(rows)
 
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
         return scaled(self.model, layers, alpha, scale_o_proj)

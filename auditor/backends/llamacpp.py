@@ -27,7 +27,7 @@ from ..io.gguf_file import read_gguf
 from ..io.models import ModelRef
 from ..io.prompts import wrap
 from ..weights.gguf_scaling import scale_gguf
-from .base import CAPABILITIES, Backend, Generated, Progress, Stop
+from .base import CAPABILITIES, Backend, Generated, Progress, Stop, prefix_groups
 from .llama_batching import BatchedDecoder, piece_fn
 
 _GGML_LOG_ERROR, _GGML_LOG_CONT = 4, 5  # ggml's enum today: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
@@ -243,16 +243,25 @@ class LlamaCppBackend(Backend):
 
     def opening_probs(self, queries: Sequence[str], template: str, first: Sequence[int],
                       progress: Progress | None = None) -> torch.Tensor:
-        """Batched prefills; the next-token probabilities of the `first` token ids after each prompt."""
+        """Next-token probabilities of the `first` token ids after each prompt. Prompts sharing a long token
+        prefix (MMLU's 5-shot prompts) decode it once and reuse its KV cells; the rest are batched prefills."""
         ids = [self.encode(q, template) for q in queries]
         p0 = torch.empty(len(ids), len(first))
-        if not ids:
-            return p0
 
         def keep(i: int, logits: np.ndarray) -> None:
             p0[i] = torch.softmax(torch.from_numpy(logits).double(), -1)[list(first)].float()
 
-        self._decoder(len(ids), max(len(x) for x in ids) + 1).run(ids, 0, None, progress, first_logits=keep)
+        alone = []
+        for P, members in prefix_groups(ids):
+            if not P:
+                alone += members
+                continue
+            suffixes = [ids[i][P:] for i in members]
+            d = self._decoder(1, P + max(map(len, suffixes)))
+            d.run_prefixed(ids[members[0]][:P], suffixes, lambda j, lg: keep(members[j], lg), progress)
+        if alone:
+            self._decoder(len(alone), max(len(ids[i]) for i in alone) + 1).run(
+                [ids[i] for i in alone], 0, None, progress, first_logits=lambda j, lg: keep(alone[j], lg))
         return p0
 
     @contextmanager
@@ -272,7 +281,7 @@ class LlamaCppBackend(Backend):
     def close(self) -> None:
         if getattr(self, "_gen", None):
             self._gen.close()
-            self._gen = None
+        self._gen = None
         if getattr(self, "_ctx", None):
             L.llama_free(self._ctx)
             self._ctx = None

@@ -14,59 +14,86 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .similarity import PairStatistics
+from .similarity import inverse_norms, pair_statistics, weighted_pair_sums
 
 
-def pair_masks(n: int, m: int, pairs: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pair-count masks for N-N, M-M (upper triangle) and N-M: all pairs, or `pairs` random ones each (paper)."""
-    if pairs is None:
-        return (torch.ones(n, n).triu(1), torch.ones(m, m).triu(1), torch.ones(n, m))
+Pairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (first index, second index, count) of sampled pairs
+
+
+@dataclass
+class PairSample:
+    """Sampled pairs of each type, sparse (memory O(pairs) whatever the prompt counts)."""
+
+    nn: Pairs
+    mm: Pairs
+    nm: Pairs
+
+
+def _counted(i: torch.Tensor, j: torch.Tensor, cols: int) -> Pairs:
+    key, count = torch.unique(i * cols + j, return_counts=True)
+    return key // cols, key % cols, count.double()
+
+
+def pair_sample(n: int, m: int, pairs: int, seed: int) -> PairSample:
+    """`pairs` random pairs of each type: N-N and M-M with i < j (never i == j), N-M any."""
     g = torch.Generator().manual_seed(seed)
 
-    def within(size: int) -> torch.Tensor:
+    def within(size: int) -> Pairs:
         i = torch.randint(size, (pairs,), generator=g)
         j = (i + torch.randint(1, size, (pairs,), generator=g)) % size  # j != i, uniform
-        mask = torch.zeros(size, size)
-        mask.index_put_((torch.minimum(i, j), torch.maximum(i, j)), torch.ones(pairs), accumulate=True)
-        return mask
+        return _counted(torch.minimum(i, j), torch.maximum(i, j), size)
 
-    cross = torch.zeros(n, m)
-    cross.index_put_((torch.randint(n, (pairs,), generator=g), torch.randint(m, (pairs,), generator=g)),
-                     torch.ones(pairs), accumulate=True)
-    return within(n), within(m), cross
+    nn, mm = within(n), within(m)
+    return PairSample(nn, mm, _counted(torch.randint(n, (pairs,), generator=g), torch.randint(m, (pairs,), generator=g), m))
 
 
 PAPER_SEEDS = (10, 100, 1000)  # the authors' seeds for N-N, M-M, N-M draws
 
 
-def paper_pair_masks(n: int, m: int, draws: int = 500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The authors' pair draws (their save_all_pairs_cos_sim.py), as pair-count masks: for each type `draws`
-    times, reseed Python's `random` with the type's seed (+1 per draw), then `random.sample` two distinct
-    prompts of the pool (N-N, M-M) or one of each (N-M). Draws repeat across reseeds; the masks count them.
-    Sampling indices draws the same positions as sampling the prompt list (sample depends only on its length)."""
-    def within(size: int, seed: int) -> torch.Tensor:
-        mask = torch.zeros(size, size)
+def paper_pair_sample(n: int, m: int, draws: int = 500) -> PairSample:
+    """The authors' pair draws (their save_all_pairs_cos_sim.py): for each type `draws` times, reseed Python's
+    `random` with the type's seed (+1 per draw), then `random.sample` two distinct prompts of the pool (N-N,
+    M-M) or one of each (N-M). Draws repeat across reseeds; the sample counts them. Sampling indices draws the
+    same positions as sampling the prompt list (sample depends only on its length)."""
+    def within(size: int, seed: int) -> Pairs:
+        ij = []
         for d in range(draws):
             random.seed(seed + d)
             i, j = random.sample(range(size), 2)
-            mask[min(i, j), max(i, j)] += 1
-        return mask
+            ij.append((min(i, j), max(i, j)))
+        t = torch.tensor(ij)
+        return _counted(t[:, 0], t[:, 1], size)
 
-    cross = torch.zeros(n, m)
+    cross = []
     for d in range(draws):
         random.seed(PAPER_SEEDS[2] + d)
-        i = random.sample(range(n), 1)[0]
-        j = random.sample(range(m), 1)[0]
-        cross[i, j] += 1
-    return within(n, PAPER_SEEDS[0]), within(m, PAPER_SEEDS[1]), cross
+        cross.append((random.sample(range(n), 1)[0], random.sample(range(m), 1)[0]))
+    t = torch.tensor(cross)
+    return PairSample(within(n, PAPER_SEEDS[0]), within(m, PAPER_SEEDS[1]), _counted(t[:, 0], t[:, 1], m))
 
 
-def weighted_pair_mean(values: torch.Tensor, mask: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """[K, B]: Σ mask_ij w1_bi w2_bj v_kij / Σ mask_ij w1_bi w2_bj for values [K,n,m], w1 [B,n], w2 [B,m]."""
-    v = values.double() * mask.double()
-    num = torch.einsum("kij,bj->kib", v, w2.double())
-    num = (num * w1.double().T[None]).sum(1)
-    den = ((mask.double() @ w2.double().T) * w1.double().T).sum(0)
+def sampled_cosines(X: torch.Tensor, Y: torch.Tensor, pairs: Pairs, chunk: int = 4096) -> torch.Tensor:
+    """[K, P] float32 cosines of the sampled pairs (x_i, y_j), normalised and clamped as the kernel does."""
+    i, j, _ = pairs
+    iX, iY = inverse_norms(X), inverse_norms(Y)
+    out = []
+    for p0 in range(0, len(i), chunk):
+        a, b = i[p0 : p0 + chunk].to(X.device), j[p0 : p0 + chunk].to(X.device)
+        dot = (X[:, a].float() * Y[:, b].float()).sum(-1)
+        out.append((dot * iX[:, a] * iY[:, b]).clamp(-1.0, 1.0).cpu())
+    return torch.cat(out, 1)
+
+
+def sampled_mean(values: torch.Tensor, pairs: Pairs, w1: torch.Tensor, w2: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """[K, R]: Σ_p count_p w1[r,i_p] w2[r,j_p] v_kp / Σ_p count_p w1[r,i_p] w2[r,j_p] for values [K, P]."""
+    i, j, count = pairs
+    num = torch.zeros(values.shape[0], w1.shape[0], dtype=torch.float64)
+    den = torch.zeros(w1.shape[0], dtype=torch.float64)
+    for p0 in range(0, len(i), chunk):
+        sl = slice(p0, p0 + chunk)
+        w = w1[:, i[sl]].double() * w2[:, j[sl]].double() * count[sl]  # [R, chunk]
+        num += values[:, sl].double() @ w.T
+        den += w.sum(1)
     return num / den
 
 
@@ -90,8 +117,9 @@ class GapStats:
     angle_nn: torch.Tensor
     angle_mm: torch.Tensor
     angle_nm: torch.Tensor
-    replicates: torch.Tensor  # [B, K] angle gap per bootstrap replicate (B may be 0), in `definition`
+    replicates: torch.Tensor  # [R, K] angle gap per bootstrap replicate (R may be 0), in `definition`
     definition: str = "mean-of-angles"
+    path: str = "torch"  # which pair-statistics implementation ran
 
     @property
     def gap_mean_of_angles(self) -> torch.Tensor:
@@ -124,28 +152,37 @@ def bootstrap_weights(n: int, m: int, B: int, seed: int) -> tuple[torch.Tensor, 
     return count(wn, n), count(wm, m)
 
 
-def gap_stats(ps: PairStatistics, masks, weights: tuple[torch.Tensor, torch.Tensor] | None, exact: bool,
-              definition: str = "mean-of-angles") -> GapStats:
-    """Means (the kernel's exact ones, or the sampled-pair ones) plus bootstrap replicates of the gap."""
-    mask_nn, mask_mm, mask_nm = masks
-    if exact:
-        means = [ps.cos_aa, ps.cos_bb, ps.cos_ab, ps.angle_aa, ps.angle_bb, ps.angle_ab]
+def _gap(nm: torch.Tensor, nn: torch.Tensor, cosines: bool) -> torch.Tensor:
+    """The gap from N-M and N-N means: of angles (given in degrees), or of cosines turned into angles."""
+    return degrees(nm) - degrees(nn) if cosines else nm - nn
+
+
+def gap_stats(A: torch.Tensor, B: torch.Tensor, sample: PairSample | None,
+              weights: tuple[torch.Tensor, torch.Tensor] | None, definition: str = "mean-of-angles") -> GapStats:
+    """Means over all pairs (sample None: the kernel's exact ones) or over sampled pairs, plus bootstrap
+    replicates of the gap. No pair matrix is ever built: memory stays O(tile) whatever the prompt counts."""
+    cosines = definition == "angle-of-mean-cosine"
+    reps = torch.zeros(0, A.shape[0], dtype=torch.float64)
+    boot = weights is not None and weights[0].shape[0] > 0
+    if sample is None:
+        ps = pair_statistics(A, B)
+        means, path = [ps.cos_aa, ps.cos_bb, ps.cos_ab, ps.angle_aa, ps.angle_bb, ps.angle_ab], ps.path
+        if boot:
+            ws = weighted_pair_sums(A, B, *weights, angles=not cosines)
+            reps = _gap(ws.mean("ab"), ws.mean("aa"), cosines).T
     else:
-        one_n, one_m = torch.ones(1, mask_nn.shape[0]), torch.ones(1, mask_mm.shape[0])
-        cos = [(ps.pairs_aa, mask_nn, one_n, one_n), (ps.pairs_bb, mask_mm, one_m, one_m), (ps.pairs_ab, mask_nm, one_n, one_m)]
-        means = [weighted_pair_mean(v, mk, a, b)[:, 0] for v, mk, a, b in cos]
-        means += [weighted_pair_mean(degrees(v), mk, a, b)[:, 0] for v, mk, a, b in cos]
-    K = means[0].shape[0]
-    reps = torch.zeros(0, K, dtype=torch.float64)
-    if weights is not None and weights[0].shape[0] > 0:
-        wn, wm = weights
-        if definition == "mean-of-angles":
-            reps = (weighted_pair_mean(degrees(ps.pairs_ab), mask_nm, wn, wm)
-                    - weighted_pair_mean(degrees(ps.pairs_aa), mask_nn, wn, wn)).T
-        else:
-            reps = (degrees(weighted_pair_mean(ps.pairs_ab, mask_nm, wn, wm))
-                    - degrees(weighted_pair_mean(ps.pairs_aa, mask_nn, wn, wn))).T
-    return GapStats(*[x.double() for x in means], replicates=reps, definition=definition)
+        cos = [sampled_cosines(X, Y, p) for X, Y, p in ((A, A, sample.nn), (B, B, sample.mm), (A, B, sample.nm))]
+        ones = [torch.ones(1, A.shape[1]), torch.ones(1, B.shape[1])]
+        sides = [(ones[0], ones[0]), (ones[1], ones[1]), (ones[0], ones[1])]
+        pairs = [sample.nn, sample.mm, sample.nm]
+        means = [sampled_mean(c, p, *w)[:, 0] for c, p, w in zip(cos, pairs, sides)]
+        means += [sampled_mean(degrees(c), p, *w)[:, 0] for c, p, w in zip(cos, pairs, sides)]
+        path = "sampled"
+        if boot:
+            wn, wm = weights
+            f = (lambda c: c) if cosines else degrees
+            reps = _gap(sampled_mean(f(cos[2]), sample.nm, wn, wm), sampled_mean(f(cos[0]), sample.nn, wn, wn), cosines).T
+    return GapStats(*[x.double().cpu() for x in means], replicates=reps, definition=definition, path=path)
 
 
 @dataclass

@@ -37,7 +37,7 @@ class PairStatistics:
     path: str = "torch"
 
 
-def _inverse_norms(X: torch.Tensor) -> torch.Tensor:
+def inverse_norms(X: torch.Tensor) -> torch.Tensor:
     norm = torch.linalg.vector_norm(X, dim=-1, dtype=torch.float64)
     return torch.where(norm > 0, norm.reciprocal(), torch.zeros_like(norm)).float()
 
@@ -46,7 +46,7 @@ def _torch_pair_stats(A: torch.Tensor, B: torch.Tensor, return_pairs: bool):
     """Reference implementation in torch (the fallback): the same work items and arithmetic as
     cpp/pair_stats_cpu.cpp — row blocks of ROWS (ROWS_WITHIN within a set) × column spans of COLS, counted pairs i<j within a set."""
     K, n, m = A.shape[0], A.shape[1], B.shape[1]
-    invA, invB = _inverse_norms(A), _inverse_norms(B)
+    invA, invB = inverse_norms(A), inverse_norms(B)
     means = torch.zeros(6, K, dtype=torch.float64)
     out = {}
     if return_pairs:
@@ -98,3 +98,57 @@ def pair_statistics(A: torch.Tensor, B: torch.Tensor, return_pairs: bool = False
         path = "torch"
     pairs = (paa, pbb, pab) if return_pairs else (None, None, None)
     return PairStatistics(*means.unbind(0), *pairs, path=path)
+
+
+def _torch_pair_weighted(A: torch.Tensor, B: torch.Tensor, Wa: torch.Tensor, Wb: torch.Tensor, angles: bool) -> torch.Tensor:
+    """Reference for cpp's pair_weighted (same tiles, same arithmetic), on A's device: [2, K, R] float64."""
+    K, n, R = A.shape[0], A.shape[1], Wa.shape[0]
+    invA, invB = inverse_norms(A), inverse_norms(B)
+    Wa, Wb = Wa.float().to(A.device), Wb.float().to(A.device)
+    out = torch.zeros(2, K, R, dtype=torch.float64, device=A.device)
+    for slot, C, iC, Wc, within in ((0, A, invA, Wa, True), (1, B, invB, Wb, False)):
+        step = ROWS_WITHIN if within else ROWS
+        for k, r0 in ((k, r0) for k in range(K) for r0 in range(0, n, step)):
+            for c0 in range(r0 if within else 0, C.shape[1], COLS):
+                r, c = A[k, r0 : r0 + step].float(), C[k, c0 : c0 + COLS].float()
+                t = (r @ c.T).mul_(invA[k, r0 : r0 + step, None]).mul_(iC[k, None, c0 : c0 + COLS]).clamp_(-1.0, 1.0)
+                if angles:
+                    t.acos_()
+                if within:
+                    ar = lambda a, size: torch.arange(a, a + size, device=t.device)
+                    t = t.where(ar(c0, t.shape[1])[None] > ar(r0, t.shape[0])[:, None], 0.0)
+                s = (Wa[:, r0 : r0 + t.shape[0]] @ t).double() * Wc[:, c0 : c0 + t.shape[1]].double()
+                out[slot, k] += s.sum(1) * (180.0 / math.pi if angles else 1.0)
+    return out
+
+
+@dataclass
+class WeightedPairSums:
+    """Per layer k and replicate r, Σ w_ri w_rj f(cos_ij) over the counted pairs (i<j within the normal set;
+    all normal × malicious pairs), f = cosine or angle in degrees; and Σ w_ri w_rj over the same pairs."""
+
+    aa: torch.Tensor  # [K, R] float64
+    ab: torch.Tensor
+    weight_aa: torch.Tensor  # [R]
+    weight_ab: torch.Tensor
+    angles: bool
+
+    def mean(self, field: str) -> torch.Tensor:
+        """[K, R] weighted pair mean over the `field` pairs ("aa" or "ab")."""
+        return getattr(self, field) / getattr(self, "weight_" + field)[None]
+
+
+def weighted_pair_sums(A: torch.Tensor, B: torch.Tensor, Wa: torch.Tensor, Wb: torch.Tensor, angles: bool = True,
+                       impl: str = "auto") -> WeightedPairSums:
+    """Bootstrap replicates' weighted pair sums without materialising any pair matrix (memory O(tile) in n, m).
+    Wa [R, n], Wb [R, m]: per-replicate prompt weights (multinomial counts); angles: f = angle (else cosine)."""
+    if A.dim() == 2:
+        A, B = A[None], B[None]
+    ops = _ext.ops() if impl in ("auto", "compiled") and not A.is_cuda else None
+    if impl == "compiled" and ops is None:
+        raise RuntimeError("compiled pair_weighted runs on CPU tensors only" if A.is_cuda else
+                           "compiled core not available: " + str(_ext.status()["error"]))
+    sums = ops.pair_weighted(A, B, Wa, Wb, angles) if ops is not None else _torch_pair_weighted(A, B, Wa, Wb, angles)
+    wa, wb = Wa.double().cpu(), Wb.double().cpu()
+    within = (wa.sum(1) ** 2 - (wa ** 2).sum(1)) / 2  # Σ_{i<j} w_i w_j
+    return WeightedPairSums(*sums.cpu().unbind(0), weight_aa=within, weight_ab=wa.sum(1) * wb.sum(1), angles=angles)

@@ -16,8 +16,7 @@ import torch
 from ..backends import HIDDEN_STATES, choose_backend, open_backend
 from ..backends.devices import resolve_device
 from ..core.gap import (GAP_DEFINITIONS, GapStats, RangeRule, bootstrap_weights, differential_range, gap_stats,
-                        initial_range, pair_masks, paper_pair_masks, percentile_ci)
-from ..core.similarity import pair_statistics
+                        initial_range, pair_sample, paper_pair_sample, percentile_ci)
 from ..errors import AuditError
 from ..io.cache import StateStore, sha256_json
 from ..io.config import setting
@@ -141,17 +140,15 @@ def _scan_one(model: ModelRef, backend: str, cfg: ScanConfig, normal: PromptSet,
         device = resolve_device(cfg.device)
         sn, sm = sn.to(device), sm.to(device)
     reporter.status("pair statistics")
-    need_pairs = cfg.bootstrap > 0 or cfg.pairs is not None or paper
-    ps = pair_statistics(sn, sm, return_pairs=need_pairs)
     if paper:
-        masks = paper_pair_masks(len(normal), len(malicious), cfg.pairs or 500)
+        sample = paper_pair_sample(len(normal), len(malicious), cfg.pairs or 500)
     else:
-        masks = pair_masks(len(normal), len(malicious), cfg.pairs, cfg.seed)
+        sample = None if cfg.pairs is None else pair_sample(len(normal), len(malicious), cfg.pairs, cfg.seed)
     definition = "angle-of-mean-cosine" if paper else "mean-of-angles"
-    gs = gap_stats(ps, masks, weights, exact=cfg.pairs is None and not paper, definition=definition)
+    gs = gap_stats(sn, sm, sample, weights, definition=definition)
     lo, _ = gs.ci95()
     rng, details = initial_range(gs.gap, lo, cfg.rule)
-    details["stats_path"] = ps.path
+    details["stats_path"] = gs.path
     scan = ModelScan(model.label, probe.backend_name, sn.shape[0], sn.shape[2], _rows(gs), rng, details,
                      round(time.perf_counter() - t0, 3))
     return scan, gs
