@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.markup import escape
 
 from . import __version__
 from .backends import BACKEND_CHOICES
@@ -24,7 +23,7 @@ from .io.config import default_of, help_of
 from .io.files import atomic_write, check_writable, write_json
 from .io.models import reference_dir, reference_model
 from .io.prompts import TEMPLATES
-from .io.reports import set_command_line
+from .render.commandline import AuditGroup, err, layer_range
 from .render.plots import plot_locate, plot_scan
 from .render.progress import rich_reporter
 from .render.tables import check_table, compare_table, doctor_table, eval_table, harden_table, locate_table, print_scan
@@ -38,7 +37,6 @@ from .workflows.locate import LocateConfig, paper_compat, run_locate
 from .workflows.reference import ReferenceConfig, build_reference
 from .workflows.scan import ScanConfig, run_scan
 
-err = Console(stderr=True)
 
 
 def _out() -> Console:
@@ -101,31 +99,6 @@ def _emit(report: dict, json_path, plot_path, force: bool, render, plot=None) ->
         err.print(f"wrote {plot_path}", markup=False)
 
 
-def _range(value: str | None):
-    if value is None:
-        return None
-    try:
-        a, b = (int(x) for x in value.replace("–", "-").split("-"))
-    except ValueError:
-        raise click.BadParameter("expected i-j, e.g. 6-12") from None
-    if a > b:
-        raise click.BadParameter("expected i <= j")
-    return a, b
-
-
-class AuditGroup(click.Group):
-    def main(self, args=None, *a, **kw):
-        set_command_line(["safety-audit", *(sys.argv[1:] if args is None else args)])  # recorded in every report
-        return super().main(args, *a, **kw)
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except AuditError as e:
-            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
-            sys.exit(2)
-
-
 @click.group(cls=AuditGroup)
 @click.version_option(__version__, prog_name="safety-audit")
 def main():
@@ -168,7 +141,7 @@ def scan(model, json_path, plot_path, force, no_cache, quiet, **kw):
 @opt(LocateConfig, "backend", "--backend", type=click.Choice(BACKEND_CHOICES))
 @opt(LocateConfig, "template", "--template", type=click.Choice(TEMPLATES))
 @opt(LocateConfig, "from_scan", "--from-scan", metavar="SCAN.json")
-@opt(LocateConfig, "start", "--start", metavar="i-j", callback=lambda c, p, v: _range(v))
+@opt(LocateConfig, "start", "--start", metavar="i-j", callback=lambda c, p, v: layer_range(v))
 @opt(LocateConfig, "survey", "--survey", type=int, is_flag=False, flag_value=2, metavar="[W]", default=None)
 @opt(LocateConfig, "alpha", "--alpha", type=float)
 @opt(LocateConfig, "classifier", "--classifier", type=CLASSIFIER_CHOICE, callback=_classifier)
@@ -219,6 +192,7 @@ METRICS_HELP = "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRI
 @opt(EvalConfig, "limit", "--limit", type=int)
 @opt(EvalConfig, "judge_url", "--judge", metavar="URL")
 @opt(EvalConfig, "judge_model", "--judge-model", metavar="FILE.gguf")
+@opt(EvalConfig, "judge_timeout", "--judge-timeout", type=float, metavar="SECONDS")
 @opt(EvalConfig, "responses", "--responses", metavar="FILE.jsonl")
 @click.option("--save-responses", default=None, metavar="FILE.jsonl", help="Save every generated response.")
 @opt(EvalConfig, "bootstrap", "--bootstrap", type=int)
@@ -231,12 +205,13 @@ METRICS_HELP = "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRI
 @opt(EvalConfig, "api_key_env", "--api-key-env", metavar="VAR")
 @json_opt
 @force_opt
+@click.option("--no-cache", is_flag=True, help="Do not journal or reuse finished answers (a killed run then starts over).")
 @quiet_opt
-def eval_cmd(model, metrics, over_refusal, save_responses, json_path, force, quiet, **kw):
+def eval_cmd(model, metrics, over_refusal, save_responses, json_path, force, no_cache, quiet, **kw):
     """Harmful rate, judge score, over-refusal, Rouge-L and MMLU of a model, with bootstrap 95% CIs."""
     _check_outputs(force, json_path, save_responses)
     cfg = EvalConfig(model=model, metrics=_csv(metrics), over_refusal=_csv(over_refusal), keep_responses=bool(save_responses),
-                     **kw)
+                     use_cache=not no_cache, **kw)
     try:
         with rich_reporter(err, quiet) as rep:
             report = run_eval(cfg, rep)
@@ -324,7 +299,7 @@ def compare(reports, as_json):
 @click.argument("model", required=False)
 @opt(HardenConfig, "out", "--out", required=True, metavar="DIR", default=None, show_default=False)
 @opt(HardenConfig, "method", "--method", type=click.Choice(list(METHODS)))
-@opt(HardenConfig, "layers", "--layers", metavar="i-j", callback=lambda c, p, v: _range(v))
+@opt(HardenConfig, "layers", "--layers", metavar="i-j", callback=lambda c, p, v: layer_range(v))
 @opt(HardenConfig, "from_report", "--from-report", metavar="JSON")
 @opt(HardenConfig, "data", "--data", metavar="FILE")
 @opt(HardenConfig, "attack", "--attack", type=click.Choice(ATTACKS))

@@ -60,6 +60,6 @@ def test_unknown_architecture_is_a_clear_error(tmp_path):
     w.add_tensor("blk.0.attn_q.weight", np.ones((4, 4), np.float32))
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     model = resolve_model(p)  # a valid GGUF container ...
-    with pytest.raises(AuditError, match="architecture 'alienformer'") as e:
+    with pytest.raises(AuditError, match="architecture: 'alienformer'") as e:
         open_backend(model, "llama")  # ... that llama.cpp cannot run
     assert str(p) in str(e.value)

@@ -58,7 +58,7 @@ def test_bad_prompt_files_name_problem_and_file(tmp_path, fname, content, messag
     assert message in str(e.value) and str(p) in str(e.value)
 
 
-@pytest.mark.parametrize("content,message", [(b"caf\xe9\n", "cannot read prompt file"), (None, "not found")])
+@pytest.mark.parametrize("content,message", [(b"caf\xe9\n", "not UTF-8 text \\(byte 0xe9 at offset 3\\)"), (None, "not found")])
 def test_unreadable_and_missing(tmp_path, content, message):
     p = tmp_path / "prompts.txt"
     if content is not None:

@@ -108,6 +108,13 @@ class Backend(abc.ABC):
         where = self.model_ref.path if self.model_ref else None
         return AuditError(f"the {self.name} backend has no {capability} capability", where)
 
+    def chat_failed(self, e: Exception) -> AuditError:
+        """A model's chat template is untrusted code run in Jinja's sandbox: anything it raises (a sandbox
+        escape attempt included) is the model file's problem, reported as one line."""
+        where = self.model_ref.path if self.model_ref else None
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        return AuditError(f"the model's chat template cannot be rendered ({type(e).__name__}: {first})", where)
+
     def no_chat_template(self) -> AuditError:
         where = self.model_ref.path if self.model_ref else None
         return AuditError("model has no chat template (use --template alpaca or raw)", where)

@@ -58,8 +58,13 @@ class TorchBackend(Backend):
     def render_chat(self, query: str) -> str:
         if not self.chat_template:
             raise self.no_chat_template()
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True)
+        from jinja2 import TemplateError
+
+        try:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True)
+        except TemplateError as e:
+            raise self.chat_failed(e) from None
 
     def encode(self, query: str, template: str) -> list[int]:
         text = wrap(query, template, self.render_chat)

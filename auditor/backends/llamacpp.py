@@ -32,6 +32,7 @@ from .llama_batching import BatchedDecoder, piece_fn
 
 _GGML_LOG_ERROR, _GGML_LOG_CONT = 4, 5  # ggml's enum today: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 _last_level = 0
+_held: list[str] | None = None  # while loading: errors are kept for our own message instead of printed
 
 
 @L.llama_log_callback
@@ -43,7 +44,7 @@ def _log_errors_only(level: int, text: bytes, user_data) -> None:
     if level != _GGML_LOG_CONT:
         _last_level = level
     if _last_level == _GGML_LOG_ERROR:
-        sys.stderr.write(text.decode("utf-8", errors="replace"))
+        (_held.append if _held is not None else sys.stderr.write)(text.decode("utf-8", errors="replace"))
 
 
 L.llama_log_set(_log_errors_only, ctypes.c_void_p(0))
@@ -101,9 +102,15 @@ class LlamaCppBackend(Backend):
         # the extra buffer types hold ggml's repacked weights (batched decodes 1.3x faster on Q4_1 here); on an AMX
         # CPU they include the AMX path, which GCC 12 miscompiles in native builds (llama.cpp #20824): off there
         mparams.use_extra_bufts = not _cpu_has_amx()
-        self._model = L.llama_model_load_from_file(str(path).encode(), mparams)
-        if not self._model:
-            raise AuditError(f"llama.cpp cannot load this model (architecture '{self.architecture}' unknown or file corrupt)", path)
+        global _held
+        _held = []
+        try:
+            self._model = L.llama_model_load_from_file(str(path).encode(), mparams)
+        finally:
+            said, _held = [x.strip() for x in "".join(_held).splitlines() if x.strip()], None
+        if not self._model:  # llama.cpp's first reason, without its function-name prefix, in our one line
+            reason = said[0].split(": ", 1)[-1].removeprefix("error loading model: ") if said else f"architecture '{self.architecture}' unknown or file corrupt"
+            raise AuditError(f"llama.cpp cannot load this model ({reason})", path)
         self._vocab = L.llama_model_get_vocab(self._model)
         self._piece = piece_fn(self._vocab)
         self._n_ctx = 0
@@ -152,14 +159,18 @@ class LlamaCppBackend(Backend):
     def render_chat(self, query: str) -> str:
         if not self.chat_template:
             raise self.no_chat_template()
+        from jinja2 import TemplateError
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        fmt = Jinja2ChatFormatter(
-            template=self.chat_template,
-            eos_token=self._token_text(L.llama_vocab_eos(self._vocab)),
-            bos_token=self._token_text(L.llama_vocab_bos(self._vocab)),
-        )
-        return fmt(messages=[{"role": "user", "content": query}]).prompt
+        try:  # llama-cpp-python renders in Jinja's ImmutableSandboxedEnvironment
+            fmt = Jinja2ChatFormatter(
+                template=self.chat_template,
+                eos_token=self._token_text(L.llama_vocab_eos(self._vocab)),
+                bos_token=self._token_text(L.llama_vocab_bos(self._vocab)),
+            )
+            return fmt(messages=[{"role": "user", "content": query}]).prompt
+        except TemplateError as e:
+            raise self.chat_failed(e) from None
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         raw = text.encode("utf-8")

@@ -3,10 +3,12 @@ permissions an ordinary file write would give (mkstemp's 0600 would hide CI arti
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +23,37 @@ def check_writable(path: str | os.PathLike, force: bool) -> Path:
         raise AuditError("output path is a directory", p)
     if not p.parent.exists():
         raise AuditError("output folder does not exist", p.parent)
+    check_folder_writable(p.parent)
     return p
+
+
+@contextmanager
+def exclusive(path: Path, what: str):
+    """Hold an advisory lock (flock on a hidden '.NAME.lock' beside `path`) for the block: a second writer of
+    the same output fails at once, instead of interleaving its checkpoints with the first one's."""
+    lock = path.with_name(f".{path.name}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AuditError(f"another {what} is writing this output now", path) from None
+    try:
+        yield
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(lock)  # while still held: a waiting writer never locks a file that is being removed
+        os.close(fd)
+
+
+def check_folder_writable(folder: Path) -> None:
+    """Try it (a temp file, removed at once): permission bits say nothing for root, and a read-only mount or
+    a pseudo-filesystem refuses even root. Checked before the work, not after hours of it."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".safety-audit-probe-"):
+            pass
+    except OSError as e:
+        raise AuditError(f"output folder is not writable ({e.strerror or type(e).__name__})", folder) from None
 
 
 def _umask() -> int:

@@ -7,11 +7,11 @@ parser skips arrays by length (~40 ms). Types and block sizes come from gguf-py'
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import AuditError
@@ -140,10 +140,13 @@ def _parse(path: Path, buf: bytes, size: int) -> GGUFInfo:
             block, type_size = GGML_QUANT_SIZES[qtype]
         except (ValueError, KeyError):
             raise AuditError(f"GGUF tensor '{name}' has unknown type {ttype}", path) from None
-        n_el = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        n_el = math.prod(shape)  # Python ints: a hostile shape cannot wrap around int64 and look small
         n_bytes = n_el // block * type_size
         t = TensorInfo(name, shape, qtype, data_start + off, n_bytes)
         if t.offset + t.n_bytes > size:
             raise AuditError("truncated GGUF file (tensor data ends past the end of the file)", path)
         info.tensors[name] = t
+    claimed = info.n_layers
+    if claimed is not None and not 0 < claimed <= max(len(info.tensors), 1):  # every layer has tensors of its own
+        raise AuditError(f"GGUF metadata claims {claimed} layers but the file holds {len(info.tensors)} tensors", path)
     return info

@@ -52,7 +52,9 @@ def _rows_from_csv(text: str, where: str, row_filter=None) -> list[str]:
         return []
     header = [c.strip().lower() for c in rows[0]]
     col = next((header.index(f) for f in PROMPT_FIELDS if f in header), None)
-    if col is None:  # no recognised header: first column, every row is a prompt
+    if col is None and max(len(r) for r in rows) > 1:
+        raise AuditError(f"CSV has no prompt column (name one of: {', '.join(PROMPT_FIELDS)})", where)
+    if col is None:  # one column, no recognised header: every row is a prompt
         return [r[0] for r in rows]
     body = [r for r in rows[1:] if len(r) > col]
     if row_filter is None:
@@ -100,10 +102,7 @@ def load_prompts(spec: str | Path) -> PromptSet:
         raise AuditError("a prompt set must be a file (.txt, .csv, .json, .jsonl), not a folder", path)
     if not path.is_file():
         raise AuditError("prompt file not found (or not a bundled set: " + ", ".join([*BUNDLED, *TASK_SETS]) + ")", path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise AuditError(f"cannot read prompt file ({type(e).__name__})", path) from None
+    text = read_text_file(path, "prompt file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
@@ -126,7 +125,24 @@ def load_prompts(spec: str | Path) -> PromptSet:
     prompts = [p.strip() for p in prompts if p and p.strip()]
     if not prompts:
         raise AuditError("prompt file holds no prompts", path)
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    if len(prompts[longest]) > MAX_PROMPT_CHARS:
+        raise AuditError(f"prompt {longest + 1} is {len(prompts[longest]):,} characters long (at most "
+                         f"{MAX_PROMPT_CHARS:,}: no model's context holds more)", path)
     return PromptSet(str(path), tuple(prompts))
+
+
+MAX_PROMPT_CHARS = 1_000_000
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A user's text file as UTF-8, or a one-line error saying what is wrong with it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise AuditError(f"{what} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})", path) from None
+    except OSError as e:
+        raise AuditError(f"cannot read {what} ({e.strerror or type(e).__name__})", path) from None
 
 
 ALPACA_INPUT = (
@@ -159,8 +175,8 @@ def load_task_rows(spec: str | Path = "alpaca-eval") -> list[dict]:
     if suffix not in TASK_FORMATS:
         raise AuditError(f"unsupported task file type '{suffix}' (use {', '.join(TASK_FORMATS)} rows with instruction, "
                          "input, output)", path)
+    text = read_text_file(path, "task file")
     try:
-        text = path.read_text(encoding="utf-8")
         if suffix == ".jsonl":
             rows = jsonl_rows(text, path)
         elif suffix == ".csv":
@@ -169,8 +185,8 @@ def load_task_rows(spec: str | Path = "alpaca-eval") -> list[dict]:
             rows = json.loads(text)
     except json.JSONDecodeError as e:
         raise AuditError(f"malformed JSON (line {e.lineno})", path) from None
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise AuditError(f"cannot read task file ({type(e).__name__}: not UTF-8 text or broken CSV)", path) from None
+    except csv.Error as e:
+        raise AuditError(f"malformed CSV ({e})", path) from None
     if not isinstance(rows, list) or not rows:
         raise AuditError("task file holds no rows", path)
     for r in rows:

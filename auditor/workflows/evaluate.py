@@ -2,7 +2,9 @@
 §1.4), each a metric of the `METRICS` registry.
 
 Every rate gets a percentile-bootstrap 95% CI over its prompts. Responses can be saved as JSONL and fed
-back (`responses`) so a judge can be re-run without regenerating. The report's `config` records everything
+back (`responses`) so a judge can be re-run without regenerating. Every finished verdict, response and MMLU
+answer is journaled in the cache under a key of everything that determines it (model content, backend,
+template, classifier, token budget, dtype), so a killed eval resumes where it stopped. The report's `config` records everything
 `check` needs to evaluate a candidate model the same way, the judge included.
 """
 
@@ -18,6 +20,7 @@ from ..core.judge import EndpointJudge, LocalJudge, score_responses
 from ..core.metrics import bootstrap_mean, mmlu_predictions, mmlu_rows, rouge_l
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
 from ..errors import AuditError
+from ..io.cache import Journal, cache_dir, sha256_json
 from ..io.config import setting
 from ..io.prompts import TEMPLATES, check_template, jsonl_rows, load_prompts, load_task_rows, task_query
 from ..io.reports import Report, ReportHeader
@@ -37,10 +40,12 @@ class EvalConfig(ModelOptions):
     limit: int | None = setting(None, "At most N prompts per set (quick runs); 0 or unset = the full sets.")
     judge_url: str | None = setting(None, "OpenAI-compatible endpoint for the harmful score.")
     judge_model: str | None = setting(None, "A local GGUF judge (llama.cpp).")
+    judge_timeout: float = setting(120.0, "Seconds to wait for one judge answer (3 tries, then a one-line error).")
     bootstrap: int = setting(1000, "Bootstrap replicates for the 95% CIs.")
     seed: int = setting(0, "Seed of the bootstrap.")
     responses: str | None = setting(None, "Reuse saved responses (JSONL of metric, prompt, response).")
     keep_responses: bool = setting(False, "Generate whole answers even where a verdict is known early (to save them).")
+    use_cache: bool = setting(True, "Journal finished answers in the cache so a killed run resumes.")
     saved: list = field(default_factory=list)  # filled during the run: what --save-responses writes
 
 
@@ -55,6 +60,7 @@ class EvalRun:
     judge: object
     saved: dict
     reporter: object
+    journal: "EvalJournal"
     recorded: dict = field(default_factory=dict)
 
     def limited(self, items) -> list:
@@ -66,14 +72,20 @@ class EvalRun:
         for q in queries:
             if (metric, q) in self.saved and (metric, q) not in self.recorded:
                 self._record(metric, q, self.saved[(metric, q)], None)
+            elif (metric, q) not in self.saved and ("response", metric, q) in self.journal.done:
+                self._record(metric, q, *self.journal.done[("response", metric, q)])
         missing = [q for q in dict.fromkeys(queries) if (metric, q) not in self.saved]
         self.reporter.start(f"{metric}: generating", len(missing))
-        chunk = 2 * self.backend.in_flight  # small enough that a failure loses little, large enough to batch
-        for k in range(0, len(missing), chunk):
-            part = missing[k:k + chunk]
+        for part in self.chunks(missing):
             for q, g in zip(part, self.backend.complete(part, self.template, self.cfg.max_new_tokens, self.reporter.advance)):
                 self._record(metric, q, g.text, g.n_tokens)
+                self.journal.add("response", metric, q, [g.text, g.n_tokens])
         return [self.saved[(metric, q)] for q in queries]
+
+    def chunks(self, items: list) -> list[list]:
+        """Small enough that a kill or a failure loses little, large enough to batch."""
+        size = 2 * self.backend.in_flight
+        return [items[k:k + size] for k in range(0, len(items), size)]
 
     def _record(self, metric: str, q: str, text: str, n_tokens: int | None) -> None:
         self.saved[(metric, q)] = self.recorded[(metric, q)] = text
@@ -85,8 +97,12 @@ class EvalRun:
         wanted = self.cfg.keep_responses or self.judge is not None or any((metric, q) in self.saved for q in queries)
         if self.classifier.judges_text and wanted:
             return [self.classifier.is_refusal(r) for r in self.responses(metric, queries)]
-        self.reporter.start(f"{metric}: {self.classifier.name}", len(queries))
-        return self.classifier.decide(self.backend, queries, self.template, self.reporter.advance)
+        missing = [q for q in dict.fromkeys(queries) if ("verdict", metric, q) not in self.journal.done]
+        self.reporter.start(f"{metric}: {self.classifier.name}", len(missing))
+        for part in self.chunks(missing):
+            for q, v in zip(part, self.classifier.decide(self.backend, part, self.template, self.reporter.advance)):
+                self.journal.add("verdict", metric, q, bool(v))
+        return [self.journal.done[("verdict", metric, q)] for q in queries]
 
     def rate(self, values) -> dict:
         return bootstrap_mean(values, self.cfg.bootstrap, self.cfg.seed)
@@ -126,9 +142,15 @@ def _rouge(run: EvalRun) -> dict:
 
 def _mmlu(run: EvalRun) -> dict:
     dev, test = mmlu_rows(run.cfg.limit)
-    run.reporter.start("mmlu: 5-shot", len(test))
-    preds = mmlu_predictions(run.backend, dev, test)
-    run.reporter.advance(len(test))
+    key = lambda r: r["subject"] + "\n" + r["question"]
+    missing = [r for r in test if ("answer", "mmlu", key(r)) not in run.journal.done]
+    run.reporter.start("mmlu: 5-shot", len(missing))
+    for subject in dict.fromkeys(r["subject"] for r in missing):  # one subject at a time: its 5-shot prefix is reused
+        rows = [r for r in missing if r["subject"] == subject]
+        for r, p in zip(rows, mmlu_predictions(run.backend, dev, rows)):
+            run.journal.add("answer", "mmlu", key(r), p)
+        run.reporter.advance(len(rows))
+    preds = [run.journal.done[("answer", "mmlu", key(r))] for r in test]
     return {"mmlu_accuracy": {**run.rate([p == r["answer"] for p, r in zip(preds, test)]), "subjects": len(dev), "shots": 5}}
 
 
@@ -168,6 +190,32 @@ class EvalReport(Report):
     def to_dict(self) -> dict:
         metrics = ("harmful_rate", "harmful_score", "over_refusal_rate", "over_refusal_by_set", "rouge_l", "mmlu_accuracy")
         return {k: v for k, v in super().to_dict().items() if v is not None or k not in metrics}
+
+
+class EvalJournal:
+    """Finished verdicts, responses and MMLU answers of one configuration (`io.cache.Journal` underneath): the
+    key holds everything that determines them, so a resumed run reads back exactly what it would recompute.
+    Off for a model behind a server (its weights can change under the same URL) and with --no-cache."""
+
+    def __init__(self, key: str | None):
+        self.journal = Journal(cache_dir() / "journals" / f"eval-{key}.jsonl" if key else None)
+        self.done: dict[tuple, object] = {}
+        if key:
+            self.journal.path.parent.mkdir(parents=True, exist_ok=True)
+            for row in self.journal.rows():
+                if isinstance(row.get("id"), list) and len(row["id"]) == 3:
+                    self.done[tuple(row["id"])] = row.get("value")
+
+    def add(self, kind: str, metric: str, item: str, value) -> None:
+        self.done[(kind, metric, item)] = value
+        self.journal.append({"id": [kind, metric, item], "value": value})
+
+
+def _journal_key(cfg: EvalConfig, model_hash: str | None, backend: str, template: str, classifier) -> str | None:
+    if not cfg.use_cache or model_hash is None:
+        return None
+    return sha256_json([model_hash, backend, template, classifier.describe(), cfg.max_new_tokens, cfg.dtype,
+                        cfg.device])[:24]
 
 
 def _load_saved(path: str | None) -> dict:
@@ -212,7 +260,7 @@ def run_eval(cfg: EvalConfig, reporter=None) -> dict:
     t0 = time.perf_counter()
     judge = None
     if "judge" in cfg.metrics:
-        judge = EndpointJudge(cfg.judge_url) if cfg.judge_url else LocalJudge(cfg.judge_model, cfg.threads)
+        judge = EndpointJudge(cfg.judge_url, timeout=cfg.judge_timeout) if cfg.judge_url else LocalJudge(cfg.judge_model, cfg.threads)
     reporter.status(f"loading {model.label}")
     name = choose_backend(model, cfg.backend, needs)
     backend = open_backend(model, name, needs, **cfg.backend_kwargs(name))
@@ -220,7 +268,8 @@ def run_eval(cfg: EvalConfig, reporter=None) -> dict:
     classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
     header = ReportHeader("eval", model.label, model.content_hash(backend.name), backend.name)
     report = EvalReport(header, template, classifier.describe(), cfg.max_new_tokens, cfg.limit, _config_record(cfg))
-    run = EvalRun(cfg, backend, template, classifier, judge, saved, reporter)
+    journal = EvalJournal(_journal_key(cfg, header.model_sha256, backend.name, template, classifier))
+    run = EvalRun(cfg, backend, template, classifier, judge, saved, reporter, journal)
     try:
         for metric in METRICS:  # registry order: R_h and S_h first, utility last
             if metric in cfg.metrics:

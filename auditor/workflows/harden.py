@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from ..errors import AuditError
 from ..io.cache import sha256_json
 from ..io.gguf_export import export_gguf
 from ..io.config import setting
+from ..io.files import check_folder_writable, exclusive
 from ..io.models import layer_count, resolve_model
 from ..io.reports import Report, ReportHeader
 from ..io.prompts import load_task_rows
@@ -96,6 +99,10 @@ def check_numbers(cfg: HardenConfig) -> None:
         raise AuditError(f"--epochs and --lr must be positive numbers (got {cfg.epochs}, {cfg.lr})")
     if cfg.max_steps is not None and cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.cutoff < 2:
         raise AuditError("--max-steps and --batch-size must be >= 1, --cutoff >= 2")
+    for name, value, least in (("--rows", cfg.n_rows, 1), ("--save-steps", cfg.save_steps, 1),
+                               ("--warmup-steps", cfg.warmup_steps, 0), ("--lora-r", cfg.lora_r, 1)):
+        if value is not None and value < least:
+            raise AuditError(f"{name} must be >= {least} (got {value})")
 
 
 def check_config(cfg: HardenConfig) -> Path:
@@ -123,6 +130,7 @@ def check_config(cfg: HardenConfig) -> Path:
         raise AuditError("output folder exists (use --force to replace it)", out)
     if not out.parent.exists():
         raise AuditError("output's parent folder does not exist", out.parent)
+    check_folder_writable(out.parent)
     return out
 
 
@@ -169,6 +177,12 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[
     """Train and write DIR. `rows`: in-memory training rows and their manifest instead of --data/--attack."""
     reporter = reporter or Silent()
     out = check_config(cfg)
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, one lock for the run (rank 0 writes)
+    with exclusive(out, "harden") if rank0 else nullcontext():
+        return _run(cfg, out, reporter, callbacks, rows)
+
+
+def _run(cfg: HardenConfig, out: Path, reporter, callbacks, rows) -> dict:
     rows, manifest = rows if rows is not None else training_rows(cfg)
     t0 = time.perf_counter()
     if not torch.cuda.is_available():

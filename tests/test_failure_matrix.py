@@ -1,0 +1,327 @@
+"""The product attacked as a whole: one table of bad inputs and hostile environments across every command.
+
+Each case asserts what a user needs when something is wrong: exit code 2 (1 only for a check regression),
+one line on stderr naming the problem and the path, no traceback, every input file byte-identical
+afterwards, and no partial output (nor temp file) left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.server
+import json
+import os
+import pickle
+import shutil
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from auditor.cli import main
+from conftest import write_lines
+
+
+@dataclass
+class Env:
+    """Inputs live in `inp` (checked byte-identical after every case); outputs go to `out`."""
+
+    inp: Path
+    out: Path
+    tiny: Path
+    gguf: Path
+    eval_json: Path
+    refused_url: str
+    hung_url: str
+    garbage_url: str
+
+    def file(self, name: str, data: bytes | str) -> Path:
+        p = self.inp / name
+        p.write_bytes(data if isinstance(data, bytes) else data.encode())
+        return p
+
+
+class _Evil:
+    """Unpickling this would create a file: a loader that unpickles is caught red-handed."""
+
+    marker: Path
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _gguf_with(path: Path, arch: str = "llama", block_count: int = 1, tensor_shape=(4, 4), template: str | None = None,
+               fake_elements: int | None = None) -> Path:
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), arch)
+    w.add_block_count(block_count)
+    if template is not None:
+        w.add_chat_template(template)
+    w.add_tensor("blk.0.attn_q.weight", np.ones(tensor_shape, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    if fake_elements:  # rewrite the tensor's first dimension in place: metadata that claims a vast tensor
+        data = bytearray(path.read_bytes())
+        at = data.find(b"blk.0.attn_q.weight") + len(b"blk.0.attn_q.weight")
+        n_dims = int.from_bytes(data[at:at + 4], "little")
+        assert n_dims == 2
+        data[at + 4:at + 12] = fake_elements.to_bytes(8, "little")
+        path.write_bytes(bytes(data))
+    return path
+
+
+def _folder(env: Env, name: str, drop=(), config: str | None = None, extra: dict | None = None) -> Path:
+    d = env.inp / name
+    shutil.copytree(env.tiny, d)
+    for pattern in drop:
+        for f in d.glob(pattern):
+            f.unlink()
+    if config is not None:
+        (d / "config.json").write_text(config)
+    for fname, data in (extra or {}).items():
+        (d / fname).write_bytes(data)
+    return d
+
+
+ESCAPE = "{{ ''.__class__.__mro__[1].__subclasses__() }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+def _escaping_template(env: Env) -> Path:
+    """A chat template that tries to reach Python's object graph from Jinja (a sandbox escape)."""
+    d = _folder(env, "escape")
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = ESCAPE
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    for f in d.glob("chat_template.*"):
+        f.write_text(ESCAPE)
+    return d
+
+
+def _pickled_folder(env: Env) -> Path:
+    evil = _Evil()
+    _Evil.marker = env.out.parent / "UNPICKLED"
+    return _folder(env, "pickled", drop=("*.safetensors",), extra={"pytorch_model.bin": pickle.dumps(evil)})
+
+
+def _readonly(env: Env) -> Path:
+    """A folder nobody may write into: mode 555 for a user; for root (whom modes do not stop) /sys, a
+    pseudo-filesystem that refuses new files even to root."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    d = env.out / "ro"
+    d.mkdir()
+    d.chmod(0o555)
+    return d
+
+
+def _newer_eval(env: Env) -> Path:
+    data = json.loads(env.eval_json.read_text())
+    data["schema_version"] = 99
+    return env.file("newer.json", json.dumps(data))
+
+
+def _cut_gguf(env: Env) -> Path:
+    size = env.gguf.stat().st_size
+    with open(env.gguf, "rb") as f:
+        return env.file("cut_last.gguf", f.read(size - 1000))
+
+
+M = "{model}"  # the tiny HF model folder
+RO = "/sys" if os.geteuid() == 0 else "ro"  # how the read-only folder shows in messages
+CASES = [
+    # -- model files ------------------------------------------------------------------------------------
+    ("scan zero-byte gguf", lambda e: ["scan", str(e.file("empty.gguf", b""))], "empty.gguf", "GGUF"),
+    ("scan truncated header", lambda e: ["scan", str(e.file("t.gguf", b"GGUF" + (3).to_bytes(4, "little") + (5).to_bytes(8, "little") + (3).to_bytes(8, "little") + (40).to_bytes(8, "little") + b"general.arch"))], "t.gguf", "truncated"),
+    ("scan random bytes", lambda e: ["scan", str(e.file("r.gguf", np.random.default_rng(0).bytes(4096)))], "r.gguf", "magic"),
+    ("scan wrong magic", lambda e: ["scan", str(e.file("w.gguf", b"GGML" + bytes(200)))], "w.gguf", "magic"),
+    ("scan unknown architecture", lambda e: ["scan", str(_gguf_with(e.inp / "alien.gguf", "alienformer"))], "alien.gguf", "alienformer"),
+    ("scan tensor data cut", lambda e: ["scan", str(_cut_gguf(e))], "cut_last.gguf", "truncated"),
+    ("scan absurd layer count", lambda e: ["scan", str(_gguf_with(e.inp / "deep.gguf", block_count=10**9))], "deep.gguf", "layers"),
+    ("scan absurd tensor size", lambda e: ["scan", str(_gguf_with(e.inp / "vast.gguf", fake_elements=2**40))], "vast.gguf", "truncated"),
+    ("scan pickle-only folder", lambda e: ["scan", str(_pickled_folder(e)), "--backend", "torch"], "pickled", "safetensors"),
+    ("scan malformed config.json", lambda e: ["scan", str(_folder(e, "badcfg", config="{not json"))], "badcfg", "config.json"),
+    ("scan tokenizer missing", lambda e: ["scan", str(_folder(e, "notok", drop=("tokenizer*", "special_tokens_map.json")))], "notok", "tokenizer"),
+    ("scan chat template escaping the sandbox", lambda e: ["scan", str(_escaping_template(e)), "--template", "chat"], "escape", "chat template"),
+    ("scan missing model", lambda e: ["scan", str(e.inp / "nowhere.gguf")], "nowhere.gguf", "not found"),
+    ("locate zero-byte gguf", lambda e: ["locate", str(e.file("z.gguf", b"")), "--start", "1-2"], "z.gguf", "GGUF"),
+    ("eval wrong magic", lambda e: ["eval", str(e.file("m.gguf", b"NOPE" + bytes(100)))], "m.gguf", "magic"),
+    ("harden negative rows", lambda e: ["harden", M, "--out", str(e.out / "h"), "--layers", "1-2", "--rows", "-5"], "", "--rows"),
+    # -- prompt and data files ----------------------------------------------------------------------------
+    ("scan empty prompt file", lambda e: ["scan", M, "--normal", str(e.file("empty.txt", ""))], "empty.txt", "no prompts"),
+    ("scan one-line prompt file", lambda e: ["scan", M, "--normal", str(e.file("one.txt", "just one\n"))], "one.txt", "at least 2"),
+    ("scan non-UTF-8 prompts", lambda e: ["scan", M, "--normal", str(e.file("latin.txt", "caf\xe9\nna\xefve\n".encode("latin-1")))], "latin.txt", "UTF-8"),
+    ("scan 10 MB on one line", lambda e: ["scan", M, "--normal", str(e.file("huge.txt", "a" * 10_000_000 + "\nshort one\n"))], "huge.txt", "long"),
+    ("scan CSV without a usable column", lambda e: ["scan", M, "--normal", str(e.file("p.csv", "id,score\n1,2\n3,4\n"))], "p.csv", "column"),
+    ("scan JSONL with a bad line", lambda e: ["scan", M, "--normal", str(e.file("p.jsonl", '{"prompt": "a"}\n{"prompt": \n{"prompt": "c"}\n'))], "p.jsonl", "line 2"),
+    ("locate empty D_o", lambda e: ["locate", M, "--start", "1-2", "--over-refusal", str(e.file("do.txt", "\n\n"))], "do.txt", "no prompts"),
+    ("harden data with a bad line", lambda e: ["harden", M, "--out", str(e.out / "h"), "--layers", "1-2", "--data",
+                                                str(e.file("d.jsonl", '{"instruction": "a", "output": "b"}\nnope\n'))], "d.jsonl", "line 2"),
+    ("harden data without outputs", lambda e: ["harden", M, "--out", str(e.out / "h"), "--layers", "1-2", "--data",
+                                                str(e.file("d.csv", "instruction\nhello\n"))], "d.csv", "output"),
+    ("eval task file missing", lambda e: ["eval", M, "--metrics", "rouge", "--task", str(e.inp / "nope.json")], "nope.json", "not found"),
+    ("eval responses file broken", lambda e: ["eval", M, "--responses", str(e.file("r.jsonl", "{\n"))], "r.jsonl", "line 1"),
+    # -- numbers and ranges ---------------------------------------------------------------------------------
+    ("locate layers out of range", lambda e: ["locate", M, "--start", "50-60"], "", "layers"),
+    ("locate reversed range", lambda e: ["locate", M, "--start", "7-3"], "", "7-3"),
+    ("locate alpha zero", lambda e: ["locate", M, "--start", "1-2", "--alpha", "0"], "", "alpha"),
+    ("locate alpha negative", lambda e: ["locate", M, "--start", "1-2", "--alpha", "-1.5"], "", "alpha"),
+    ("locate alpha one", lambda e: ["locate", M, "--start", "1-2", "--alpha", "1"], "", "alpha"),
+    ("harden layers out of range", lambda e: ["harden", M, "--out", str(e.out / "h"), "--layers", "3-9"], "", "layers"),
+    ("harden negative p", lambda e: ["harden", M, "--out", str(e.out / "h"), "--layers", "1-2", "--attack", "harmful", "--p", "-0.1"], "", "--p"),
+    ("eval negative bootstrap", lambda e: ["eval", M, "--bootstrap", "-1"], "", "--bootstrap"),
+    ("scan negative pairs", lambda e: ["scan", M, "--pairs", "0"], "", "--pairs"),
+    ("scan cuda without a GPU", lambda e: ["scan", M, "--device", "cuda"], "", "CUDA"),
+    ("reference bad rows", lambda e: ["reference", "build", "--out", str(e.out / "ref"), "--benign-rows", "-3"], "", "rows"),
+    # -- outputs ------------------------------------------------------------------------------------------------
+    ("harden --out is a file", lambda e: ["harden", M, "--out", str(e.file("taken", "x")), "--layers", "1-2"], "taken", "is a file"),
+    ("harden --out in a read-only folder", lambda e: ["harden", M, "--out", str(_readonly(e) / "h"), "--layers", "1-2",
+                                                      "--max-steps", "1", "--rows", "4"], RO, "not writable"),
+    ("scan --json into a missing folder", lambda e: ["scan", M, "--json", str(e.out / "no" / "such" / "s.json")], "no/such", "folder"),
+    ("scan --json in a read-only folder", lambda e: ["scan", M, "--json", str(_readonly(e) / "s.json")], RO, "not writable"),
+    ("scan --json existing without --force", lambda e: ["scan", M, "--json", str(e.file("old.json", "{}"))], "old.json", "--force"),
+    ("scan --json on a full disk", lambda e: ["scan", M, "--json", str(e.out / "full" / "s.json"), "--bootstrap", "0"], "s.json", "space"),
+    ("eval --json in a read-only folder", lambda e: ["eval", M, "--json", str(_readonly(e) / "e.json")], RO, "not writable"),
+    # -- judges and servers -------------------------------------------------------------------------------------------
+    ("eval judge refuses connections", lambda e: ["eval", M, "--metrics", "judge", "--judge", e.refused_url, "--judge-timeout", "1", "--limit", "1",
+                                                  "--max-new-tokens", "2"], "127.0.0.1", "judge"),
+    ("eval judge hangs", lambda e: ["eval", M, "--metrics", "judge", "--judge", e.hung_url, "--judge-timeout", "1", "--limit", "1",
+                                    "--max-new-tokens", "2"], "127.0.0.1", "judge"),
+    ("eval judge returns garbage", lambda e: ["eval", M, "--metrics", "judge", "--judge", e.garbage_url, "--judge-timeout", "1", "--limit", "1",
+                                              "--max-new-tokens", "2"], "127.0.0.1", "judge"),
+    ("eval openai server down", lambda e: ["eval", "--backend", "openai", "--base-url", e.refused_url, "--model", "m",
+                                           "--metrics", "harmful", "--limit", "1"], "127.0.0.1", "server"),
+    # -- reports and policies --------------------------------------------------------------------------------------------
+    ("check newer schema", lambda e: ["check", str(_newer_eval(e)), "--baseline", str(e.eval_json)], "newer.json", "schema"),
+    ("check policy with unknown keys", lambda e: ["check", str(e.eval_json), "--baseline", str(e.eval_json), "--policy",
+                                                  str(e.file("p.toml", "[thresholds]\nmax_harmfull_increase = 0.1\n"))], "p.toml", "max_harmfull_increase"),
+    ("check policy not TOML", lambda e: ["check", str(e.eval_json), "--baseline", str(e.eval_json), "--policy",
+                                         str(e.file("p2.toml", "[thresholds\n"))], "p2.toml", "TOML"),
+    ("check baseline not JSON", lambda e: ["check", str(e.eval_json), "--baseline", str(e.file("b.json", "nope"))], "b.json", "JSON"),
+    ("check baseline is a scan report", lambda e: ["check", str(e.eval_json), "--baseline",
+                                                   str(e.file("s.json", json.dumps({"schema_version": 2, "command": "scan"})))], "s.json", "eval"),
+    ("compare a missing report", lambda e: ["compare", str(e.eval_json), str(e.inp / "gone.json")], "gone.json", "not found"),
+    ("compare a non-report", lambda e: ["compare", str(e.eval_json), str(e.file("list.json", "[1, 2]"))], "list.json", "report"),
+    ("locate from a broken scan report", lambda e: ["locate", M, "--from-scan", str(e.file("scan.json", "{"))], "scan.json", "JSON"),
+    ("harden from a report without a range", lambda e: ["harden", M, "--out", str(e.out / "h"), "--from-report",
+                                                        str(e.file("loc.json", json.dumps({"schema_version": 2, "command": "locate"})))], "loc.json", "range"),
+]
+
+
+@pytest.fixture(scope="module")
+def eval_report(tiny_model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("matrix") / "base.json"
+    r = CliRunner().invoke(main, ["eval", str(tiny_model_dir), "--metrics", "harmful", "--limit", "4", "--max-new-tokens", "2",
+                                  "--bootstrap", "20", "--json", str(out), "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def servers():
+    """127.0.0.1 endpoints: one refusing connections, one that accepts and never answers, one answering garbage."""
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)  # accepts into the backlog, never reads or answers
+
+    class Garbage(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = b"<html>definitely not JSON"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    garbage = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbage)
+    threading.Thread(target=garbage.serve_forever, daemon=True).start()
+    urls = [f"http://127.0.0.1:{s.getsockname()[1]}/v1" for s in (refused, hung)]
+    yield urls + [f"http://127.0.0.1:{garbage.server_address[1]}/v1"]
+    garbage.shutdown()
+    refused.close()
+    hung.close()
+
+
+def _digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            for p in sorted(root.rglob("*")) if not p.is_symlink()}
+
+
+@pytest.mark.parametrize("name,make_args,path_part,message", CASES, ids=[c[0] for c in CASES])
+def test_failure_matrix(name, make_args, path_part, message, tmp_path, tiny_model_dir, bundled_gguf, eval_report,
+                        servers, monkeypatch):
+    env = Env(tmp_path / "in", tmp_path / "out", tiny_model_dir, bundled_gguf, eval_report, *servers)
+    env.inp.mkdir()
+    env.out.mkdir()
+    args = [str(tiny_model_dir) if a == M else a for a in make_args(env)]
+    if name.endswith("full disk"):
+        (env.out / "full").mkdir()
+        real = Path.write_text
+
+        def no_space(self, *a, **kw):
+            if str(self).startswith(str(env.out / "full")):
+                raise OSError(errno.ENOSPC, "No space left on device", str(self))
+            return real(self, *a, **kw)
+
+        monkeypatch.setattr(Path, "write_text", no_space)
+    before_in, before_out = _digest(env.inp), _digest(env.out)
+    try:
+        r = CliRunner().invoke(main, args)
+    finally:
+        for d in env.out.rglob("*"):
+            if d.is_dir():
+                d.chmod(0o755)
+    assert r.exit_code == 2, f"{name}: exit {r.exit_code}\n{r.output}\n{r.exception!r}"
+    lines = r.stderr.strip().splitlines()
+    errors = [x for x in lines if any(w in x.lower() for w in ("error", "traceback", "warning", "exception"))]
+    assert errors == lines[-1:] and lines[-1].startswith("error: "), f"{name}: not one error line last:\n{r.stderr}"
+    line = lines[-1]  # progress/status lines may precede it ("loading ..."), nothing else
+    assert message.lower() in line.lower(), f"{name}: {line!r} does not say {message!r}"
+    assert path_part in line, f"{name}: {line!r} does not name {path_part!r}"
+    assert _digest(env.inp) == before_in, f"{name}: an input file changed"
+    assert _digest(env.out) == before_out, f"{name}: output left behind: {set(_digest(env.out)) - set(before_out)}"
+    assert not (tmp_path / "UNPICKLED").exists(), f"{name}: a pickle was loaded"
+
+
+def test_the_matrix_is_big_and_covers_every_command():
+    commands = {c[1](None)[0] if False else c[0].split()[0] for c in CASES}
+    assert len(CASES) >= 40
+    assert {"scan", "locate", "harden", "eval", "check", "compare", "reference"} <= commands
+
+
+def test_check_regression_is_exit_1_not_2(eval_report, tmp_path):
+    """The one exit code that is not 2: a candidate worse than its baseline (here: a baseline that refused all)."""
+    data = json.loads(eval_report.read_text())
+    assert data["harmful_rate"]["value"] > 0.1  # the tiny random model refuses nothing
+    data["harmful_rate"].update(value=0.0, ci95=[0.0, 0.0])
+    better = write_lines(tmp_path / "better.json", [json.dumps(data)])
+    r = CliRunner().invoke(main, ["check", str(eval_report), "--baseline", str(better)])
+    assert r.exit_code == 1, r.output
+
+
+@pytest.mark.model
+def test_llama_chat_template_escape_is_one_line_error(bundled_gguf):
+    """llama.cpp side: the GGUF's template runs in llama-cpp-python's sandbox; what it raises is our error."""
+    from auditor.backends import open_backend
+    from auditor.errors import AuditError
+    from auditor.io.models import resolve_model
+
+    b = open_backend(resolve_model(str(bundled_gguf)), "llama", threads=1)
+    try:
+        b.chat_template = ESCAPE
+        with pytest.raises(AuditError, match="chat template cannot be rendered") as e:
+            b.encode("hi", "chat")
+        assert str(bundled_gguf) in str(e.value)
+    finally:
+        b.close()
