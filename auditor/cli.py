@@ -337,6 +337,8 @@ def reference():
 
 @reference.command("build")
 @opt(ReferenceConfig, "out", "--out", metavar="DIR")
+@opt(ReferenceConfig, "base", "--base", metavar="MODEL")
+@opt(ReferenceConfig, "distill_tokens", "--distill-tokens", type=int)
 @opt(ReferenceConfig, "seed", "--seed", type=int)
 @opt(ReferenceConfig, "epochs", "--epochs", type=float)
 @opt(ReferenceConfig, "benign_rows", "--benign-rows", type=int)

@@ -143,3 +143,19 @@ def test_harden_resumes_to_bit_identical_weights(tmp_path, tiny_model_dir, stop_
     assert again.returncode == 0, again.stderr
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "r")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("stop_after,sig,marker", [(1, signal.SIGINT, "self-distilling"), (2, signal.SIGKILL, "training")],
+                         ids=["sigint-distilling", "sigkill-training"])
+def test_reference_build_resumes_to_bit_identical_weights(tmp_path, tiny_model_dir, stop_after, sig, marker):
+    args = ["reference", "build", "--base", str(tiny_model_dir), "--benign-rows", "24", "--distill-tokens", "4",
+            "--max-steps", "5", "--threads", "1"]
+    whole = _cli(args + ["--out", str(tmp_path / "whole")], tmp_path / "cache-whole")
+    assert whole.returncode == 0, whole.stderr
+    cache = tmp_path / "cache"
+    _interrupted_ok(_cli(args + ["--out", str(tmp_path / "r")], cache, stop_after, sig, marker=marker), sig)
+    assert not (tmp_path / "r").exists()
+    again = _cli(args + ["--out", str(tmp_path / "r")], cache)
+    assert again.returncode == 0, again.stderr
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "r")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

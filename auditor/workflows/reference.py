@@ -46,7 +46,7 @@ BENIGN_ROWS = 600  # alpaca-train queries (of 797) to self-distill: the build's 
 @dataclass
 class ReferenceConfig:
     out: str | None = setting(None, "Output folder (default: the user cache, which is what MODEL 'reference' means).")
-    base: str | None = setting(None, "The model to align (default: the bundled SmolLM2; tests pass a tiny one).")
+    base: str | None = setting(None, "The model to align (default: the bundled SmolLM2; another base is another reference).")
     seed: int = setting(0, "Seed of the row order and training; each seed is its own reference build.")
     epochs: float = setting(1.0, "Epochs.")
     benign_rows: int | None = setting(BENIGN_ROWS, "Self-distill the first N of the 797 Alpaca-train queries (the build-time budget).")
@@ -171,6 +171,8 @@ def build_reference(cfg: ReferenceConfig, reporter=None) -> dict:
     check_numbers(hcfg)  # before the distillation, not after it
     if cfg.benign_rows is not None and cfg.benign_rows < 0:
         raise AuditError(f"--benign-rows must be >= 0, got {cfg.benign_rows}")
+    if cfg.distill_tokens < 1:
+        raise AuditError(f"--distill-tokens must be >= 1, got {cfg.distill_tokens}")
     if cfg.out is None:
         out.parent.mkdir(parents=True, exist_ok=True)  # the user cache; a given --out's parent must exist
     elif not out.parent.is_dir():
