@@ -38,7 +38,6 @@ from .workflows.reference import ReferenceConfig, build_reference
 from .workflows.scan import ScanConfig, run_scan
 
 
-
 def _out() -> Console:
     """stdout console; piped or logged output gets 160 columns, not rich's 80 (it cut every scan column)."""
     return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)

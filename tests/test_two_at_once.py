@@ -55,11 +55,13 @@ def test_two_hardens_into_one_output_one_wins(tmp_path, tiny_model_dir):
         for line in first.stderr:  # the first is training: it holds the output
             if "training" in line:
                 break
+        first.send_signal(signal.SIGSTOP)  # held mid-training, lock taken: however fast this machine trains
         second = subprocess.run([sys.executable, "-m", "auditor.cli", *args], env=_env(tmp_path / "c"),
                                 capture_output=True, text=True, timeout=600)
         assert second.returncode == 2, second.stderr
         assert "another harden is writing" in second.stderr and str(out) in second.stderr
         assert len(second.stderr.strip().splitlines()) <= 2 and "Traceback" not in second.stderr
+        first.send_signal(signal.SIGCONT)
         first.stderr.read()
         assert first.wait(timeout=600) == 0
     finally:

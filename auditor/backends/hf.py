@@ -13,6 +13,7 @@ import copy
 from typing import Sequence
 
 import torch
+from jinja2 import TemplateError
 from transformers import StoppingCriteria
 
 from ..io.models import ModelRef
@@ -58,8 +59,6 @@ class TorchBackend(Backend):
     def render_chat(self, query: str) -> str:
         if not self.chat_template:
             raise self.no_chat_template()
-        from jinja2 import TemplateError
-
         try:
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True)

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from jinja2 import TemplateError
 
 import llama_cpp as L  # heavy: this module is imported only when the registry opens the backend
 
@@ -159,7 +160,6 @@ class LlamaCppBackend(Backend):
     def render_chat(self, query: str) -> str:
         if not self.chat_template:
             raise self.no_chat_template()
-        from jinja2 import TemplateError
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         try:  # llama-cpp-python renders in Jinja's ImmutableSandboxedEnvironment

@@ -33,6 +33,14 @@ def cache_dir() -> Path:
     return Path(base)
 
 
+def cached_journal(kind: str, key: str) -> Path:
+    """Where a command's journal lives when the user names none: the cache, under a content key (so a killed
+    run resumes, and another model or configuration never reads it)."""
+    path = cache_dir() / "journals" / f"{kind}-{key}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def sha256_json(obj) -> str:
     """Content hash of JSON-able data (training rows, recipe keys, cache keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()

@@ -4,8 +4,8 @@
 Every rate gets a percentile-bootstrap 95% CI over its prompts. Responses can be saved as JSONL and fed
 back (`responses`) so a judge can be re-run without regenerating. Every finished verdict, response and MMLU
 answer is journaled in the cache under a key of everything that determines it (model content, backend,
-template, classifier, token budget, dtype), so a killed eval resumes where it stopped. The report's `config` records everything
-`check` needs to evaluate a candidate model the same way, the judge included.
+template, classifier, token budget, dtype), so a killed eval resumes where it stopped. The report's `config`
+records everything `check` needs to evaluate a candidate model the same way, the judge included.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..core.judge import EndpointJudge, LocalJudge, score_responses
 from ..core.metrics import bootstrap_mean, mmlu_predictions, mmlu_rows, rouge_l
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
 from ..errors import AuditError
-from ..io.cache import Journal, cache_dir, sha256_json
+from ..io.cache import Journal, cached_journal, sha256_json
 from ..io.config import setting
 from ..io.prompts import TEMPLATES, check_template, jsonl_rows, load_prompts, load_task_rows, task_query
 from ..io.reports import Report, ReportHeader
@@ -198,13 +198,11 @@ class EvalJournal:
     Off for a model behind a server (its weights can change under the same URL) and with --no-cache."""
 
     def __init__(self, key: str | None):
-        self.journal = Journal(cache_dir() / "journals" / f"eval-{key}.jsonl" if key else None)
+        self.journal = Journal(cached_journal("eval", key) if key else None)
         self.done: dict[tuple, object] = {}
-        if key:
-            self.journal.path.parent.mkdir(parents=True, exist_ok=True)
-            for row in self.journal.rows():
-                if isinstance(row.get("id"), list) and len(row["id"]) == 3:
-                    self.done[tuple(row["id"])] = row.get("value")
+        for row in self.journal.rows():
+            if isinstance(row.get("id"), list) and len(row["id"]) == 3:
+                self.done[tuple(row["id"])] = row.get("value")
 
     def add(self, kind: str, metric: str, item: str, value) -> None:
         self.done[(kind, metric, item)] = value

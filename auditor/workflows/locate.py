@@ -20,7 +20,7 @@ from ..backends import GENERATION, WEIGHT_SCALING, Backend, choose_backend, open
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
 from ..core.search import SURVEY_ALPHA, choose_alpha, control_ranges, progressive_search, room_to_move, survey
 from ..errors import AuditError
-from ..io.cache import Journal, cache_dir, sha256_json
+from ..io.cache import Journal, cached_journal, sha256_json
 from ..io.config import setting
 from ..io.models import layer_count
 from ..io.prompts import check_template, load_prompts
@@ -51,13 +51,6 @@ def paper_compat(cfg: LocateConfig) -> LocateConfig:
     """--compat paper: greedy 16 tokens, keyword classifier, o_proj unscaled, alpaca template."""
     cfg.compat, cfg.classifier, cfg.max_new_tokens, cfg.scale_o_proj, cfg.template = "paper", "keyword", 16, False, "alpaca"
     return cfg
-
-
-def _cached_journal(key: str) -> Path:
-    """Without --json the journal lives in the cache, keyed by content: a killed run resumes all the same."""
-    path = cache_dir() / "journals" / f"locate-{key}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class CountJournal:
@@ -231,7 +224,7 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     try:
         model_hash = model.content_hash(backend.name)
         key = sha256_json([model_hash, backend.name, cfg.template, classifier.describe(), prompts, cfg.scale_o_proj])[:24]
-        journal = CountJournal(Path(cfg.journal) if cfg.journal else _cached_journal(key), key)
+        journal = CountJournal(Path(cfg.journal) if cfg.journal else cached_journal("locate", key), key)
         count = RefusalCounter(backend, prompts, classifier, cfg.template, cfg.scale_o_proj, journal, reporter)
         s = _search(cfg, backend, count, len(prompts), reporter)
     finally:
