@@ -16,7 +16,8 @@ WHEEL=$(ls "$TMP"/dist/safety_audit-*.whl)
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 need = ["auditor/_cpp/ops.cpp", "auditor/_cpp/cuda/pair_stats.cu", "auditor/data/alpaca_gpt4_en_demo_999.json",
-        "auditor/data/advbench_harmful_behaviors.csv", "auditor/data/refusal_starts.txt", "auditor/io/cache.py"]
+        "auditor/data/advbench_harmful_behaviors.csv", "auditor/data/refusal_starts.txt", "auditor/io/cache.py",
+        "auditor/render/templates/report.html.j2", "auditor/render/templates/report.md.j2", "auditor/cli/__main__.py"]
 missing = [n for n in need if n not in names]
 assert not missing, f"wheel lacks {missing}"
 print(f"wheel ok: {len(names)} files")
@@ -43,4 +44,6 @@ PY
 import json; r = json.load(open('scan.json'))
 assert r['n_layers'] == 30 and len(r['layers']) == 30 and r['backend'] == 'llama', r
 print('scan ok: initial range', r['initial_range'])"
+"$TMP/venv/bin/safety-audit" report scan.json --html report.html 2> /dev/null  # templates are package data
+grep -q "data:image/png;base64" report.html && echo "report ok: $(wc -c < report.html) bytes, scan plot embedded"
 echo "wheel check passed"

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from ..errors import AuditError
 from ..io.models import ModelRef
-from .base import CAPABILITIES, GENERATION, HIDDEN_STATES, NEXT_TOKEN, WEIGHT_SCALING, Backend, Progress
+from .base import ATTENTION, CAPABILITIES, GENERATION, HIDDEN_STATES, NEXT_TOKEN, WEIGHT_SCALING, Backend, Progress
 
 __all__ = ["Backend", "Progress", "BackendSpec", "REGISTRY", "BACKEND_CHOICES", "choose_backend", "open_backend",
            "check_capabilities",
-           "CAPABILITIES", "GENERATION", "HIDDEN_STATES", "NEXT_TOKEN", "WEIGHT_SCALING"]
+           "ATTENTION", "CAPABILITIES", "GENERATION", "HIDDEN_STATES", "NEXT_TOKEN", "WEIGHT_SCALING"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ _ALL = frozenset(CAPABILITIES)
 REGISTRY: dict[str, BackendSpec] = {s.name: s for s in (
     BackendSpec("llama", "auditor.backends.llamacpp:LlamaCppBackend", ("gguf",), ("gguf",), _ALL,
                 "llama.cpp (llama-cpp-python) on the GGUF as it is quantized"),
-    BackendSpec("torch", "auditor.backends.hf:TorchBackend", ("hf", "gguf"), ("hf",), _ALL,
+    BackendSpec("torch", "auditor.backends.hf:TorchBackend", ("hf", "gguf"), ("hf",), _ALL | {ATTENTION},
                 "transformers; a GGUF is loaded dequantized"),
     BackendSpec("openai", "auditor.backends.openai:OpenAIBackend", ("remote",), ("remote",), frozenset({GENERATION}),
                 "any OpenAI-compatible server (--base-url): generation only"),
@@ -50,7 +50,9 @@ def choose_backend(model: ModelRef, backend: str = "auto", needs: tuple[str, ...
     if backend != "auto" and backend not in REGISTRY:
         raise AuditError(f"unknown backend '{backend}' (choose from {', '.join(BACKEND_CHOICES)})")
     if backend == "auto":
-        fits = [s for s in REGISTRY.values() if model.kind in s.default_for and set(needs) <= s.capabilities]
+        able = [s for s in REGISTRY.values() if set(needs) <= s.capabilities]
+        # the kind's default backend; else any that opens the kind (attention on a GGUF: torch, dequantized)
+        fits = [s for s in able if model.kind in s.default_for] or [s for s in able if model.kind in s.kinds]
         if not fits:
             raise AuditError(f"no backend opens this model with {', '.join(needs) or 'any capability'}", model.path)
         return fits[0].name
@@ -71,7 +73,7 @@ def check_capabilities(backend: str, needs: tuple[str, ...]) -> None:
     missing = [c for c in needs if spec is not None and c not in spec.capabilities]
     if missing:
         raise AuditError(f"the {backend} backend has no {missing[0]} capability ({spec.help}): use "
-                         f"{' or '.join(n for n, s in REGISTRY.items() if set(needs) <= s.capabilities)}")
+                         f"--backend {' or '.join(n for n, s in REGISTRY.items() if set(needs) <= s.capabilities)}")
 
 
 def open_backend(model: ModelRef, backend: str = "auto", needs: tuple[str, ...] = (), **kwargs) -> Backend:

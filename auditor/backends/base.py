@@ -33,6 +33,18 @@ WEIGHT_SCALING = "weight-scaling"  # a layer range's linear maps scaled by α, r
 GENERATION = "generation"  # greedy continuations
 NEXT_TOKEN = "next-token"  # next-token probabilities after a prompt (MMLU)
 CAPABILITIES = (HIDDEN_STATES, WEIGHT_SCALING, GENERATION, NEXT_TOKEN)
+ATTENTION = "attention"  # the final token's attention weights over the prompt, per layer and head (torch only)
+
+
+@dataclass
+class Attention:
+    """What the final prompt token attends to: the templated text, its token ids, each token's (start, end)
+    characters in the text (None where the tokenizer cannot say), and weights [K layers, heads, T tokens]."""
+
+    text: str
+    ids: list[int]
+    offsets: list[tuple[int, int]] | None
+    weights: torch.Tensor
 
 
 class Backend(abc.ABC):
@@ -81,6 +93,10 @@ class Backend(abc.ABC):
                       progress: Progress | None = None) -> torch.Tensor:
         """[n, len(first)]: probabilities of the response's first token being each of `first`."""
         raise self.unable(NEXT_TOKEN)
+
+    def final_token_attention(self, query: str, template: str) -> Attention:
+        """The final token's attention over the templated query, every layer and head."""
+        raise self.unable(ATTENTION)
 
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True) -> ContextManager:
         """Context manager: the chosen layers' linear maps scaled by alpha; the model restored on exit."""

@@ -20,14 +20,14 @@ from ..io.models import ModelRef
 from ..io.prompts import wrap
 from ..weights.layers import decoder_layers
 from ..weights.scaling import scaled
-from .base import CAPABILITIES, Backend, Generated, Progress, Stop, prefix_groups
+from .base import ATTENTION, CAPABILITIES, Attention, Backend, Generated, Progress, Stop, prefix_groups
 from .devices import resolve_device, resolve_dtype
 from .hf_loading import load_causal_lm, quiet_transformers
 
 
 class TorchBackend(Backend):
     name = "torch"
-    capabilities = frozenset(CAPABILITIES)
+    capabilities = frozenset(CAPABILITIES) | {ATTENTION}
 
     def __init__(self, model: ModelRef | None = None, threads: int | None = None, max_batch_tokens: int = 4096,
                  hf_model=None, tokenizer=None, trust_remote_code: bool = False, batch_size: int | None = None,
@@ -206,6 +206,25 @@ class TorchBackend(Backend):
             p0[[members[j] for j in chunk]] = probs(h[torch.arange(rows, device=h.device), last])
             if progress:
                 progress(rows)
+
+    @torch.inference_mode()
+    def final_token_attention(self, query: str, template: str) -> Attention:
+        """One forward with eager attention (SDPA and flash kernels never form the weights), for this call
+        only: the model's own implementation is restored afterwards."""
+        text = wrap(query, template, self.render_chat)
+        fast = bool(getattr(self.tokenizer, "is_fast", False))
+        enc = self.tokenizer(text, add_special_tokens=template != "chat", return_offsets_mapping=fast)
+        ids = list(enc["input_ids"])
+        base = getattr(self.model, self.model.base_model_prefix, self.model)
+        previous = self.model.config._attn_implementation
+        self.model.set_attn_implementation("eager")
+        try:
+            out = base(input_ids=torch.tensor([ids], device=self.device), output_attentions=True, use_cache=False)
+        finally:
+            self.model.set_attn_implementation(previous)
+        weights = torch.stack([a[0, :, -1, :].float().cpu() for a in out.attentions])
+        offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]] if fast else None
+        return Attention(text, ids, offsets, weights)
 
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
         return scaled(self.model, layers, alpha, scale_o_proj)

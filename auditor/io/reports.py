@@ -82,3 +82,16 @@ def read_report(path: str | Path, what: str = "report") -> dict:
     if version not in READABLE_SCHEMAS:
         raise AuditError(f"not a safety-audit {what} (no known schema_version)", p)
     return data
+
+
+def report_range(path: str | Path) -> tuple[int, int]:
+    """The safety layers a report names: a locate report's safety_layers, else a scan's initial range."""
+    p = Path(path)
+    try:
+        rep = json.loads(p.read_text())
+        rng = rep.get("safety_layers") or rep.get("initial_range")
+    except (OSError, json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        raise AuditError("not a readable locate/scan report", p) from None
+    if not rng:
+        raise AuditError("the report has no safety_layers or initial_range", p)
+    return int(rng[0]), int(rng[1])

@@ -74,4 +74,5 @@ RESUME = {  # what a Ctrl-C keeps, and how to continue (kill/resume tests in tes
     "harden": "add --resume to the same command to continue from its last checkpoint",
     "reference": "run the same command again: distilled rows and checkpoints are reused",
     "check": "run the same command again: the candidate's responses already generated are reused",
+    "audit": "run the same command again: finished steps are kept, the current one resumes from its journal",
 }

@@ -31,6 +31,10 @@ def plot_locate(report: dict, path: str | Path, force: bool = False) -> Path:
     return _save(locate_figure(report), path, force)
 
 
+def plot_attention(report: dict, path: str | Path, force: bool = False) -> Path:
+    return _save(attention_figure(report), path, force)
+
+
 def scan_figure(report: dict):
     """Two panels like the paper's Fig. 2: pair cosines per layer; angle gap with its 95% CI."""
     plt = _pyplot()
@@ -116,3 +120,62 @@ def locate_figure(report: dict):
                  f"safety layers {f[0]}–{f[1]}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+ROLE_STYLE = {"content": ("#111111", "bold"), "function": ("#666666", "normal"), "template": ("#aaaaaa", "normal")}
+
+
+def attention_figure(report: dict):
+    """Figure 4 of the paper: layers × tokens heatmaps of the final token's attention, malicious and normal
+    side by side, safety layers between dashed lines; a third panel: the share on content words per layer.
+    With --scale, a second row shows the same with the range scaled. √ colour scale: the first token takes
+    most of the attention in every layer (an attention sink), and a linear scale would show nothing else."""
+    plt = _pyplot()
+    from matplotlib.colors import PowerNorm
+
+    prompts, layers = report["prompts"], report["layers"]
+    rows = [("weights", "shares", "")] + ([("scaled_weights", "scaled_shares", "scaled")] if report.get("scale") else [])
+    widths = [max(3.5, 0.16 * len(p["tokens"])) for p in prompts] + [3.2]
+    height = max(3.2, 0.2 * len(layers)) + 1.6
+    fig, axes = plt.subplots(len(rows), 3, figsize=(sum(widths), height * len(rows)), dpi=130, squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    vmax = max(max(max(r) for r in p[key]) for p in prompts for key, _, _ in rows)
+    extent_y = (layers[-1] + 0.5, layers[0] - 0.5)
+    sl = report.get("safety_layers")
+    for r, (wkey, skey, tag) in enumerate(rows):
+        what = (f"layers {report['scale']['layers'][0]}–{report['scale']['layers'][1]} × α {report['scale']['alpha']:g}"
+                if tag else "as is")
+        for c, p in enumerate(prompts):
+            ax, T = axes[r][c], len(p["tokens"])
+            im = ax.imshow(p[wkey], aspect="auto", cmap="magma", norm=PowerNorm(0.5, vmin=0, vmax=vmax),
+                           extent=(-0.5, T - 0.5, *extent_y), interpolation="nearest")
+            ax.set_xticks(range(T))
+            ax.set_xticklabels(p["tokens"], rotation=90, fontsize=max(4.5, min(8, 520 / T)))
+            for label, role in zip(ax.get_xticklabels(), p["token_roles"]):
+                label.set_color(ROLE_STYLE[role][0])
+                label.set_fontweight(ROLE_STYLE[role][1])
+            ax.set_ylabel("layer")
+            ax.set_title(f"{p['role']} prompt ({what})", fontsize=9, color="#b71c1c" if p["role"] == "malicious" else "#0d47a1")
+            _mark_layers(ax, sl)
+        fig.colorbar(im, ax=axes[r][1], fraction=0.04, pad=0.02, label="attention weight (√ scale)")
+        ax = axes[r][2]
+        for p, color in zip(prompts, ("#d62728", "#1f77b4")):
+            ax.plot(p[skey]["content"], layers, "-o", ms=2.5, color=color, label=f"{p['role']}: content words")
+            ax.plot(p[skey]["template"], layers, ":", color=color, alpha=0.7, label=f"{p['role']}: template")
+        ax.set_ylim(*extent_y)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of the final token's attention")
+        ax.grid(alpha=0.3)
+        _mark_layers(ax, sl)
+        ax.legend(fontsize=7, loc="lower right")
+    heads = report["heads"] if report["heads"] in ("mean", "max") else f"head {report['heads']}"
+    fig.suptitle(f"{report['model']} · final-token attention ({heads} of {report['n_heads']} heads) · template: "
+                 f"{report['template']}" + (f" · safety layers {sl[0]}–{sl[1]} (dashed)" if sl else ""), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _mark_layers(ax, rng) -> None:
+    if rng:
+        for y in (rng[0] - 0.5, rng[1] + 0.5):
+            ax.axhline(y, color="#00e5ff", lw=1.4, ls="--")

@@ -175,3 +175,25 @@ def doctor_table(info: dict) -> Table:
     t.add_row("compiled ops", f"[green]loaded ({where})[/green]" if ops["loaded"] else f"[red]not loaded[/red]: {ops['error']}")
     t.add_row("compiled sources", ops["source"])
     return t
+
+
+def attention_table(r: dict) -> Table:
+    """Per layer, for each prompt: the share of the final token's attention on content words and on the
+    template, and the prompt's most attended word (the template's tokens take most of the attention everywhere)."""
+    rng = r.get("safety_layers")
+    heads = r["heads"] if r["heads"] in ("mean", "max") else f"head {r['heads']}"
+    table = Table(title=f"{r['model']} · final-token attention ({heads} of {r['n_heads']} heads) · template {r['template']}",
+                  caption="content / template: share of attention; top: the prompt's most attended token"
+                          + (f"; ▌ safety layers {rng[0]}–{rng[1]}" if rng else ""), header_style="bold")
+    table.add_column("layer", justify="right")
+    for p in r["prompts"]:
+        for col in ("content", "template", "top"):
+            table.add_column(f"{p['role'][:3]} {col}", justify="left" if col == "top" else "right", no_wrap=True)
+    for i, layer in enumerate(r["layers"]):
+        cells = [("▌" if rng and rng[0] <= layer <= rng[1] else " ") + str(layer)]
+        for p in r["prompts"]:
+            row, own = p["weights"][i], [k for k, role in enumerate(p["token_roles"]) if role != "template"]
+            top = max(own or range(len(row)), key=row.__getitem__)
+            cells += [f"{p['shares']['content'][i]:.2f}", f"{p['shares']['template'][i]:.2f}", p["tokens"][top]]
+        table.add_row(*cells)
+    return table

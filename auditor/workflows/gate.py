@@ -94,6 +94,13 @@ def verdict(candidate: dict, baseline: dict, limits: dict | None = None) -> list
     return rows
 
 
+def check_report(candidate: dict, baseline: dict, limits: dict | None = None) -> dict:
+    """The `check` result: every threshold's row and the overall pass (schema 2)."""
+    rows = verdict(candidate, baseline, limits)
+    return {"schema_version": 2, "command": "check", "candidate": candidate.get("model"), "baseline": baseline.get("model"),
+            "passed": all(r["passed"] for r in rows), "checks": rows}
+
+
 def junit_xml(rows: list[dict], name: str) -> str:
     suite = ET.Element("testsuite", name=f"safety-audit check: {name}", tests=str(len(rows)),
                        failures=str(sum(not r["passed"] for r in rows)))

@@ -8,7 +8,6 @@ Every option is checked before the model or the data is loaded.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -26,7 +25,7 @@ from ..io.gguf_export import export_gguf
 from ..io.config import setting
 from ..io.files import check_folder_writable, exclusive
 from ..io.models import layer_count, resolve_model
-from ..io.reports import Report, ReportHeader
+from ..io.reports import Report, ReportHeader, report_range
 from ..io.prompts import load_task_rows
 from ..training.attacks import build_attack
 from ..training.data import SFTData
@@ -137,17 +136,7 @@ def check_config(cfg: HardenConfig) -> Path:
 def layer_range(cfg: HardenConfig, n_layers: int) -> tuple[int, int] | None:
     if not METHODS[cfg.method].needs_layers:
         return None
-    rng = cfg.layers
-    if rng is None:
-        p = Path(cfg.from_report)
-        try:
-            rep = json.loads(p.read_text())
-            rng = rep.get("safety_layers") or rep.get("initial_range")
-        except (OSError, json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-            raise AuditError("not a readable locate/scan report", p) from None
-        if not rng:
-            raise AuditError("the report has no safety_layers or initial_range", p)
-    a, b = int(rng[0]), int(rng[1])
+    a, b = cfg.layers or report_range(cfg.from_report)
     if not 0 <= a <= b < n_layers:
         raise AuditError(f"layers {a}-{b} are outside the model (layers 0..{n_layers - 1})")
     return a, b

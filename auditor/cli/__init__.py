@@ -7,95 +7,34 @@ from the registries (backends, classifiers, metrics, harden methods), so they ca
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from . import __version__
-from .backends import BACKEND_CHOICES
-from .backends.devices import DTYPE_CHOICES
-from .core.refusal import CLASSIFIERS, RENAMED
-from .errors import AuditError
-from .io.config import default_of, help_of
-from .io.files import atomic_write, check_writable, write_json
-from .io.models import reference_dir, reference_model
-from .io.prompts import TEMPLATES
-from .render.commandline import AuditGroup, err, layer_range
-from .render.plots import plot_locate, plot_scan
-from .render.progress import rich_reporter
-from .render.tables import check_table, compare_table, doctor_table, eval_table, harden_table, locate_table, print_scan
-from .training.attacks import ATTACKS
-from .training.methods import METHODS
-from .workflows import doctor as doctor_mod
-from .workflows import gate
-from .workflows.evaluate import METRICS, EvalConfig, run_eval
-from .workflows.harden import GGUF_TYPES, HardenConfig, run_harden
-from .workflows.locate import LocateConfig, paper_compat, run_locate
-from .workflows.reference import ReferenceConfig, build_reference
-from .workflows.scan import ScanConfig, run_scan
-
-
-def _out() -> Console:
-    """stdout console; piped or logged output gets 160 columns, not rich's 80 (it cut every scan column)."""
-    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
-
-
-def opt(config: type, name: str, *decls: str, **kw):
-    """A click option whose help (and default) come from the config dataclass field `name`."""
-    kw.setdefault("help", help_of(config, name))
-    if not kw.get("is_flag") and "default" not in kw:
-        kw["default"] = default_of(config, name)
-        kw.setdefault("show_default", kw["default"] is not None)
-    return click.option(*decls, name, **kw)
-
-
-def _classifier(ctx, param, value):
-    if value in RENAMED:
-        err.print(f"note: --classifier {value} is now called '{RENAMED[value]}'; the report records the new name")
-        return RENAMED[value]
-    return value
-
-
-CLASSIFIER_CHOICE = click.Choice([*CLASSIFIERS, *RENAMED])
-json_opt = click.option("--json", "json_path", default=None, metavar="PATH", help="Write the JSON report (schema_version 2); '-' prints it to stdout.")
-force_opt = click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-threads_opt = click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
-
-
-def placement_options(config: type):
-    """--device, --dtype, --device-map (torch backend), help from the config."""
-    def wrap(f):
-        for name, decl, kw in reversed((("device", "--device", {"metavar": "auto|cpu|cuda[:N]"}),
-                                        ("dtype", "--dtype", {"type": click.Choice(DTYPE_CHOICES)}),
-                                        ("device_map", "--device-map", {"type": click.Choice(["auto"])}))):
-            f = opt(config, name, decl, **kw)(f)
-        return f
-    return wrap
-
-
-def _check_outputs(force: bool, *paths) -> None:
-    """Refuse existing outputs before the long part, not after it."""
-    for p in paths:
-        if p and p != "-":
-            check_writable(p, force)
-
-
-def _emit(report: dict, json_path, plot_path, force: bool, render, plot=None) -> None:
-    """The table (or the JSON on stdout with --json -), then the JSON file and the plot, atomically."""
-    if json_path == "-":
-        click.echo(json.dumps(report, indent=2))
-    else:
-        render(report)
-    if json_path and json_path != "-":
-        write_json(json_path, report, force)
-        err.print(f"wrote {json_path}", markup=False)
-    if plot_path and plot:
-        plot(report, plot_path, force)
-        err.print(f"wrote {plot_path}", markup=False)
+from .. import __version__
+from ..backends import BACKEND_CHOICES
+from ..errors import AuditError
+from ..io.config import default_of
+from ..io.files import atomic_write
+from ..io.models import reference_dir, reference_model
+from ..io.prompts import TEMPLATES
+from ..render.commandline import AuditGroup, err, layer_range
+from ..render.plots import plot_locate, plot_scan
+from ..render.progress import rich_reporter
+from ..render.tables import check_table, compare_table, doctor_table, eval_table, harden_table, locate_table, print_scan
+from ..training.attacks import ATTACKS
+from ..training.methods import METHODS
+from ..workflows import doctor as doctor_mod
+from ..workflows import gate
+from ..workflows.evaluate import METRICS, EvalConfig, run_eval
+from ..workflows.harden import GGUF_TYPES, HardenConfig, run_harden
+from ..workflows.locate import LocateConfig, paper_compat, run_locate
+from ..workflows.reference import ReferenceConfig, build_reference
+from ..workflows.scan import ScanConfig, run_scan
+from .audit import register as register_review_commands
+from .common import (CLASSIFIER_CHOICE, check_outputs, classifier_option, emit, force_opt, json_opt, opt,
+                     placement_options, quiet_opt, stdout, threads_opt)
 
 
 @click.group(cls=AuditGroup)
@@ -129,10 +68,10 @@ def scan(model, json_path, plot_path, force, no_cache, quiet, **kw):
 
     MODEL is a .gguf file, a Hugging Face model folder or 'reference'; omitted, the bundled SmolLM2-135M-Instruct.
     """
-    _check_outputs(force, json_path, plot_path)
+    check_outputs(force, json_path, plot_path)
     with rich_reporter(err, quiet) as rep:
         report = run_scan(ScanConfig(model=model, use_cache=not no_cache, **kw), rep)
-    _emit(report, json_path, plot_path, force, lambda r: print_scan(r, _out()), plot_scan)
+    emit(report, json_path, plot_path, force, lambda r: print_scan(r, stdout()), plot_scan)
 
 
 @main.command(short_help="Precise safety-layer bounds by scaling layers (paper Table 1).")
@@ -143,7 +82,7 @@ def scan(model, json_path, plot_path, force, no_cache, quiet, **kw):
 @opt(LocateConfig, "start", "--start", metavar="i-j", callback=lambda c, p, v: layer_range(v))
 @opt(LocateConfig, "survey", "--survey", type=int, is_flag=False, flag_value=2, metavar="[W]", default=None)
 @opt(LocateConfig, "alpha", "--alpha", type=float)
-@opt(LocateConfig, "classifier", "--classifier", type=CLASSIFIER_CHOICE, callback=_classifier)
+@opt(LocateConfig, "classifier", "--classifier", type=CLASSIFIER_CHOICE, callback=classifier_option)
 @opt(LocateConfig, "over_refusal", "--over-refusal")
 @opt(LocateConfig, "limit", "--limit", type=int)
 @opt(LocateConfig, "max_new_tokens", "--max-new-tokens", type=int)
@@ -160,14 +99,14 @@ def scan(model, json_path, plot_path, force, no_cache, quiet, **kw):
 @quiet_opt
 def locate(model, limit, no_controls, compat, json_path, plot_path, force, quiet, **kw):
     """Precise safety-layer bounds: scale a layer range by α and count over-refusals (paper Table 1)."""
-    _check_outputs(force, json_path, plot_path)
+    check_outputs(force, json_path, plot_path)
     cfg = LocateConfig(model=model, limit=limit or None, controls=not no_controls,
                        journal=f"{json_path}.journal.jsonl" if json_path and json_path != "-" else None, **kw)
     if compat == "paper":
         cfg = paper_compat(cfg)
     with rich_reporter(err, quiet) as rep:
         report = run_locate(cfg, rep)
-    _emit(report, json_path, plot_path, force, lambda r: _out().print(locate_table(r)), plot_locate)
+    emit(report, json_path, plot_path, force, lambda r: stdout().print(locate_table(r)), plot_locate)
 
 
 def _csv(value) -> tuple[str, ...]:
@@ -186,7 +125,7 @@ METRICS_HELP = "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRI
 @opt(EvalConfig, "harmful", "--harmful")
 @opt(EvalConfig, "over_refusal", "--over-refusal", default=",".join(default_of(EvalConfig, "over_refusal")))
 @opt(EvalConfig, "task", "--task")
-@opt(EvalConfig, "classifier", "--classifier", type=CLASSIFIER_CHOICE, callback=_classifier)
+@opt(EvalConfig, "classifier", "--classifier", type=CLASSIFIER_CHOICE, callback=classifier_option)
 @opt(EvalConfig, "max_new_tokens", "--max-new-tokens", type=int)
 @opt(EvalConfig, "limit", "--limit", type=int)
 @opt(EvalConfig, "judge_url", "--judge", metavar="URL")
@@ -208,7 +147,7 @@ METRICS_HELP = "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRI
 @quiet_opt
 def eval_cmd(model, metrics, over_refusal, save_responses, json_path, force, no_cache, quiet, **kw):
     """Harmful rate, judge score, over-refusal, Rouge-L and MMLU of a model, with bootstrap 95% CIs."""
-    _check_outputs(force, json_path, save_responses)
+    check_outputs(force, json_path, save_responses)
     cfg = EvalConfig(model=model, metrics=_csv(metrics), over_refusal=_csv(over_refusal), keep_responses=bool(save_responses),
                      use_cache=not no_cache, **kw)
     try:
@@ -223,7 +162,7 @@ def eval_cmd(model, metrics, over_refusal, save_responses, json_path, force, no_
     if save_responses:
         _save_responses(save_responses, cfg.saved, force)
         err.print(f"wrote {save_responses}", markup=False)
-    _emit(report, json_path, None, force, lambda r: _out().print(eval_table(r)))
+    emit(report, json_path, None, force, lambda r: stdout().print(eval_table(r)))
 
 
 def _save_responses(path, rows, force: bool) -> None:
@@ -253,7 +192,7 @@ def _limit_options(f):
 def check(candidate, baseline, policy, judge_url, judge_model, junit, json_path, force, quiet, **limits):
     """Release gate: CANDIDATE (an eval JSON, or a model evaluated like the baseline) vs --baseline.
     Exit 0 pass, 1 regression, 2 bad input."""
-    _check_outputs(force, json_path, junit)
+    check_outputs(force, json_path, junit)
     base = gate.load_eval(baseline)
     chosen = {**(gate.load_policy(policy) if policy else {}), **{k: v for k, v in limits.items() if v is not None}}
     if gate.is_eval_report(candidate):
@@ -261,17 +200,15 @@ def check(candidate, baseline, policy, judge_url, judge_model, junit, json_path,
     else:
         with rich_reporter(err, quiet) as rep:
             cand = gate.evaluate_like(candidate, base, judge_url, judge_model, rep)
-    rows = gate.verdict(cand, base, chosen)
-    passed = all(r["passed"] for r in rows)
-    result = {"schema_version": 2, "command": "check", "candidate": cand.get("model"), "baseline": base.get("model"),
-              "passed": passed, "checks": rows}
+    result = gate.check_report(cand, base, chosen)
+    rows, passed = result["checks"], result["passed"]
 
     def render(r):
-        console = _out()
+        console = stdout()
         console.print(check_table(r, rows))
         console.print("[green]PASS[/green]" if passed else "[red]REGRESSION[/red]")
 
-    _emit(result, json_path, None, force, render)
+    emit(result, json_path, None, force, render)
     if junit:
         xml = gate.junit_xml(rows, str(cand.get("model")))
         atomic_write(junit, lambda t: t.write_text(xml), force)
@@ -291,7 +228,7 @@ def compare(reports, as_json):
         click.echo(json.dumps({"schema_version": 2, "command": "compare", "columns": names, "settings": settings,
                                "rows": [{"metric": m, "values": v} for m, v in rows]}, indent=2))
         return
-    _out().print(compare_table(names, rows, settings))
+    stdout().print(compare_table(names, rows, settings))
 
 
 @main.command(short_help="SPPFT fine-tuning (safety layers frozen) and its baselines.")
@@ -323,10 +260,10 @@ def compare(reports, as_json):
 @quiet_opt
 def harden(model, json_path, quiet, **kw):
     """SPPFT fine-tuning (safety layers frozen) and its baselines; writes a normal HF model folder."""
-    _check_outputs(kw["force"], json_path)
+    check_outputs(kw["force"], json_path)
     with rich_reporter(err, quiet) as rep:
         report = run_harden(HardenConfig(model=model, **kw), rep)
-    _emit(report, json_path, None, kw["force"], lambda r: _out().print(harden_table(r, kw["out"])))
+    emit(report, json_path, None, kw["force"], lambda r: stdout().print(harden_table(r, kw["out"])))
 
 
 @main.group(short_help="The safety-aligned reference model (build, show).")
@@ -349,10 +286,10 @@ def reference():
 def reference_build(json_path, quiet, **kw):
     """Safety-align the bundled SmolLM2 (refusals for AdvBench-train; its own answers to Alpaca-train and
     borderline requests); writes an HF folder + GGUF + manifest. A killed build resumes when re-run."""
-    _check_outputs(kw["force"], json_path)
+    check_outputs(kw["force"], json_path)
     with rich_reporter(err, quiet) as rep:
         report = build_reference(ReferenceConfig(**kw), rep)
-    _emit(report, json_path, None, kw["force"], lambda r: _out().print(harden_table(r, r["reference"]["path"])))
+    emit(report, json_path, None, kw["force"], lambda r: stdout().print(harden_table(r, r["reference"]["path"])))
 
 
 @reference.command("show")
@@ -365,7 +302,7 @@ def reference_show(seed, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        _out().print(f"{ref.label}\n  HF folder: {reference_dir(seed)}\n  GGUF: {ref.path}\n  rows: {info['data']['rows_by_kind']}, "
+        stdout().print(f"{ref.label}\n  HF folder: {reference_dir(seed)}\n  GGUF: {ref.path}\n  rows: {info['data']['rows_by_kind']}, "
                      f"steps {info['steps']}, train loss {info['train_loss']:.4f}, {info['seconds']} s", highlight=False)
 
 
@@ -377,8 +314,10 @@ def doctor(as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        _out().print(doctor_table(info))
+        stdout().print(doctor_table(info))
 
+
+register_review_commands(main)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,185 @@
+"""`audit` (every step into one folder, resumable, check's exit code) and `report` (one self-contained HTML
+page, a model card's markdown), tested as files a reviewer opens: parsed by a real HTML5 parser and
+rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import html5lib
+import pytest
+
+from auditor.errors import AuditError
+from auditor.render.page import load_bundle, render_html, render_markdown
+from auditor.workflows.audit import AuditConfig, prepare_folder
+from test_resume import _cli, _env
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+STEP_FILES = ("audit.json", "scan.json", "scan.png", "eval.json", "attention.json", "attention.png", "report.html", "report.md")
+
+
+def _audit(args: list[str], cache: Path, **kw) -> subprocess.CompletedProcess:
+    return _cli(["audit", *args, "--quick", "--batch", "8"], cache, **kw)
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
+    """One uninterrupted quick audit of the tiny model (no baseline); returns (folder, cache)."""
+    d = tmp_path_factory.mktemp("audit")
+    p = _audit([str(tiny_model_dir), "--out", str(d / "out")], d / "cache")
+    assert p.returncode == 0, p.stderr
+    return d / "out", d / "cache"
+
+
+def test_an_audit_writes_every_step_and_the_page(audited):
+    out, _ = audited
+    for name in STEP_FILES:
+        assert (out / name).is_file(), name
+    state = json.loads((out / "audit.json").read_text())
+    assert state["steps"]["scan"] == state["steps"]["eval"] == state["steps"]["attention"] == "done"
+    assert state["steps"]["check"] == "skipped: no --baseline"
+    scan = json.loads((out / "scan.json").read_text())
+    if scan["initial_range"] or scan.get("differential_range"):  # a random model rarely has one
+        assert state["steps"]["locate"] == "done" and (out / "locate.png").is_file()
+    else:
+        assert state["steps"]["locate"].startswith("skipped: the scan found no initial")
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["limit"] == 24 and ev["harmful_rate"]["n"] == 24
+    assert json.loads((out / "attention.json").read_text())["command"] == "attention"
+    assert "NO VERDICT" in (out / "report.html").read_text()
+
+
+def test_a_killed_audit_resumes_keeping_finished_steps(tmp_path, tiny_model_dir, audited):
+    whole, _ = audited
+    out = tmp_path / "out"
+    first = _audit([str(tiny_model_dir), "--out", str(out)], tmp_path / "cache", stop_after=2, marker="keyword")
+    assert first.returncode == 130 and "run the same command again" in first.stderr.splitlines()[-1]
+    scan_time = (out / "scan.json").stat().st_mtime_ns  # killed in eval: the scan had finished
+    second = _audit([str(tiny_model_dir), "--out", str(out)], tmp_path / "cache")
+    assert second.returncode == 0, second.stderr
+    assert (out / "scan.json").stat().st_mtime_ns == scan_time  # a finished step is not recomputed
+    for name in ("scan.json", "eval.json"):
+        a, b = (json.loads((d / name).read_text()) for d in (whole, out))
+        for volatile in ("created", "command_line", "seconds"):
+            a.pop(volatile, None), b.pop(volatile, None)
+        assert a == b, name
+
+
+def _baseline(audited, tmp_path, harmful_shift: float) -> Path:
+    ev = json.loads((audited[0] / "eval.json").read_text())
+    ev["harmful_rate"]["value"] = max(0.0, ev["harmful_rate"]["value"] + harmful_shift)
+    p = tmp_path / "base.json"
+    p.write_text(json.dumps(ev))
+    return p
+
+
+@pytest.mark.parametrize("shift,code,word", [(0.0, 0, "PASS"), (-0.5, 1, "REGRESSION")])
+def test_a_baseline_is_checked_and_sets_the_exit_code(tmp_path, tiny_model_dir, audited, shift, code, word):
+    ev = json.loads((audited[0] / "eval.json").read_text())
+    if shift and ev["harmful_rate"]["value"] < 0.06:
+        pytest.skip("the tiny model answered too few harmful prompts to regress against")
+    out = tmp_path / "out"
+    p = _audit([str(tiny_model_dir), "--out", str(out), "--baseline", str(_baseline(audited, tmp_path, shift))], audited[1])
+    assert p.returncode == code, p.stderr
+    check = json.loads((out / "check.json").read_text())
+    assert check["passed"] is (code == 0) and (out / "baseline-eval.json").is_file()
+    assert word in p.stdout and word in (out / "report.html").read_text() and word in (out / "report.md").read_text()
+
+
+def test_an_audit_folder_is_not_reused_under_other_settings(tmp_path, tiny_model_dir, audited):
+    same = AuditConfig(model=str(tiny_model_dir), out=str(audited[0]), quick=True, batch=8)
+    assert prepare_folder(same) == audited[0]  # same settings: resumed
+    other = AuditConfig(model=str(tiny_model_dir), out=str(audited[0]), quick=False)
+    with pytest.raises(AuditError, match="holds an audit with other settings"):
+        prepare_folder(other)
+    stranger = tmp_path / "photos"
+    stranger.mkdir()
+    (stranger / "cat.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(AuditError, match="exists and is not an audit folder"):
+        prepare_folder(AuditConfig(model=str(tiny_model_dir), out=str(stranger)))
+    assert (stranger / "cat.jpg").read_bytes() == b"\xff\xd8"
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    with pytest.raises(AuditError, match="is a file"):
+        prepare_folder(AuditConfig(out=str(afile)))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--baseline", "{tmp}/nope.json"], "eval report not found"),
+    (["--baseline", "{tmp}/bad.json"], "malformed JSON eval report"),
+    (["--backend", "openai"], "--base-url"),
+])
+def test_bad_audit_inputs_fail_before_work(tmp_path, tiny_model_dir, args, message):
+    (tmp_path / "bad.json").write_text("{")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    p = subprocess.run([sys.executable, "-m", "auditor.cli", "audit", str(tiny_model_dir), "--out", str(tmp_path / "o"), *args],
+                       env=_env(tmp_path / "c"), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) <= 3
+
+
+def test_the_page_is_valid_self_contained_html(audited):
+    html = render_html(load_bundle([audited[0]]))
+    doc = html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(html)  # raises on any parse error
+    imgs = doc.findall(".//img")
+    assert imgs and all(i.get("src").startswith("data:image/png;base64,") and i.get("alt") for i in imgs)
+    assert not doc.findall(".//script") and not doc.findall(".//link") and "http" not in html.replace("http-equiv", "")
+    assert doc.find(".//meta[@name='viewport']") is not None
+    assert "Provenance" in html and json.loads((audited[0] / "eval.json").read_text())["model_sha256"][:16] in html
+
+
+def test_the_markdown_section_is_a_model_card_table(audited):
+    md = render_markdown(load_bundle([audited[0]]))
+    assert md.startswith("## Safety evaluation") and "| metric | value | 95% CI | n |" in md
+    assert "| harmful rate R_h |" in md and "No verdict" in md
+
+
+def test_report_command_inputs(tmp_path, audited):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "auditor.cli", "report", *a], capture_output=True, text=True)  # noqa: E731
+    out = run(str(audited[0] / "eval.json"), str(audited[0] / "scan.json"))
+    assert out.returncode == 0 and out.stdout.startswith("## Safety evaluation")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, message in (([str(empty)], "no safety-audit report found"), ([str(tmp_path / "nope")], "not found"),
+                          ([str(audited[0]), "--html", str(audited[0] / "report.html")], "output exists")):
+        p = run(*args)
+        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium; .ci/run does)")
+@pytest.mark.parametrize("width", [412, 1280], ids=["phone", "laptop"])
+def test_chromium_renders_the_verdict_without_console_errors(tmp_path, audited, width):
+    from PIL import Image
+
+    page = tmp_path / "page.html"
+    page.write_text(render_html(load_bundle([audited[0]])))
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+             f"--window-size={width},1400"]
+    p = subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), p.stderr[-2000:]
+    console = [line for line in p.stderr.splitlines() if "CONSOLE" in line or "Failed to load" in line]
+    assert not console, console
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'id="verdict"' in dom and "NO VERDICT" in dom
+    img = Image.open(shot).convert("RGB")
+    assert img.size[0] == width
+    top = img.crop((0, 0, width, 400)).getcolors(1 << 20)
+    banner = sum(n for n, c in top if c == (0x57, 0x60, 0x6A))  # the grey "no verdict" banner is on screen
+    assert banner > width * 40, "the verdict banner is not in the first screen"
+
+
+def test_report_json_states_the_facts_of_the_page(tmp_path, audited):
+    p = subprocess.run([sys.executable, "-m", "auditor.cli", "report", str(audited[0]), "--json", "-"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    facts = json.loads(p.stdout)
+    assert facts["schema_version"] == 2 and facts["passed"] is None and facts["checks"] is None
+    rates = {m["label"]: m["value"] for m in facts["metrics"]}
+    assert rates["harmful rate R_h"] == json.loads((audited[0] / "eval.json").read_text())["harmful_rate"]["value"]
+    assert {p["what"] for p in facts["provenance"]} >= {"scan", "eval", "attention"}
