@@ -22,7 +22,8 @@ from ..io.prompts import TEMPLATES
 from ..render.commandline import AuditGroup, err, layer_range
 from ..render.plots import plot_locate, plot_scan
 from ..render.progress import rich_reporter
-from ..render.tables import check_table, compare_table, doctor_table, eval_table, harden_table, locate_table, print_scan
+from ..render.tables import (check_table, compare_table, doctor_table, eval_table, harden_table, locate_table, paired_table,
+                             print_scan)
 from ..training.attacks import ATTACKS
 from ..training.methods import METHODS
 from ..workflows import doctor as doctor_mod
@@ -215,13 +216,26 @@ def check(candidate, baseline, policy, judge_url, judge_model, junit, json_path,
     sys.exit(0 if passed else 1)
 
 
-@main.command(short_help="Eval reports side by side.")
+@main.command(short_help="Eval reports side by side; --paired: a per-prompt test.")
 @click.argument("reports", nargs=-1, required=True)
+@click.option("--paired", is_flag=True, help="REPORTS are two saved-responses files (eval --save-responses): exact McNemar test per refusal metric.")
+@opt(EvalConfig, "classifier", "--classifier", type=CLASSIFIER_CHOICE, callback=classifier_option)
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def compare(reports, as_json):
-    """Side-by-side table of eval reports (rows R_h, S_h, over-refusal, Rouge-L, MMLU; a column per report)."""
-    reps = [gate.load_eval(p) for p in reports]
+def compare(reports, paired, classifier, as_json):
+    """Side-by-side table of eval reports (rows R_h, S_h, over-refusal, Rouge-L, MMLU; a column per report);
+    with --paired, two models' saved responses compared prompt by prompt."""
     names = [Path(p).stem for p in reports]
+    if paired:
+        if len(reports) != 2:
+            raise AuditError(f"--paired compares exactly two responses files, not {len(reports)}")
+        rows = gate.paired_rows(reports[0], reports[1], classifier)
+        if as_json:
+            click.echo(json.dumps({"schema_version": 2, "command": "compare", "paired": True, "columns": names,
+                                   "classifier": classifier, "rows": rows}, indent=2))
+        else:
+            stdout().print(paired_table(names, rows, classifier))
+        return
+    reps = [gate.load_eval(p) for p in reports]
     rows = gate.compare_rows(reps)
     settings = [gate.report_settings(r) for r in reps]
     if as_json:

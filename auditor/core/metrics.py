@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+from fractions import Fraction
 
 import torch
 
@@ -25,6 +27,16 @@ def bootstrap_mean(values, B: int, seed: int) -> dict:
     else:
         out["ci95"] = [out["value"], out["value"]]
     return out
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: under no difference the b + c discordant pairs split Binomial(n, 1/2).
+    Exact arithmetic (2^n overflows a float past n = 1023); no scipy needed for one binomial tail."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = Fraction(sum(math.comb(n, i) for i in range(min(b, c) + 1)), 2 ** n)
+    return float(min(Fraction(1), 2 * tail))
 
 
 def mmlu_rows(limit: int | None) -> tuple[dict, list[dict]]:

@@ -161,6 +161,17 @@ def compare_table(names: list[str], rows: list[tuple[str, list[str]]], settings:
     return t
 
 
+def paired_table(names: list[str], rows: list[dict], classifier: str) -> Table:
+    t = Table(title=f"paired: {names[0]} (A) vs {names[1]} (B) · {classifier} classifier · exact McNemar",
+              caption="p < 0.05: the two models refuse different prompts more often than chance allows", header_style="bold")
+    for col in ("metric", "prompts", "refused A", "refused B", "only A refused", "only B refused", "p"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for r in rows:
+        t.add_row(r["metric"], str(r["n"]), f"{r['refusal_a']:.3f}", f"{r['refusal_b']:.3f}", str(r["only_a_refused"]),
+                  str(r["only_b_refused"]), f"{r['p_value']:.2g}")
+    return t
+
+
 def doctor_table(info: dict) -> Table:
     t = Table(title="safety-audit doctor", show_header=False)
     t.add_column(style="bold")

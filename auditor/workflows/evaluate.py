@@ -216,7 +216,7 @@ def _journal_key(cfg: EvalConfig, model_hash: str | None, backend: str, template
                         cfg.device])[:24]
 
 
-def _load_saved(path: str | None) -> dict:
+def load_saved(path: str | None) -> dict:
     if not path:
         return {}
     p = Path(path)
@@ -254,7 +254,7 @@ def run_eval(cfg: EvalConfig, reporter=None) -> dict:
     check_config(cfg)
     needs = tuple(sorted({c for m in cfg.metrics for c in METRICS[m].needs}))
     model = resolve_target(cfg, needs)
-    saved = _load_saved(cfg.responses)
+    saved = load_saved(cfg.responses)
     t0 = time.perf_counter()
     judge = None
     if "judge" in cfg.metrics:

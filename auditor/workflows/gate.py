@@ -10,7 +10,9 @@ from pathlib import Path
 
 from ..errors import AuditError
 from ..io.reports import read_report
-from .evaluate import EvalConfig, run_eval
+from ..core.metrics import mcnemar_exact
+from ..core.refusal import make_classifier
+from .evaluate import EvalConfig, load_saved, run_eval
 
 # metric -> (option, direction, default limit): "increase" fails when candidate − baseline > limit,
 # "drop" fails when baseline − candidate > limit
@@ -139,3 +141,26 @@ def report_settings(report: dict) -> str:
     clf = report.get("classifier") or {}
     return (f"{report.get('model', '?')} · {report.get('backend', '?')} · {report.get('template', '?')} · "
             f"{clf.get('name', '?')} · {report.get('max_new_tokens', '?')} tok · limit {report.get('limit') or 'none'}")
+
+
+def paired_rows(path_a: str, path_b: str, classifier: str = "keyword") -> list[dict]:
+    """`compare --paired`: two models' saved responses (eval --save-responses) on the same prompts. Per
+    refusal metric: refusal rates on the prompts both answered, the discordant pairs (refused by one
+    only) and the exact McNemar p-value — a paired test, far stronger than two overlapping CIs."""
+    a, b = load_saved(path_a), load_saved(path_b)
+    clf = make_classifier(classifier)
+    rows = []
+    for metric in dict.fromkeys(m for m, _ in a):
+        if metric == "rouge":
+            continue
+        keys = [k for k in a if k[0] == metric and k in b]
+        if not keys:
+            continue
+        ra, rb = [clf.is_refusal(a[k]) for k in keys], [clf.is_refusal(b[k]) for k in keys]
+        only_a = sum(x and not y for x, y in zip(ra, rb))
+        only_b = sum(y and not x for x, y in zip(ra, rb))
+        rows.append({"metric": metric, "n": len(keys), "refusal_a": sum(ra) / len(keys), "refusal_b": sum(rb) / len(keys),
+                     "only_a_refused": only_a, "only_b_refused": only_b, "p_value": mcnemar_exact(only_a, only_b)})
+    if not rows:
+        raise AuditError("the two responses files share no prompt of a refusal metric", path_b)
+    return rows
