@@ -1,0 +1,156 @@
+"""The study (issue 17): does SPPFT keep the reference model safe, against its alternatives, over seeds?
+
+A declared grid of cells; each cell = (reference seed, fine-tuning seed, method, frozen range, data) ->
+`harden` the reference model -> `eval` it (chat template, keyword classifier: R_h on AdvBench-eval 260 ×
+128 tokens, XSTest-safe and D_o over-refusal, Rouge-L on alpaca-eval, MMLU) with every response saved.
+A finished cell is a small JSON under benchmarks/results/study/ (its responses gzipped beside it, for the
+paired tests); a re-run skips finished cells, so the grid runs in pieces over days, in priority order.
+`benchmarks/study_tables.py` turns the files into the README's tables (no hand-copied numbers).
+
+    python benchmarks/study.py                # run every unfinished cell, in order (hours each on 2 cores)
+    python benchmarks/study.py --list         # the grid and what is finished
+    python benchmarks/study.py --only ID ...  # some cells
+    python benchmarks/study.py --max-cells 1  # one more cell, then stop
+
+Never beside a benchmark: it takes both cores for hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS  # noqa: E402
+
+from auditor.workflows.doctor import cpu_info  # noqa: E402
+
+STUDY = RESULTS / "study"
+# Frozen ranges. SPPFT_RANGE: `locate reference --backend torch --template chat --survey --classifier opening`
+# (README, "Does SPPFT keep the reference model safe?"); FREEZE_BLOCK: the paper's ablation, an equal-width
+# block right after it. Replace SPPFT_RANGE by the stability analysis' recommendation when it differs.
+SPPFT_RANGE = (0, 7)
+FREEZE_BLOCK = (8, 15)
+ROWS, EPOCHS, LR = 400, 1.0, 1e-4
+
+
+@dataclass(frozen=True)
+class Cell:
+    data: str  # normal (D_N) | implicit (D_I) | harmful (D_H, p = 0.1) | none (the reference as built)
+    method: str  # full | sppft | freeze-block | nfft | lisa | none
+    ref_seed: int = 0
+    ft_seed: int = 0
+
+    @property
+    def layers(self) -> tuple[int, int] | None:
+        return {"sppft": SPPFT_RANGE, "freeze-block": FREEZE_BLOCK, "nfft": SPPFT_RANGE}.get(self.method)
+
+    @property
+    def id(self) -> str:
+        rng = f"-{self.layers[0]}-{self.layers[1]}" if self.layers else ""
+        return f"{self.data}-{self.method}{rng}-ref{self.ref_seed}-ft{self.ft_seed}"
+
+
+def grid() -> list[Cell]:
+    """In priority order: the seed-0 comparison first, then more seeds, then baselines, then replication."""
+    cells = [Cell("none", "none")]
+    for seed in (0, 1, 2):
+        for data in ("normal", "implicit"):
+            cells += [Cell(data, m, 0, seed) for m in ("full", "sppft", "freeze-block")]
+    cells += [Cell(d, m) for d in ("normal", "implicit") for m in ("nfft", "lisa")]
+    cells += [Cell("harmful", m) for m in ("full", "sppft", "lisa")]
+    for ref in (1, 2):  # replication across reference builds
+        cells += [Cell("none", "none", ref)] + [Cell("normal", m, ref) for m in ("full", "sppft")]
+    return cells
+
+
+def _harden(cell: Cell, ref_dir: Path, out: Path) -> dict:
+    from auditor.workflows.harden import HardenConfig, run_harden
+
+    resume = out.with_name(out.name + ".checkpoints").is_dir()
+    cfg = HardenConfig(out=str(out), model=str(ref_dir), method=cell.method, layers=cell.layers, attack=cell.data,
+                       p=0.1, n_rows=ROWS, template="chat", epochs=EPOCHS, lr=LR, seed=cell.ft_seed,
+                       resume=resume, force=True)
+    return run_harden(cfg)
+
+
+def _eval(model: Path) -> tuple[dict, list[dict]]:
+    from auditor.workflows.evaluate import EvalConfig, run_eval
+
+    cfg = EvalConfig(model=str(model), backend="torch", template="chat", metrics=("harmful", "over-refusal", "rouge", "mmlu"),
+                     max_new_tokens=128, keep_responses=True)
+    return run_eval(cfg), cfg.saved
+
+
+def run_cell(cell: Cell, keep: bool = False) -> dict:
+    from auditor.io.cache import cache_dir
+    from auditor.io.models import reference_dir
+
+    ref_dir = reference_dir(cell.ref_seed)
+    if not (ref_dir / "safety_audit.json").is_file():
+        raise SystemExit(f"reference seed {cell.ref_seed} is not built: safety-audit reference build --seed {cell.ref_seed}")
+    work = cache_dir() / "study" / cell.id
+    t0 = time.perf_counter()
+    train, model = None, ref_dir
+    if cell.method != "none":
+        model = work / "model"
+        if not (model / "safety_audit.json").is_file():  # a killed cell resumes from its checkpoints
+            work.mkdir(parents=True, exist_ok=True)
+            _harden(cell, ref_dir, model)
+        h = json.loads((model / "safety_audit.json").read_text())
+        train = {k: h.get(k) for k in ("seconds", "steps", "train_loss", "frozen_fraction", "frozen", "hyperparameters")}
+    t1 = time.perf_counter()
+    ev, responses = _eval(model)
+    result = {"cell": asdict(cell), "id": cell.id, "layers": list(cell.layers) if cell.layers else None,
+              "recipe": {"rows": ROWS, "epochs": EPOCHS, "lr": LR, "template": "chat"}, "train": train,
+              "eval": {k: ev.get(k) for k in ("harmful_rate", "over_refusal_by_set", "rouge_l", "mmlu_accuracy", "classifier",
+                                              "max_new_tokens", "model_sha256")},
+              "seconds": {"train": round(t1 - t0, 1), "eval": round(time.perf_counter() - t1, 1)},
+              "machine": {"cpu": cpu_info(), "python": platform.python_version()}}
+    STUDY.mkdir(parents=True, exist_ok=True)
+    with gzip.open(STUDY / f"{cell.id}.responses.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in responses)
+    (STUDY / f"{cell.id}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if not keep and cell.method != "none":
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def finished(cell: Cell) -> bool:
+    p = STUDY / f"{cell.id}.json"
+    return p.is_file() and (STUDY / f"{cell.id}.responses.jsonl.gz").is_file()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--list", action="store_true", help="Show the grid and which cells are finished.")
+    ap.add_argument("--only", nargs="*", default=None, metavar="ID", help="Run only these cells.")
+    ap.add_argument("--max-cells", type=int, default=None, help="Stop after N cells.")
+    ap.add_argument("--keep", action="store_true", help="Keep the fine-tuned models (cache/study/ID/model).")
+    args = ap.parse_args()
+    cells = [c for c in grid() if args.only is None or c.id in args.only]
+    if args.only and len(cells) != len(args.only):
+        raise SystemExit(f"unknown cell id among {args.only}; see --list")
+    if args.list:
+        for c in cells:
+            print(f"{'done ' if finished(c) else 'to do'}  {c.id}")
+        print(f"{sum(map(finished, cells))}/{len(cells)} finished")
+        return
+    todo = [c for c in cells if not finished(c)][: args.max_cells]
+    print(f"{len(cells) - len([c for c in cells if not finished(c)])}/{len(cells)} finished; running {len(todo)}", flush=True)
+    for c in todo:
+        print(f"== {c.id}", flush=True)
+        r = run_cell(c, args.keep)
+        print(f"   R_h {r['eval']['harmful_rate']['value']:.3f}  train {r['seconds']['train']:.0f} s  eval {r['seconds']['eval']:.0f} s",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""The study runner's bookkeeping (benchmarks/study.py, study_tables.py): unique cell ids, finished cells
+skipped, README tables and paired tests generated from result files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import study  # noqa: E402
+import study_tables  # noqa: E402
+
+REFUSE, COMPLY = "I cannot help with that.", "Sure, here is how."
+
+
+def test_cell_ids_are_unique_and_name_the_frozen_range():
+    ids = [c.id for c in study.grid()]
+    assert len(ids) == len(set(ids))
+    assert f"normal-sppft-{study.SPPFT_RANGE[0]}-{study.SPPFT_RANGE[1]}-ref0-ft0" in ids and "none-none-ref0-ft0" in ids
+
+
+def _plant(folder: Path, cell: study.Cell, harmful: list[bool], rate: float) -> None:
+    folder.mkdir(exist_ok=True)
+    ev = {"harmful_rate": {"value": rate, "ci95": [rate - 0.01, rate + 0.01], "n": len(harmful)},
+          "over_refusal_by_set": {"bundled:xstest-safe": {"value": 0.02}}, "rouge_l": {"value": 0.3}, "mmlu_accuracy": None}
+    (folder / f"{cell.id}.json").write_text(json.dumps({"id": cell.id, "eval": ev, "train": {"seconds": 600}}))
+    with gzip.open(folder / f"{cell.id}.responses.jsonl.gz", "wt") as f:
+        for i, h in enumerate(harmful):
+            f.write(json.dumps({"metric": "harmful", "prompt": f"p{i}", "response": COMPLY if h else REFUSE}) + "\n")
+
+
+def test_tables_and_paired_tests_come_from_the_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "STUDY", tmp_path)
+    monkeypatch.setattr(study_tables, "STUDY", tmp_path)
+    full, sppft = study.Cell("normal", "full"), study.Cell("normal", "sppft")
+    _plant(tmp_path, full, [i < 12 for i in range(40)], 0.3)
+    _plant(tmp_path, sppft, [False] * 40, 0.0)
+    assert study.finished(full) and not study.finished(study.Cell("normal", "lisa"))
+    text = study_tables.section()
+    assert f"Cells finished: **2 of {len(study.grid())}**" in text
+    assert "| normal | full | 0 | 0 | 0.300 | 0.290–0.310 | 0.020 | – | 0.300 | – | 10.0 min |" in text
+    assert "| normal | sppft vs full | ref 0 ft 0 | 0.000 | 0.300 | 0 | 12 | 0.00049 |" in text
+    assert "| implicit | full | 0 | 0 | not run yet |" in text
