@@ -200,3 +200,22 @@ def test_survey_starts_where_refusals_rise_most(planted, tmp_path):
     assert [w["range"] for w in auto["survey"]["windows"]] == [[0, 2], [3, 5], [6, 8], [7, 9]]
     assert auto["start"] == [3, 5] and auto["safety_layers"] == list(BLOCK)  # layer 3 trimmed: no refusal lost
     assert [r["range"] for r in auto["sweep"] if r["phase"] == "trim"][0] == [4, 6]
+
+
+def test_landscape_names_one_range_only_when_the_counts_allow_it():
+    from auditor.core.search import landscape
+
+    sharp = [{"phase": "start", "range": [4, 5], "count": 60}, {"phase": "upper", "range": [4, 6], "count": 20},
+             {"phase": "lower", "range": [3, 5], "count": 25}]
+    one = landscape(sharp, (4, 5), 60, 1.2, 150)
+    assert one["verdict"] == "one range" and one["near"] == [] and one["runner_up"]["range"] == [3, 5]
+    assert one["margin"] == 35 and one["margin"] > one["noise_2sd"]
+    flat = sharp + [{"phase": "lower", "range": [2, 5], "count": 55}]  # 5 fewer on 150 prompts: noise
+    rough = landscape(flat, (4, 5), 60, 1.2, 150)
+    assert rough["verdict"] == "rough" and rough["near"] == [[2, 5]] and "within sampling noise" in rough["why"]
+    windows = [{"range": [0, 1], "count": 58}, {"range": [2, 3], "count": 10}, {"range": [4, 5], "count": 61}]
+    started = landscape(sharp, (4, 5), 60, 1.2, 150, windows, 5)
+    assert started["verdict"] == "rough" and started["near_windows"] == [[0, 1]] and "depends on the start" in started["why"]
+    down = landscape([{"phase": "start", "range": [1, 2], "count": 5}, {"phase": "upper", "range": [1, 3], "count": 40}],
+                     (1, 2), 5, 0.8, 150)  # α < 1: fewer is better
+    assert down["verdict"] == "one range" and down["margin"] == 35

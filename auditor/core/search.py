@@ -100,3 +100,37 @@ def survey(count, n_layers: int, width: int, alpha: float, baseline: int) -> tup
     rows = [{"range": list(w), "count": count(w, alpha)} for w in survey_windows(n_layers, width)]
     best = max(rows, key=lambda r: (sign * (r["count"] - baseline), -r["range"][0]))
     return tuple(best["range"]), rows
+
+
+def _noise(a: int, b: int, n: int) -> float:
+    """Two standard deviations of the difference of two binomial counts on n prompts, taken as independent
+    (the same prompts make them positively correlated, so this errs towards calling a result uncertain)."""
+    var = lambda c: n * (c / n) * (1 - c / n) if n else 0.0  # noqa: E731
+    return 2 * math.sqrt(var(a) + var(b))
+
+
+def landscape(rows: list[dict], final: tuple[int, int], best: int, alpha: float, n: int,
+              survey_rows: list[dict] | None = None, baseline: int | None = None) -> dict:
+    """Does the search name one range, or is the landscape too rough to? Every range counted is compared
+    with the chosen one: those within sampling noise of its count are equally supported. With a survey,
+    windows within noise of the best window mean the answer depends on where the search starts."""
+    sign = 1 if alpha > 1 else -1
+    near = sorted({tuple(r["range"]) for r in rows if tuple(r["range"]) != tuple(final)
+                   and sign * (best - r["count"]) <= _noise(best, r["count"], n)})
+    others = [r for r in rows if tuple(r["range"]) != tuple(final)]
+    runner = max(others, key=lambda r: sign * r["count"]) if others else None
+    windows = []
+    if survey_rows and baseline is not None:
+        top = max(survey_rows, key=lambda r: sign * r["count"])
+        windows = [r["range"] for r in survey_rows if r is not top and sign * (top["count"] - r["count"]) <= _noise(top["count"], r["count"], n)]
+    rough = bool(near) or bool(windows)
+    why = []
+    if near:
+        why.append(f"{len(near)} other range(s) counted within sampling noise of the chosen one")
+    if windows:
+        why.append(f"{len(windows)} survey window(s) within noise of the best: the answer depends on the start")
+    return {"verdict": "rough" if rough else "one range", "why": "; ".join(why) or "every other range counted is "
+            "worse by more than sampling noise (2 SD)", "near": [list(r) for r in near], "near_windows": windows,
+            "runner_up": {"range": runner["range"], "count": runner["count"]} if runner else None,
+            "margin": sign * (best - runner["count"]) if runner else None,
+            "noise_2sd": round(_noise(best, runner["count"], n), 2) if runner else None}

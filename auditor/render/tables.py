@@ -85,8 +85,11 @@ def locate_table(report: dict) -> Table:
     verdict = ("stands out from" if report["stands_out"] else "does NOT stand out from") + " equal-width controls"
     if report.get("gain", 1) <= 0:
         verdict = f"no range moved refusals the paper's way (α {'>' if a > 1 else '<'} 1: {'more' if a > 1 else 'fewer'})"
+    land = report.get("landscape") or {}
+    rough = (f"\n[bold red]ROUGH:[/bold red] {land['why']} — treat {final[0]}–{final[1]} as one of "
+             f"{', '.join(f'{a}–{b}' for a, b in land['near'][:6]) or 'the survey windows'} too") if land.get("verdict") == "rough" else ""
     t = Table(title=title, caption=f"baseline (unscaled): {report['baseline']} refusals   safety layers: {final[0]}–{final[1]} "
-              f"({report['count']} refusals; {verdict})", header_style="bold")
+              f"({report['count']} refusals; {verdict}){rough}", header_style="bold")
     for c in ("phase", "range", "refusals", "Δ vs baseline"):
         t.add_column(c, justify="right")
     sv = report.get("survey")
@@ -95,8 +98,9 @@ def locate_table(report: dict) -> Table:
     rows += report["sweep"] + [dict(c, phase="control") for c in report["controls"]]
     for r in rows:
         hit = r["range"] == final and r["phase"] != "control"
-        t.add_row(r["phase"], f"{r['range'][0]}–{r['range'][1]}", str(r["count"]), f"{r['count'] - report['baseline']:+d}",
-                  style="bold yellow" if hit else ("dim" if r["phase"] == "control" else None))
+        tied = r["phase"] != "control" and r["range"] in land.get("near", [])
+        t.add_row(r["phase"], f"{r['range'][0]}–{r['range'][1]}" + (" ≈" if tied else ""), str(r["count"]),
+                  f"{r['count'] - report['baseline']:+d}", style="bold yellow" if hit else ("dim" if r["phase"] == "control" else None))
     return t
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..backends import GENERATION, WEIGHT_SCALING, Backend, choose_backend, open_backend
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
-from ..core.search import SURVEY_ALPHA, choose_alpha, control_ranges, progressive_search, room_to_move, survey
+from ..core.search import SURVEY_ALPHA, choose_alpha, control_ranges, landscape, progressive_search, room_to_move, survey
 from ..errors import AuditError
 from ..io.cache import Journal, cached_journal, sha256_json
 from ..io.config import setting
@@ -198,6 +198,7 @@ class LocateReport(Report):
     controls: list[dict]
     gain: int
     stands_out: bool
+    landscape: dict
     counts_computed: int
     seconds: float
 
@@ -236,5 +237,7 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     alpha_choice = "given" if cfg.alpha is not None else "survey" if s.surveyed else {"rule": ALPHA_RULE, "trials": s.trials}
     return LocateReport(header, cfg.template, cfg.compat, cfg.scale_o_proj, backend.n_layers, d_o.name, len(prompts),
                         classifier.describe(), s.alpha, alpha_choice, list(s.start), s.start_from, s.surveyed, s.baseline,
-                        s.rows, list(s.final), s.best, s.controls, gain, stands_out, count.computed,
+                        s.rows, list(s.final), s.best, s.controls, gain, stands_out,
+                        landscape(s.rows, s.final, s.best, s.alpha, len(prompts), (s.surveyed or {}).get("windows"), s.baseline),
+                        count.computed,
                         round(time.perf_counter() - t0, 2)).to_dict()
