@@ -65,6 +65,7 @@ def scan_figure(report: dict):
         ax.set_xlabel("layer (0-based)")
         ax.grid(alpha=0.3)
         ax.set_xlim(min(layers) - 0.5, max(layers) + 0.5)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax1.set_ylabel("mean cosine similarity")
     ax1.set_title("Final-token cosine similarity of prompt pairs")
     ax2.axhline(0, color="black", lw=0.8)
@@ -135,7 +136,7 @@ def attention_figure(report: dict):
 
     prompts, layers = report["prompts"], report["layers"]
     rows = [("weights", "shares", "")] + ([("scaled_weights", "scaled_shares", "scaled")] if report.get("scale") else [])
-    widths = [max(3.5, 0.16 * len(p["tokens"])) for p in prompts] + [3.2]
+    widths = [min(12.0, max(3.5, 0.16 * len(p["tokens"]))) for p in prompts] + [3.2]  # long prompts: smaller labels
     height = max(3.2, 0.2 * len(layers)) + 1.6
     fig, axes = plt.subplots(len(rows), 3, figsize=(sum(widths), height * len(rows)), dpi=130, squeeze=False,
                              gridspec_kw={"width_ratios": widths})
@@ -150,7 +151,7 @@ def attention_figure(report: dict):
             im = ax.imshow(p[wkey], aspect="auto", cmap="magma", norm=PowerNorm(0.5, vmin=0, vmax=vmax),
                            extent=(-0.5, T - 0.5, *extent_y), interpolation="nearest")
             ax.set_xticks(range(T))
-            ax.set_xticklabels(p["tokens"], rotation=90, fontsize=max(4.5, min(8, 520 / T)))
+            ax.set_xticklabels(p["tokens"], rotation=90, fontsize=max(3, min(8, 72 * widths[c] / T * 0.9)))
             for label, role in zip(ax.get_xticklabels(), p["token_roles"]):
                 label.set_color(ROLE_STYLE[role][0])
                 label.set_fontweight(ROLE_STYLE[role][1])
@@ -176,6 +177,7 @@ def attention_figure(report: dict):
 
 
 def _mark_layers(ax, rng) -> None:
+    ax.yaxis.get_major_locator().set_params(integer=True)
     if rng:
         for y in (rng[0] - 0.5, rng[1] + 0.5):
             ax.axhline(y, color="#00e5ff", lw=1.4, ls="--")
