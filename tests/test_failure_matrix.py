@@ -212,7 +212,23 @@ CASES = [
     ("locate from a broken scan report", lambda e: ["locate", M, "--from-scan", str(e.file("scan.json", "{"))], "scan.json", "JSON"),
     ("harden from a report without a range", lambda e: ["harden", M, "--out", str(e.out / "h"), "--from-report",
                                                         str(e.file("loc.json", json.dumps({"schema_version": 2, "command": "locate"})))], "loc.json", "range"),
+    ("attention on the llama backend", lambda e: ["attention", M, "--backend", "llama", "--plot", str(e.out / "a.png")], "", "--backend torch"),
+    ("attention unknown --heads", lambda e: ["attention", M, "--heads", "all", "--plot", str(e.out / "a.png")], "", "--heads"),
+    ("attention --scale without --alpha", lambda e: ["attention", M, "--scale", "1-2", "--plot", str(e.out / "a.png")], "", "--alpha"),
+    ("attention from a broken report", lambda e: ["attention", M, "--from-report", str(e.file("loc.json", "{")), "--plot",
+                                                  str(e.out / "a.png")], "loc.json", "report"),
+    ("audit --out is a file", lambda e: ["audit", M, "--out", str(e.file("taken", "x"))], "taken", "is a file"),
+    ("audit into a folder of other files", lambda e: ["audit", M, "--out", str(_folder_with(e, "photos", "cat.jpg"))], "photos",
+     "not an audit folder"),
+    ("audit baseline not JSON", lambda e: ["audit", M, "--out", str(e.out / "a"), "--baseline", str(e.file("b.json", "nope"))], "b.json", "JSON"),
+    ("report of a folder without reports", lambda e: ["report", str(_folder_with(e, "empty", "notes.txt"))], "empty", "no safety-audit report"),
+    ("report --html into a missing folder", lambda e: ["report", str(e.eval_json), "--html", str(e.out / "no" / "r.html")], "no", "folder"),
 ]
+
+
+def _folder_with(e: Env, folder: str, name: str) -> Path:
+    (e.inp / folder).mkdir()
+    return e.file(f"{folder}/{name}", "kept as it is").parent
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +313,7 @@ def test_failure_matrix(name, make_args, path_part, message, tmp_path, tiny_mode
 def test_the_matrix_is_big_and_covers_every_command():
     commands = {c[1](None)[0] if False else c[0].split()[0] for c in CASES}
     assert len(CASES) >= 40
-    assert {"scan", "locate", "harden", "eval", "check", "compare", "reference"} <= commands
+    assert {"scan", "locate", "harden", "eval", "check", "compare", "reference", "attention", "audit", "report"} <= commands
 
 
 def test_check_regression_is_exit_1_not_2(eval_report, tmp_path):
