@@ -36,8 +36,16 @@ def _env(cache: Path) -> dict:
     return {**os.environ, "SAFETY_AUDIT_CACHE": str(cache), "SAFETY_AUDIT_PROGRESS_SECONDS": "5", "PYTHONUNBUFFERED": "1"}
 
 
-def _strip(report: dict) -> dict:
-    return {k: v for k, v in report.items() if k not in VOLATILE}
+def _default_sigint() -> None:
+    """A job started in the background (`cmd &`) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt: give the child the default disposition, as a terminal's Ctrl-C would find it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _strip(report: dict, folder: Path) -> dict:
+    """Without the fields that differ between any two runs: times, and the folder's own path."""
+    text = json.dumps({k: v for k, v in report.items() if k not in VOLATILE}).replace(str(folder), "DIR")
+    return json.loads(text)
 
 
 def main() -> None:
@@ -58,15 +66,19 @@ def main() -> None:
 
     t0 = time.perf_counter()
     p = subprocess.Popen(_cmd(args.model, tmp / "killed"), env=_env(tmp / "cache-killed"), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    seen = False
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+    seen, sent, lines = False, False, []
     for line in p.stderr:
+        lines.append(line.rstrip())
         if f"audit: {args.kill_in}" in line:
             seen = True
         elif seen and "/" in line:  # the step's first progress line: it is working
             p.send_signal(signal.SIGINT)
+            sent = True
             break
-    p.communicate(timeout=600)
+    lines += p.communicate(timeout=600)[1].splitlines()
+    if not sent:
+        raise SystemExit(f"never saw step {args.kill_in} working; its output ended:\n" + "\n".join(lines[-15:]))
     t_killed = time.perf_counter() - t0
     t0 = time.perf_counter()
     resumed = subprocess.run(_cmd(args.model, tmp / "killed"), env=_env(tmp / "cache-killed"), capture_output=True, text=True)
@@ -79,7 +91,8 @@ def main() -> None:
         if f.name == "audit.json":
             continue
         other = tmp / "killed" / f.name
-        same[f.name] = other.is_file() and _strip(json.loads(f.read_text())) == _strip(json.loads(other.read_text()))
+        same[f.name] = other.is_file() and (_strip(json.loads(f.read_text()), tmp / "whole")
+                                            == _strip(json.loads(other.read_text()), tmp / "killed"))
     state = json.loads((tmp / "whole" / "audit.json").read_text())["steps"]
     print(f"steps: {state}\nresumed reports equal the uninterrupted ones: {same}", flush=True)
     scan = json.loads((tmp / "whole" / "scan.json").read_text())
@@ -89,7 +102,7 @@ def main() -> None:
         "model": scan["model"], "quick": True, "seconds_uninterrupted": round(t_whole, 1), "exit_code": whole.returncode,
         "steps": state, "initial_range": scan["initial_range"],
         "safety_layers": json.loads(loc.read_text())["safety_layers"] if loc.is_file() else None,
-        "kill": {"step": args.kill_in, "signal": "SIGINT", "exit_code": p.returncode, "seconds_before_kill": round(t_killed, 1),
+        "kill": {"step": args.kill_in, "signal": "SIGINT", "exit_code": p.returncode, "last_line": lines[-1], "seconds_before_kill": round(t_killed, 1),
                  "seconds_to_finish_after": round(t_resumed, 1), "resumed_exit_code": resumed.returncode},
         "resumed_reports_equal": same, "page_bytes": (tmp / "whole" / "report.html").stat().st_size,
         "folder": str(tmp)})

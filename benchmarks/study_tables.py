@@ -85,7 +85,7 @@ def comparisons(results: dict[str, dict]) -> list[str]:
             if len(rows) > 1:
                 oa, ob = sum(r[2] for r in rows), sum(r[3] for r in rows)
                 lines.append(f"| {data} | {a_m} vs {b_m} | **pooled ({len(rows)})** | | | {oa} | {ob} | **{mcnemar_exact(oa, ob):.2g}** |")
-    return lines
+    return lines if len(lines) > 2 else ["No comparison has both of its cells finished yet."]
 
 
 def section() -> str:

@@ -33,7 +33,10 @@ def _cli(args: list[str], cache: Path, stop_after: int | None = None, sig: int =
     cmd = [sys.executable, "-m", "auditor.cli", *args]
     if stop_after is None:
         return subprocess.run(cmd, env=_env(cache), capture_output=True, text=True, timeout=600)
-    p = subprocess.Popen(cmd, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a job started in the background (`cmd &`) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: the child gets the default disposition, as a terminal's Ctrl-C finds it
+    p = subprocess.Popen(cmd, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen, lines = 0, []
     for line in p.stderr:
         lines.append(line)
