@@ -219,3 +219,12 @@ def test_landscape_names_one_range_only_when_the_counts_allow_it():
     down = landscape([{"phase": "start", "range": [1, 2], "count": 5}, {"phase": "upper", "range": [1, 3], "count": 40}],
                      (1, 2), 5, 0.8, 150)  # α < 1: fewer is better
     assert down["verdict"] == "one range" and down["margin"] == 35
+
+
+def test_a_control_beyond_noise_marks_the_landscape_rough():
+    from auditor.core.search import landscape
+
+    rows = [{"phase": "start", "range": [20, 20], "count": 15}, {"phase": "upper", "range": [20, 21], "count": 11}]
+    controls = [{"range": [12, 13], "count": 29}, {"range": [0, 1], "count": 17}]
+    r = landscape(rows, (20, 20), 15, 1.2, 40, controls=controls)
+    assert r["verdict"] == "rough" and r["better_controls"] == [[12, 13]] and "try --survey" in r["why"]

@@ -110,10 +110,11 @@ def _noise(a: int, b: int, n: int) -> float:
 
 
 def landscape(rows: list[dict], final: tuple[int, int], best: int, alpha: float, n: int,
-              survey_rows: list[dict] | None = None, baseline: int | None = None) -> dict:
+              survey_rows: list[dict] | None = None, baseline: int | None = None, controls: list[dict] | None = None) -> dict:
     """Does the search name one range, or is the landscape too rough to? Every range counted is compared
     with the chosen one: those within sampling noise of its count are equally supported. With a survey,
-    windows within noise of the best window mean the answer depends on where the search starts."""
+    windows within noise of the best window mean the answer depends on where the search starts; a control
+    range beyond noise *better* than the chosen one means the search started away from the strongest block."""
     sign = 1 if alpha > 1 else -1
     near = sorted({tuple(r["range"]) for r in rows if tuple(r["range"]) != tuple(final)
                    and sign * (best - r["count"]) <= _noise(best, r["count"], n)})
@@ -123,14 +124,18 @@ def landscape(rows: list[dict], final: tuple[int, int], best: int, alpha: float,
     if survey_rows and baseline is not None:
         top = max(survey_rows, key=lambda r: sign * r["count"])
         windows = [r["range"] for r in survey_rows if r is not top and sign * (top["count"] - r["count"]) <= _noise(top["count"], r["count"], n)]
-    rough = bool(near) or bool(windows)
+    beaten = [c["range"] for c in controls or [] if sign * (c["count"] - best) > _noise(best, c["count"], n)]
+    rough = bool(near) or bool(windows) or bool(beaten)
     why = []
+    if beaten:
+        why.append(f"{len(beaten)} control range(s) moved refusals more than the chosen one: the search started away "
+                   "from the strongest block (try --survey)")
     if near:
         why.append(f"{len(near)} other range(s) counted within sampling noise of the chosen one")
     if windows:
         why.append(f"{len(windows)} survey window(s) within noise of the best: the answer depends on the start")
     return {"verdict": "rough" if rough else "one range", "why": "; ".join(why) or "every other range counted is "
-            "worse by more than sampling noise (2 SD)", "near": [list(r) for r in near], "near_windows": windows,
+            "worse by more than sampling noise (2 SD)", "near": [list(r) for r in near], "near_windows": windows, "better_controls": beaten,
             "runner_up": {"range": runner["range"], "count": runner["count"]} if runner else None,
             "margin": sign * (best - runner["count"]) if runner else None,
             "noise_2sd": round(_noise(best, runner["count"], n), 2) if runner else None}

@@ -86,8 +86,9 @@ def locate_table(report: dict) -> Table:
     if report.get("gain", 1) <= 0:
         verdict = f"no range moved refusals the paper's way (α {'>' if a > 1 else '<'} 1: {'more' if a > 1 else 'fewer'})"
     land = report.get("landscape") or {}
-    rough = (f"\n[bold red]ROUGH:[/bold red] {land['why']} — treat {final[0]}–{final[1]} as one of "
-             f"{', '.join(f'{a}–{b}' for a, b in land['near'][:6]) or 'the survey windows'} too") if land.get("verdict") == "rough" else ""
+    near = ", ".join(f"{a}–{b}" for a, b in land.get("near", [])[:6])
+    rough = (f"\n[bold red]ROUGH:[/bold red] {land['why']}" + (f"; as well supported as {final[0]}–{final[1]}: {near}" if near else "")
+             ) if land.get("verdict") == "rough" else ""
     t = Table(title=title, caption=f"baseline (unscaled): {report['baseline']} refusals   safety layers: {final[0]}–{final[1]} "
               f"({report['count']} refusals; {verdict}){rough}", header_style="bold")
     for c in ("phase", "range", "refusals", "Δ vs baseline"):

@@ -238,6 +238,7 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     return LocateReport(header, cfg.template, cfg.compat, cfg.scale_o_proj, backend.n_layers, d_o.name, len(prompts),
                         classifier.describe(), s.alpha, alpha_choice, list(s.start), s.start_from, s.surveyed, s.baseline,
                         s.rows, list(s.final), s.best, s.controls, gain, stands_out,
-                        landscape(s.rows, s.final, s.best, s.alpha, len(prompts), (s.surveyed or {}).get("windows"), s.baseline),
+                        landscape(s.rows, s.final, s.best, s.alpha, len(prompts), (s.surveyed or {}).get("windows"), s.baseline,
+                                  s.controls),
                         count.computed,
                         round(time.perf_counter() - t0, 2)).to_dict()
