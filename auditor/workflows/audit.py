@@ -143,8 +143,10 @@ def run_audit(cfg: AuditConfig, reporter: Reporter | None = None,
 
 
 def _marked(out: Path) -> str | None:
-    """The report whose safety layers the attention maps mark: locate's, else the scan's initial range."""
-    if (out / "locate.json").is_file():
-        return str(out / "locate.json")
+    """The report whose safety layers the attention maps mark: locate's when a range moved refusals the
+    paper's way, else the scan's initial range (else none)."""
+    locate = out / "locate.json"
+    if locate.is_file() and json.loads(locate.read_text()).get("gain", 0) > 0:
+        return str(locate)
     scan = out / "scan.json"
     return str(scan) if scan.is_file() and json.loads(scan.read_text()).get("initial_range") else None
