@@ -84,9 +84,10 @@ def test_every_registered_backend_implements_the_contract():
     """A backend is a Backend subclass whose declared capabilities are the registry's, and every method a
     capability promises is overridden (not the base class's refusal)."""
     from auditor.backends import REGISTRY, Backend
-    from auditor.backends.base import GENERATION, HIDDEN_STATES, NEXT_TOKEN, WEIGHT_SCALING
+    from auditor.backends.base import ATTENTION, GENERATION, HIDDEN_STATES, NEXT_TOKEN, WEIGHT_SCALING
 
-    needs = {HIDDEN_STATES: "states_for_ids", GENERATION: "complete", NEXT_TOKEN: "opening_probs", WEIGHT_SCALING: "scaled"}
+    needs = {HIDDEN_STATES: "states_for_ids", GENERATION: "complete", NEXT_TOKEN: "opening_probs", WEIGHT_SCALING: "scaled",
+             ATTENTION: "final_token_attention"}
     for name, spec in REGISTRY.items():
         cls = spec.load_class()
         assert issubclass(cls, Backend) and cls.name == name and cls.capabilities == spec.capabilities
