@@ -19,7 +19,7 @@ from ..io.config import default_of
 from ..io.files import atomic_write
 from ..io.models import reference_dir, reference_model
 from ..io.prompts import TEMPLATES
-from ..render.commandline import AuditGroup, err, layer_range
+from ..render.commandline import AuditGroup, err
 from ..render.plots import plot_locate, plot_scan
 from ..render.progress import rich_reporter
 from ..render.tables import (check_table, compare_table, doctor_table, eval_table, harden_table, locate_table, paired_table,
@@ -35,7 +35,7 @@ from ..workflows.reference import ReferenceConfig, build_reference
 from ..workflows.scan import ScanConfig, run_scan
 from .audit import register as register_review_commands
 from .common import (CLASSIFIER_CHOICE, check_outputs, classifier_option, emit, force_opt, json_opt, opt,
-                     placement_options, quiet_opt, stdout, threads_opt)
+                     placement_options, quiet_opt, range_option, stdout, threads_opt)
 
 
 @click.group(cls=AuditGroup)
@@ -80,7 +80,7 @@ def scan(model, json_path, plot_path, force, no_cache, quiet, **kw):
 @opt(LocateConfig, "backend", "--backend", type=click.Choice(BACKEND_CHOICES))
 @opt(LocateConfig, "template", "--template", type=click.Choice(TEMPLATES))
 @opt(LocateConfig, "from_scan", "--from-scan", metavar="SCAN.json")
-@opt(LocateConfig, "start", "--start", metavar="i-j", callback=lambda c, p, v: layer_range(v))
+@opt(LocateConfig, "start", "--start", metavar="i-j", callback=range_option)
 @opt(LocateConfig, "survey", "--survey", type=int, is_flag=False, flag_value=2, metavar="[W]", default=None)
 @opt(LocateConfig, "alpha", "--alpha", type=float)
 @opt(LocateConfig, "classifier", "--classifier", type=CLASSIFIER_CHOICE, callback=classifier_option)
@@ -249,7 +249,7 @@ def compare(reports, paired, classifier, as_json):
 @click.argument("model", required=False)
 @opt(HardenConfig, "out", "--out", required=True, metavar="DIR", default=None, show_default=False)
 @opt(HardenConfig, "method", "--method", type=click.Choice(list(METHODS)))
-@opt(HardenConfig, "layers", "--layers", metavar="i-j", callback=lambda c, p, v: layer_range(v))
+@opt(HardenConfig, "layers", "--layers", metavar="i-j", callback=range_option)
 @opt(HardenConfig, "from_report", "--from-report", metavar="JSON")
 @opt(HardenConfig, "data", "--data", metavar="FILE")
 @opt(HardenConfig, "attack", "--attack", type=click.Choice(ATTACKS))

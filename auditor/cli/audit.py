@@ -10,17 +10,17 @@ import click
 
 from ..backends import BACKEND_CHOICES
 from ..io.prompts import TEMPLATES
-from ..render.commandline import err, layer_range
+from ..render.commandline import err
 from ..render.page import load_bundle, page_facts, render_html, render_markdown, write_page
 from ..render.plots import plot_attention, plot_locate, plot_scan
 from ..render.progress import rich_reporter
 from ..render.tables import attention_table
 from ..workflows.attention import AttentionConfig, run_attention
 from ..workflows.audit import AuditConfig, run_audit
-from .common import check_outputs, emit, force_opt, json_opt, opt, placement_options, quiet_opt, stdout, threads_opt
+from .common import (check_outputs, emit, force_opt, json_opt, opt, placement_options, quiet_opt, range_option, stdout,
+                     threads_opt)
 
 PLOTS = {"scan": plot_scan, "locate": plot_locate, "attention": plot_attention}
-ranges = lambda c, p, v: layer_range(v)  # noqa: E731
 
 
 @click.command(short_help="Figure 4: final-token attention per layer, malicious vs normal.")
@@ -29,10 +29,10 @@ ranges = lambda c, p, v: layer_range(v)  # noqa: E731
 @click.argument("normal", required=False)
 @opt(AttentionConfig, "backend", "--backend", type=click.Choice(BACKEND_CHOICES))
 @opt(AttentionConfig, "template", "--template", type=click.Choice(TEMPLATES))
-@opt(AttentionConfig, "layers", "--layers", metavar="i-j", callback=ranges)
+@opt(AttentionConfig, "layers", "--layers", metavar="i-j", callback=range_option)
 @opt(AttentionConfig, "heads", "--heads", metavar="mean|max|N")
 @opt(AttentionConfig, "from_report", "--from-report", metavar="LOCATE.json|SCAN.json")
-@opt(AttentionConfig, "scale", "--scale", metavar="i-j", callback=ranges)
+@opt(AttentionConfig, "scale", "--scale", metavar="i-j", callback=range_option)
 @opt(AttentionConfig, "alpha", "--alpha", type=float)
 @threads_opt
 @placement_options(AttentionConfig)

@@ -14,7 +14,7 @@ from ..backends.devices import DTYPE_CHOICES
 from ..core.refusal import CLASSIFIERS, RENAMED
 from ..io.config import default_of, help_of
 from ..io.files import check_writable, write_json
-from ..render.commandline import err
+from ..render.commandline import err, layer_range
 
 
 def stdout() -> Console:
@@ -43,6 +43,11 @@ json_opt = click.option("--json", "json_path", default=None, metavar="PATH", hel
 force_opt = click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 threads_opt = click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+
+
+def range_option(ctx, param, value):
+    """click callback: an 'i-j' layer range (inclusive, 0-based)."""
+    return layer_range(value)
 
 
 def placement_options(config: type):
