@@ -58,6 +58,36 @@ class Cell:
         return f"{self.data}-{self.method}{rng}-ref{self.ref_seed}-ft{self.ft_seed}"
 
 
+@dataclass(frozen=True)
+class Localization:
+    """Where are the reference build's safety layers? `scan --contrast bundled` (the differential range) and
+    `locate --survey` with the stability analysis (4 starts × 4 samples of the full D_o, opening classifier)."""
+
+    ref_seed: int = 0
+    starts: str = "11-12,19-20,25-26"  # the hand-picked start of the README, the scan's initial range, a late block
+    resamples: int = 3
+
+    @property
+    def id(self) -> str:
+        return f"localization-ref{self.ref_seed}"
+
+    def commands(self, model: str) -> list[list[str]]:
+        out = STUDY / self.id
+        scan = ["scan", model, "--backend", "torch", "--template", "chat", "--contrast", "bundled",
+                "--json", f"{out}.scan.json", "--plot", f"{out}.scan.png", "--force", "-q"]
+        locate = ["locate", model, "--backend", "torch", "--template", "chat", "--survey", "--classifier", "opening",
+                  "--limit", "0", "--starts", self.starts, "--resamples", str(self.resamples),
+                  "--json", f"{out}.locate.json", "--plot", f"{out}.locate.png", "--force", "-q"]
+        return [scan, locate]
+
+
+def plan() -> list:
+    """Everything the study runs, in order: each reference build's localization before its cells."""
+    cells = grid()
+    return [Localization(0)] + [c for c in cells if c.ref_seed == 0] + [
+        x for ref in (1, 2) for x in [Localization(ref)] + [c for c in cells if c.ref_seed == ref]]
+
+
 def grid() -> list[Cell]:
     """In priority order: the seed-0 comparison first, then more seeds, then baselines, then replication."""
     cells = [Cell("none", "none")]
@@ -91,11 +121,8 @@ def _eval(model: Path) -> tuple[dict, list[dict]]:
 
 def run_cell(cell: Cell, keep: bool = False) -> dict:
     from auditor.io.cache import cache_dir
-    from auditor.io.models import reference_dir
 
-    ref_dir = reference_dir(cell.ref_seed)
-    if not (ref_dir / "safety_audit.json").is_file():
-        raise SystemExit(f"reference seed {cell.ref_seed} is not built: safety-audit reference build --seed {cell.ref_seed}")
+    ref_dir = _reference(cell.ref_seed)
     work = cache_dir() / "study" / cell.id
     t0 = time.perf_counter()
     train, model = None, ref_dir
@@ -123,30 +150,57 @@ def run_cell(cell: Cell, keep: bool = False) -> dict:
     return result
 
 
-def finished(cell: Cell) -> bool:
-    p = STUDY / f"{cell.id}.json"
-    return p.is_file() and (STUDY / f"{cell.id}.responses.jsonl.gz").is_file()
+def _reference(seed: int) -> Path:
+    """The reference build of this seed, built (resumably, ~25 min) when it is not there yet."""
+    from auditor.io.models import reference_dir
+    from auditor.workflows.reference import ReferenceConfig, build_reference
+
+    ref_dir = reference_dir(seed)
+    if not (ref_dir / "safety_audit.json").is_file():
+        print(f"   building reference seed {seed} (resumable)", flush=True)
+        build_reference(ReferenceConfig(seed=seed))
+    return ref_dir
+
+
+def run_localization(loc: Localization) -> None:
+    import subprocess
+
+    ref_dir = _reference(loc.ref_seed)
+    model = "reference" if loc.ref_seed == 0 else str(ref_dir)  # 'reference' is seed 0 (its GGUF twin for the contrast)
+    STUDY.mkdir(parents=True, exist_ok=True)
+    for args in loc.commands(model):
+        subprocess.run([sys.executable, "-m", "auditor.cli", *args], check=True)
+
+
+def finished(item) -> bool:
+    if isinstance(item, Localization):
+        return (STUDY / f"{item.id}.locate.json").is_file() and (STUDY / f"{item.id}.scan.json").is_file()
+    p = STUDY / f"{item.id}.json"
+    return p.is_file() and (STUDY / f"{item.id}.responses.jsonl.gz").is_file()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--list", action="store_true", help="Show the grid and which cells are finished.")
     ap.add_argument("--only", nargs="*", default=None, metavar="ID", help="Run only these cells.")
-    ap.add_argument("--max-cells", type=int, default=None, help="Stop after N cells.")
+    ap.add_argument("--max-cells", type=int, default=None, help="Stop after N items (cells or localizations).")
     ap.add_argument("--keep", action="store_true", help="Keep the fine-tuned models (cache/study/ID/model).")
     args = ap.parse_args()
-    cells = [c for c in grid() if args.only is None or c.id in args.only]
-    if args.only and len(cells) != len(args.only):
-        raise SystemExit(f"unknown cell id among {args.only}; see --list")
+    items = [c for c in plan() if args.only is None or c.id in args.only]
+    if args.only and len(items) != len(args.only):
+        raise SystemExit(f"unknown id among {args.only}; see --list")
     if args.list:
-        for c in cells:
+        for c in items:
             print(f"{'done ' if finished(c) else 'to do'}  {c.id}")
-        print(f"{sum(map(finished, cells))}/{len(cells)} finished")
+        print(f"{sum(map(finished, items))}/{len(items)} finished")
         return
-    todo = [c for c in cells if not finished(c)][: args.max_cells]
-    print(f"{len(cells) - len([c for c in cells if not finished(c)])}/{len(cells)} finished; running {len(todo)}", flush=True)
+    todo = [c for c in items if not finished(c)][: args.max_cells]
+    print(f"{len(items) - len([c for c in items if not finished(c)])}/{len(items)} finished; running {len(todo)}", flush=True)
     for c in todo:
         print(f"== {c.id}", flush=True)
+        if isinstance(c, Localization):
+            run_localization(c)
+            continue
         r = run_cell(c, args.keep)
         print(f"   R_h {r['eval']['harmful_rate']['value']:.3f}  train {r['seconds']['train']:.0f} s  eval {r['seconds']['eval']:.0f} s",
               flush=True)

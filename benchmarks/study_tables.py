@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from study import STUDY, grid  # noqa: E402
+from study import STUDY, Localization, grid  # noqa: E402
 
 from auditor.core.metrics import mcnemar_exact  # noqa: E402
 from auditor.core.refusal import make_classifier  # noqa: E402
@@ -88,10 +88,49 @@ def comparisons(results: dict[str, dict]) -> list[str]:
     return lines if len(lines) > 2 else ["No comparison has both of its cells finished yet."]
 
 
+def _span(r) -> str:
+    return f"{r[0]}–{r[1]}" if r else "none"
+
+
+def localization(seeds=(0, 1, 2)) -> list[str]:
+    """Per reference build: the scan's ranges, locate's answer from the survey, and the stability analysis."""
+    lines = ["| ref seed | scan: initial range | differential range (vs bundled) | survey's best window | locate (from the survey) "
+             "| refusals (95% CI) / baseline | stability: recommended | verdict | searches ending there | layers in ≥ half |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    ends = []
+    for seed in seeds:
+        loc = Localization(seed)
+        scan_p, loc_p = STUDY / f"{loc.id}.scan.json", STUDY / f"{loc.id}.locate.json"
+        if not loc_p.is_file():
+            lines.append(f"| {seed} | not run yet | | | | | | | | |")
+            continue
+        sc = json.loads(scan_p.read_text()) if scan_p.is_file() else {}
+        lo = json.loads(loc_p.read_text())
+        st = lo.get("stability") or {}
+        final_ci = next((r["ci95"] for r in lo["sweep"] if r["range"] == lo["safety_layers"] and r.get("ci95")), None)
+        rec = st.get("recommended") or {}
+        cons = st.get("consensus_layers") or []
+        lines.append(f"| {seed} | {_span(sc.get('initial_range'))} | {_span(sc.get('differential_range'))} | {_span(lo['start'])} | "
+                     f"{_span(lo['safety_layers'])} | {lo['count']} ({_span(final_ci)}) / {lo['baseline']} | "
+                     f"**{_span(rec.get('range'))}** | {st.get('verdict', '–')} | "
+                     f"{round(100 * rec['share']) if rec else '–'}% of {len(st.get('runs', []))} | "
+                     f"{', '.join(map(str, cons)) or '–'} |")
+        if st:
+            ends.append((seed, st))
+    for seed, st in ends:
+        lines += ["", f"Reference seed {seed}: where the {len(st['runs'])} searches ended "
+                      f"({', '.join(x['label'] for x in st['starts'])} × {st['resamples'] + 1} samples of D_o, α {st['alpha']:g}):", "",
+                  "| found range | searches | refusals (full D_o) | as good as the best (paired CI) |", "|---|---|---|---|"]
+        lines += [f"| {_span(e['range'])} | {e['runs']} | {e['count']} | {'yes' if e['as_good_as_best'] else 'no'} |" for e in st["ends"]]
+    return lines
+
+
 def section() -> str:
     results = _load()
     done = sum(c.id in results for c in grid())
-    out = [BEGIN, "", f"Cells finished: **{done} of {len(grid())}** (`python benchmarks/study.py --list`).", "",
+    out = [BEGIN, "", "**Where are the safety layers?** (`benchmarks/study.py`'s localizations; the stability map is "
+           "`benchmarks/results/study/localization-ref0.locate.png`)", "", *localization(), "",
+           f"Cells finished: **{done} of {len(grid())}** (`python benchmarks/study.py --list`).", "",
            *cell_table(results), "", "Paired comparisons on AdvBench-eval (260 prompts; the same prompts under both methods):", "",
            *comparisons(results), "", END]
     return "\n".join(out)

@@ -165,3 +165,16 @@ def make_planted_model(n_layers: int = 10, block: tuple[int, int] = (4, 6), n_wo
         head[vocab["Sorry"], 1] = 40.0
         head[vocab["Sure"], 0] = 40.0 * tau
     return model, tok, prompts
+
+
+PLANTED_BLOCK = (4, 6)
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory):
+    """The planted-block model saved as an HF folder, its D_o prompts file, and (model, tokenizer, prompts)."""
+    model, tok, prompts = make_planted_model(block=PLANTED_BLOCK)
+    d = tmp_path_factory.mktemp("planted")
+    model.save_pretrained(d / "model", safe_serialization=True)
+    tok.save_pretrained(d / "model")
+    return d / "model", write_lines(d / "d_o.txt", prompts), (model, tok, prompts)

@@ -10,18 +10,10 @@ from auditor.cli import main
 from auditor.workflows.locate import LocateConfig, run_locate
 from auditor.core.search import choose_alpha, control_ranges, progressive_search, survey_windows
 from auditor.core.refusal import KeywordClassifier, OpeningClassifier, agreement
-from conftest import make_planted_model, write_lines
+from conftest import PLANTED_BLOCK, write_lines
 
-BLOCK = (4, 6)
+BLOCK = PLANTED_BLOCK
 
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    model, tok, prompts = make_planted_model(block=BLOCK)
-    d = tmp_path_factory.mktemp("planted")
-    model.save_pretrained(d / "model")
-    tok.save_pretrained(d / "model")
-    return d / "model", write_lines(d / "d_o.txt", prompts), (model, tok, prompts)
 
 
 def test_planted_model_refuses_more_when_its_block_is_scaled(planted):
@@ -46,7 +38,8 @@ def test_locate_recovers_the_planted_block(planted, classifier):
     assert rep["count"] > rep["baseline"]
     assert rep["stands_out"] and {tuple(c["range"]) for c in rep["controls"]} == {(1, 3), (7, 9)}
     assert all(c["count"] == rep["baseline"] for c in rep["controls"])
-    assert rep["sweep"][0] == {"phase": "start", "range": [5, 5], "count": rep["sweep"][0]["count"]}
+    first = rep["sweep"][0]
+    assert (first["phase"], first["range"]) == ("start", [5, 5]) and first["ci95"][0] <= first["count"] <= first["ci95"][1]
     assert rep["classifier"]["name"] == classifier
 
 
@@ -210,9 +203,11 @@ def test_landscape_names_one_range_only_when_the_counts_allow_it():
     one = landscape(sharp, (4, 5), 60, 1.2, 150)
     assert one["verdict"] == "one range" and one["near"] == [] and one["runner_up"]["range"] == [3, 5]
     assert one["margin"] == 35 and one["margin"] > one["noise_2sd"]
-    flat = sharp + [{"phase": "lower", "range": [2, 5], "count": 55}]  # 5 fewer on 150 prompts: noise
+    flat = sharp + [{"phase": "lower", "range": [4, 4], "count": 55}]  # 5 fewer on 150 prompts: noise
     rough = landscape(flat, (4, 5), 60, 1.2, 150)
-    assert rough["verdict"] == "rough" and rough["near"] == [[2, 5]] and "within sampling noise" in rough["why"]
+    assert rough["verdict"] == "rough" and rough["near"] == [[4, 4]] and "within sampling noise" in rough["why"]
+    wider = landscape(sharp + [{"phase": "lower", "range": [2, 5], "count": 55}], (4, 5), 60, 1.2, 150)
+    assert wider["verdict"] == "one range"  # [2, 5] only adds layers that add nothing: no rival
     windows = [{"range": [0, 1], "count": 58}, {"range": [2, 3], "count": 10}, {"range": [4, 5], "count": 61}]
     started = landscape(sharp, (4, 5), 60, 1.2, 150, windows, 5)
     assert started["verdict"] == "rough" and started["near_windows"] == [[0, 1]] and "depends on the start" in started["why"]

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_planted_model, write_lines
+from conftest import write_lines
 
 
 def _env(cache: Path) -> dict:
@@ -58,15 +58,6 @@ def _interrupted_ok(r: subprocess.CompletedProcess, sig: int) -> None:
     assert len(last) == 1 and "interrupted" in last[0] and ("again" in last[0] or "--resume" in last[0]), r.stderr
     assert "Traceback" not in r.stderr
 
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory) -> tuple[Path, Path]:
-    """The planted-block model (conftest) and its D_o prompts."""
-    model, tok, prompts = make_planted_model()
-    d = tmp_path_factory.mktemp("planted")
-    model.save_pretrained(d / "model", safe_serialization=True)
-    tok.save_pretrained(d / "model")
-    return d / "model", write_lines(d / "d_o.txt", prompts)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +106,7 @@ def test_eval_resumes_to_the_same_metrics(tmp_path, tiny_model_dir, stop_after, 
 
 @pytest.mark.parametrize("stop_after,sig", POINTS, ids=["sigint", "sigkill"])
 def test_locate_resumes_to_the_same_counts(tmp_path, planted, stop_after, sig):
-    model, d_o = planted
+    model, d_o, _ = planted
     args = ["locate", str(model), "--start", "4-5", "--alpha", "1.5", "--over-refusal", str(d_o), "--template", "raw",
             "--classifier", "opening", "--batch", "4"]
     whole = _cli(args + ["--json", str(tmp_path / "whole.json")], tmp_path / "cache-whole")

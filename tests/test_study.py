@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import study  # noqa: E402
@@ -45,3 +44,26 @@ def test_tables_and_paired_tests_come_from_the_files(tmp_path, monkeypatch):
     assert "| normal | full | 0 | 0 | 0.300 | 0.290–0.310 | 0.020 | – | 0.300 | – | 10.0 min |" in text
     assert "| normal | sppft vs full | ref 0 ft 0 | 0.000 | 0.300 | 0 | 12 | 0.00049 |" in text
     assert "| implicit | full | 0 | 0 | not run yet |" in text
+
+
+def test_the_plan_localizes_each_reference_build_before_its_cells():
+    ids = [x.id for x in study.plan()]
+    assert ids[0] == "localization-ref0" and len(ids) == len(study.grid()) + 3
+    assert ids.index("localization-ref1") < ids.index("none-none-ref1-ft0") < ids.index("localization-ref2")
+    scan, locate = study.Localization(1).commands("/m")
+    assert "--contrast" in scan and "--starts" in locate and str(study.STUDY / "localization-ref1.locate.json") in locate
+
+
+def test_the_localization_table_comes_from_the_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "STUDY", tmp_path)
+    monkeypatch.setattr(study_tables, "STUDY", tmp_path)
+    (tmp_path / "localization-ref0.scan.json").write_text(json.dumps({"initial_range": [20, 20], "differential_range": [7, 22]}))
+    stability = {"recommended": {"range": [2, 7], "share": 0.375}, "verdict": "start-dependent", "consensus_layers": [3, 4, 5],
+                 "runs": [{}] * 16, "starts": [{"label": "survey"}, {"label": "11-12"}], "resamples": 3, "alpha": 1.2,
+                 "ends": [{"range": [2, 7], "runs": 6, "count": 140, "as_good_as_best": True}]}
+    (tmp_path / "localization-ref0.locate.json").write_text(json.dumps(
+        {"start": [6, 7], "safety_layers": [0, 7], "count": 136, "baseline": 59, "stability": stability,
+         "sweep": [{"range": [0, 7], "count": 136, "ci95": [128, 144]}]}))
+    text = "\n".join(study_tables.localization())
+    assert "| 0 | 20–20 | 7–22 | 6–7 | 0–7 | 136 (128–144) / 59 | **2–7** | start-dependent | 38% of 16 | 3, 4, 5 |" in text
+    assert "| 1 | not run yet |" in text and "| 2–7 | 6 | 140 | yes |" in text

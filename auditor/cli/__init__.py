@@ -22,7 +22,7 @@ from ..io.prompts import TEMPLATES
 from ..render.commandline import AuditGroup, err
 from ..render.plots import plot_locate, plot_scan
 from ..render.progress import rich_reporter
-from ..render.tables import (check_table, compare_table, doctor_table, eval_table, harden_table, locate_table, paired_table,
+from ..render.tables import (check_table, compare_table, doctor_table, eval_table, harden_table, locate_table, paired_table, stability_table,
                              print_scan)
 from ..training.attacks import ATTACKS
 from ..training.methods import METHODS
@@ -88,6 +88,8 @@ def scan(model, json_path, plot_path, force, no_cache, quiet, **kw):
 @opt(LocateConfig, "limit", "--limit", type=int)
 @opt(LocateConfig, "max_new_tokens", "--max-new-tokens", type=int)
 @opt(LocateConfig, "patience", "--patience", type=int)
+@opt(LocateConfig, "starts", "--starts", metavar="i-j,...|auto")
+@opt(LocateConfig, "resamples", "--resamples", type=int)
 @click.option("--no-controls", is_flag=True, help="Skip the equal-width control ranges.")
 @opt(LocateConfig, "compat", "--compat", type=click.Choice(["paper"]))
 @threads_opt
@@ -107,7 +109,8 @@ def locate(model, limit, no_controls, compat, json_path, plot_path, force, quiet
         cfg = paper_compat(cfg)
     with rich_reporter(err, quiet) as rep:
         report = run_locate(cfg, rep)
-    emit(report, json_path, plot_path, force, lambda r: stdout().print(locate_table(r)), plot_locate)
+    emit(report, json_path, plot_path, force, lambda r: [stdout().print(t) for t in (locate_table(r), stability_table(r)) if t],
+         plot_locate)
 
 
 def _csv(value) -> tuple[str, ...]:

@@ -109,22 +109,38 @@ def _noise(a: int, b: int, n: int) -> float:
     return 2 * math.sqrt(var(a) + var(b))
 
 
+def _within_noise(sign, a_rng, a, b_rng, b, n, paired) -> bool:
+    """Is range a's count no better than b's beyond noise, i.e. could b be as good as a? With the ranges'
+    per-prompt verdicts (`paired`: CI of count(a) - count(b) over the same D_o resamples), the paired CI;
+    else two binomial SDs."""
+    if paired is None:
+        return sign * (a - b) <= _noise(a, b, n)
+    lo, hi = paired(a_rng, b_rng)
+    return (lo if sign > 0 else -hi) <= 0
+
+
 def landscape(rows: list[dict], final: tuple[int, int], best: int, alpha: float, n: int,
-              survey_rows: list[dict] | None = None, baseline: int | None = None, controls: list[dict] | None = None) -> dict:
+              survey_rows: list[dict] | None = None, baseline: int | None = None, controls: list[dict] | None = None,
+              paired=None) -> dict:
     """Does the search name one range, or is the landscape too rough to? Every range counted is compared
     with the chosen one: those within sampling noise of its count are equally supported. With a survey,
     windows within noise of the best window mean the answer depends on where the search starts; a control
-    range beyond noise *better* than the chosen one means the search started away from the strongest block."""
+    range beyond noise *better* than the chosen one means the search started away from the strongest block.
+    A range that contains the chosen one and is no better is no rival: its extra layers add nothing.
+    `paired(a, b)`: the 95% CI of count(a) - count(b) on the same prompts (the sharper test), when known."""
     sign = 1 if alpha > 1 else -1
-    near = sorted({tuple(r["range"]) for r in rows if tuple(r["range"]) != tuple(final)
-                   and sign * (best - r["count"]) <= _noise(best, r["count"], n)})
+    wider = lambda r: r[0] <= final[0] and final[1] <= r[1]  # noqa: E731 - adds layers to the chosen range: no rival
+    near = sorted({tuple(r["range"]) for r in rows if tuple(r["range"]) != tuple(final) and not wider(r["range"])
+                   and _within_noise(sign, final, best, r["range"], r["count"], n, paired)})
     others = [r for r in rows if tuple(r["range"]) != tuple(final)]
     runner = max(others, key=lambda r: sign * r["count"]) if others else None
     windows = []
     if survey_rows and baseline is not None:
         top = max(survey_rows, key=lambda r: sign * r["count"])
-        windows = [r["range"] for r in survey_rows if r is not top and sign * (top["count"] - r["count"]) <= _noise(top["count"], r["count"], n)]
-    beaten = [c["range"] for c in controls or [] if sign * (c["count"] - best) > _noise(best, c["count"], n)]
+        windows = [r["range"] for r in survey_rows if r is not top
+                   and _within_noise(sign, top["range"], top["count"], r["range"], r["count"], n, paired)]
+    beaten = [c["range"] for c in controls or []
+              if not _within_noise(sign, c["range"], c["count"], final, best, n, paired)]
     rough = bool(near) or bool(windows) or bool(beaten)
     why = []
     if beaten:
@@ -135,7 +151,8 @@ def landscape(rows: list[dict], final: tuple[int, int], best: int, alpha: float,
     if windows:
         why.append(f"{len(windows)} survey window(s) within noise of the best: the answer depends on the start")
     return {"verdict": "rough" if rough else "one range", "why": "; ".join(why) or "every other range counted is "
-            "worse by more than sampling noise (2 SD)", "near": [list(r) for r in near], "near_windows": windows, "better_controls": beaten,
+            "worse by more than sampling noise (ranges containing it add nothing)", "near": [list(r) for r in near], "near_windows": windows, "better_controls": beaten,
+            "noise_rule": "paired bootstrap 95% CI of the difference" if paired else "2 SD of two independent binomial counts",
             "runner_up": {"range": runner["range"], "count": runner["count"]} if runner else None,
             "margin": sign * (best - runner["count"]) if runner else None,
             "noise_2sd": round(_noise(best, runner["count"], n), 2) if runner else None}

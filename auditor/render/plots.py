@@ -86,8 +86,12 @@ def locate_figure(report: dict):
     """Refusal count per swept range (upper sweep, lower sweep, controls) against the baseline; with a
     survey, a first panel of refusals per surveyed window."""
     plt = _pyplot()
-    sv = report.get("survey")
-    fig, axes = plt.subplots(1, 3 if sv else 2, figsize=(17 if sv else 12, 4.2), dpi=130, sharey=True)
+    sv, st = report.get("survey"), report.get("stability")
+    cols = 3 if sv else 2
+    fig = plt.figure(figsize=(17 if sv else 12, 4.2 + (0.9 + 0.32 * (len(st["starts"]) + 1) if st else 0)), dpi=130)
+    grid = fig.add_gridspec(2 if st else 1, cols, height_ratios=[4.2, 0.9 + 0.32 * (len(st["starts"]) + 1)] if st else None)
+    axes = [fig.add_subplot(grid[0, 0])]
+    axes += [fig.add_subplot(grid[0, k], sharey=axes[0]) for k in range(1, cols)]
     base = report["baseline"]
     if sv:
         ax, axes = axes[0], axes[1:]
@@ -116,11 +120,34 @@ def locate_figure(report: dict):
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.axes[0].set_ylabel(f"refusals on {report['n_prompts']} over-refusal prompts")
     axes[0].legend(fontsize=8)
+    if st:
+        _stability_panel(fig.add_subplot(grid[1, :]), st, report["n_layers"])
     f = report["safety_layers"]
     fig.suptitle(f"{report['model']} · α = {report['alpha']:g} · {report['classifier']['name']} classifier · "
                  f"safety layers {f[0]}–{f[1]}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _stability_panel(ax, st: dict, n_layers: int) -> None:
+    """Per start (rows) and over all searches (last row): the share of searches whose found range holds
+    each layer; the recommended range outlined."""
+    labels = [s["label"] for s in st["starts"]] + ["all searches"]
+    grid = [st["by_start"][s["label"]] for s in st["starts"]] + [st["layer_frequency"]]
+    ax.imshow(grid, aspect="auto", cmap="Greens", vmin=0, vmax=1, interpolation="nearest")
+    for y, row in enumerate(grid):
+        for x, v in enumerate(row):
+            if v:
+                ax.text(x, y, f"{v:.0%}" if v < 1 else "all", ha="center", va="center", fontsize=6.5,
+                        color="white" if v > 0.6 else "black")
+    a, b = st["recommended"]["range"]
+    ax.add_patch(_pyplot().Rectangle((a - 0.5, -0.5), b - a + 1, len(grid), fill=False, ec="#ffb300", lw=2.5))
+    ax.axhline(len(grid) - 1.5, color="black", lw=0.8)
+    ax.set_yticks(range(len(grid)), [f"from {lb}" if lb != "all searches" else lb for lb in labels], fontsize=7)
+    ax.set_xticks(range(n_layers))
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel(f"layer · share of searches ({st['resamples'] + 1} samples of D_o per start) ending with it inside · "
+                  f"recommended {a}–{b} ({st['verdict']}, amber)")
 
 
 ROLE_STYLE = {"content": ("#111111", "bold"), "function": ("#666666", "normal"), "template": ("#aaaaaa", "normal")}

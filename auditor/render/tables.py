@@ -91,7 +91,7 @@ def locate_table(report: dict) -> Table:
              ) if land.get("verdict") == "rough" else ""
     t = Table(title=title, caption=f"baseline (unscaled): {report['baseline']} refusals   safety layers: {final[0]}–{final[1]} "
               f"({report['count']} refusals; {verdict}){rough}", header_style="bold")
-    for c in ("phase", "range", "refusals", "Δ vs baseline"):
+    for c in ("phase", "range", "refusals", "95% CI", "Δ vs baseline", "Δ 95% CI (paired)"):
         t.add_column(c, justify="right")
     sv = report.get("survey")
     rows = [dict(w, phase=f"survey α {sv['alpha']:g}") for w in sv["windows"]] if sv else []
@@ -100,8 +100,33 @@ def locate_table(report: dict) -> Table:
     for r in rows:
         hit = r["range"] == final and r["phase"] != "control"
         tied = r["phase"] != "control" and r["range"] in land.get("near", [])
-        t.add_row(r["phase"], f"{r['range'][0]}–{r['range'][1]}" + (" ≈" if tied else ""), str(r["count"]),
-                  f"{r['count'] - report['baseline']:+d}", style="bold yellow" if hit else ("dim" if r["phase"] == "control" else None))
+        t.add_row(r["phase"], f"{r['range'][0]}–{r['range'][1]}" + (" ≈" if tied else ""), str(r["count"]), _span(r.get("ci95")),
+                  f"{r['count'] - report['baseline']:+d}", _span(r.get("delta_ci95"), signed=True),
+                  style="bold yellow" if hit else ("dim" if r["phase"] == "control" else None))
+    return t
+
+
+def _span(ci, signed: bool = False) -> str:
+    if not ci:
+        return "–"
+    f = (lambda v: f"{v:+g}") if signed else (lambda v: f"{v:g}")  # noqa: E731
+    return f"{f(ci[0])} … {f(ci[1])}"
+
+
+def stability_table(report: dict) -> Table | None:
+    """locate --starts/--resamples: where each start's searches ended, and the recommendation."""
+    st = report.get("stability")
+    if not st:
+        return None
+    rec = st["recommended"]
+    t = Table(title=f"stability: {len(st['starts'])} start(s) × {st['resamples'] + 1} sample(s) of D_o · α {st['alpha']:g}",
+              caption=f"recommended: layers {rec['range'][0]}–{rec['range'][1]} ({st['verdict']}; {rec['count']} refusals, "
+                      f"95% CI {_span(rec.get('ci95'))}): {rec['why']}", header_style="bold")
+    for c in ("found range", "searches", "share", "refusals (full D_o)", "as good as the best"):
+        t.add_column(c, justify="right")
+    for e in st["ends"]:
+        t.add_row(f"{e['range'][0]}–{e['range'][1]}", str(e["runs"]), f"{e['share']:.0%}", str(e["count"]),
+                  "yes" if e["as_good_as_best"] else "no", style="bold yellow" if e["range"] == rec["range"] else None)
     return t
 
 

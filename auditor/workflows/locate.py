@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..backends import GENERATION, WEIGHT_SCALING, Backend, choose_backend, open_backend
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
+from ..core.stability import PairedCI, as_bits
 from ..core.search import SURVEY_ALPHA, choose_alpha, control_ranges, landscape, progressive_search, room_to_move, survey
 from ..errors import AuditError
 from ..io.cache import Journal, cached_journal, sha256_json
@@ -26,6 +27,7 @@ from ..io.models import layer_count
 from ..io.prompts import check_template, load_prompts
 from ..io.reports import Report, ReportHeader
 from .options import ModelOptions, resolve_target
+from .locate_stability import annotate_cis, auto_starts, paired_difference, run_stability
 from .reporting import Silent
 from .scan import ScanConfig, run_scan
 
@@ -45,6 +47,9 @@ class LocateConfig(ModelOptions):
     scale_o_proj: bool = setting(True, "Scale the attention output projection too (off under --compat paper).")
     compat: str | None = setting(None, "paper: greedy 16 tokens, keyword classifier, o_proj unscaled, alpaca template.")
     journal: str | None = setting(None, "JSONL journal of finished counts (a killed run resumes from it).")
+    starts: tuple | str | None = setting(None, "Also search from these starts ('i-j,i-j' or 'auto': the survey's next "
+                                         "windows) for the stability map.")
+    resamples: int = setting(0, "Re-run every search on N bootstrap resamples of D_o for the stability map.")
 
 
 def paper_compat(cfg: LocateConfig) -> LocateConfig:
@@ -54,25 +59,30 @@ def paper_compat(cfg: LocateConfig) -> LocateConfig:
 
 
 class CountJournal:
-    """Finished counts keyed by everything that determines a count; `io.cache.Journal` underneath."""
+    """Finished counts keyed by everything that determines a count, with each count's per-prompt verdicts
+    ('0'/'1' per D_o prompt: what the CIs and the resampled searches are computed from); `io.cache.Journal`
+    underneath. Entries from before verdicts were kept still give their count."""
 
     def __init__(self, path: Path | None, key: str):
         self.journal, self.key, self.entries = Journal(path), key, {}
         for e in self.journal.rows():
             if e.get("key") == key:
-                self.entries[(tuple(e["range"]) if e.get("range") else None, e.get("alpha"))] = e["count"]
+                rid = (tuple(e["range"]) if e.get("range") else None, e.get("alpha"))
+                if e.get("refused") or rid not in self.entries:
+                    self.entries[rid] = (e["count"], e.get("refused"))
 
     @staticmethod
     def _id(rng, alpha):
         return (tuple(rng) if rng else None, alpha if rng else 1.0)
 
-    def get(self, rng, alpha):
+    def get(self, rng, alpha) -> tuple[int, str | None] | None:
         return self.entries.get(self._id(rng, alpha))
 
-    def record(self, rng, alpha, count):
-        self.entries[self._id(rng, alpha)] = count
+    def record(self, rng, alpha, count: int, bits: str):
         rid = self._id(rng, alpha)
-        self.journal.append({"key": self.key, "range": list(rid[0]) if rid[0] else None, "alpha": rid[1], "count": count})
+        self.entries[rid] = (count, bits)
+        self.journal.append({"key": self.key, "range": list(rid[0]) if rid[0] else None, "alpha": rid[1], "count": count,
+                             "refused": bits})
 
 
 class RefusalCounter:
@@ -84,18 +94,24 @@ class RefusalCounter:
         self.computed = 0
 
     def __call__(self, rng: tuple[int, int] | None, alpha: float = 1.0) -> int:
+        hit = self.journal.get(rng, round(float(alpha), 6))
+        return hit[0] if hit is not None else self._run(rng, alpha)[0]
+
+    def bits(self, rng: tuple[int, int] | None, alpha: float = 1.0) -> str:
+        """Which D_o prompts were refused, '0'/'1' each (counted again if the journal has the count only)."""
+        hit = self.journal.get(rng, round(float(alpha), 6))
+        return hit[1] if hit is not None and hit[1] else self._run(rng, alpha)[1]
+
+    def _run(self, rng, alpha) -> tuple[int, str]:
         alpha = round(float(alpha), 6)
-        hit = self.journal.get(rng, alpha)
-        if hit is not None:
-            return hit
         label = "baseline" if rng is None else f"layers {rng[0]}–{rng[1]} × {alpha:g}"
         self.reporter.start(f"{label} · {self.classifier.name}", len(self.prompts))
         ctx = self.backend.scaled(range(rng[0], rng[1] + 1), alpha, self.scale_o_proj) if rng else nullcontext()
         with ctx:
-            n = sum(self.classifier.decide(self.backend, self.prompts, self.template, self.reporter.advance))
+            bits = as_bits(self.classifier.decide(self.backend, self.prompts, self.template, self.reporter.advance))
         self.computed += 1
-        self.journal.record(rng, alpha, n)
-        return n
+        self.journal.record(rng, alpha, bits.count("1"), bits)
+        return bits.count("1"), bits
 
 
 def _start_range(cfg: LocateConfig, reporter) -> tuple[tuple[int, int], str]:
@@ -121,8 +137,27 @@ def _start_range(cfg: LocateConfig, reporter) -> tuple[tuple[int, int], str]:
     return tuple(rep["initial_range"]), "fresh scan"
 
 
+def _parse_starts(value) -> tuple | str | None:
+    """--starts: 'auto' or 'i-j,i-j,...' (ranges already parsed pass through)."""
+    if value is None or value == "auto" or not isinstance(value, str):
+        return value
+    out = []
+    for item in filter(None, (x.strip() for x in value.split(","))):
+        try:
+            a, b = (int(x) for x in item.replace("–", "-").split("-"))
+        except ValueError:
+            raise AuditError(f"--starts: '{item}' is not a layer range i-j (or give 'auto')") from None
+        if not 0 <= a <= b:
+            raise AuditError(f"--starts: '{item}' needs 0 <= i <= j")
+        out.append((a, b))
+    if not out:
+        raise AuditError("--starts is empty: give ranges 'i-j,i-j' or 'auto'")
+    return tuple(out)
+
+
 def check_config(cfg: LocateConfig) -> None:
     """Every option checked before anything loads."""
+    cfg.starts = _parse_starts(cfg.starts)
     check_template(cfg.template)
     cfg.classifier = canonical_classifier(cfg.classifier)
     if cfg.alpha is not None and not (cfg.alpha > 0 and math.isfinite(cfg.alpha)):
@@ -131,7 +166,7 @@ def check_config(cfg: LocateConfig) -> None:
         raise AuditError("alpha = 1 scales nothing; use a value like 1.1 or 0.9")
     if sum(x is not None for x in (cfg.start, cfg.from_scan, cfg.survey)) > 1:
         raise AuditError("give one of --start, --from-scan and --survey")
-    for name, value, least in (("--max-new-tokens", cfg.max_new_tokens, 1), ("--limit", cfg.limit, 1),
+    for name, value, least in (("--max-new-tokens", cfg.max_new_tokens, 1), ("--limit", cfg.limit, 1), ("--resamples", cfg.resamples, 0),
                                ("--survey", cfg.survey, 1), ("--batch", cfg.batch, 1), ("--patience", cfg.patience, 0)):
         if value is not None and value < least:
             raise AuditError(f"{name} must be >= {least} (got {value})")
@@ -199,8 +234,25 @@ class LocateReport(Report):
     gain: int
     stands_out: bool
     landscape: dict
+    baseline_ci95: list[float]
+    bootstrap: dict
+    stability: dict | None
     counts_computed: int
     seconds: float
+
+
+def _stability(cfg: LocateConfig, n_layers: int, count, s: Search, ci, reporter) -> dict | None:
+    """--starts / --resamples: the search again from other starts and on resamples of D_o."""
+    if not cfg.starts and not cfg.resamples:
+        return None
+    windows = (s.surveyed or {}).get("windows")
+    starts = auto_starts(n_layers, s.start, windows, s.alpha) if cfg.starts == "auto" else list(cfg.starts or [])
+    for a, b in starts:
+        if not b < n_layers:
+            raise AuditError(f"start range {a}-{b} is outside the model (layers 0..{n_layers - 1})")
+    label = "survey" if s.surveyed else f"{s.start[0]}-{s.start[1]}"
+    primary = {"label": label, "range": s.start, "survey_width": (s.surveyed or {}).get("width")}
+    return run_stability(count, n_layers, s.alpha, cfg.patience, primary, starts, cfg.resamples, ci, reporter)
 
 
 ALPHA_RULE = "step 0.05 from 1 until the count moves the paper's way (alpha > 1: up) by >= max(3, 5% of D_o)"
@@ -228,6 +280,12 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
         journal = CountJournal(Path(cfg.journal) if cfg.journal else cached_journal("locate", key), key)
         count = RefusalCounter(backend, prompts, classifier, cfg.template, cfg.scale_o_proj, journal, reporter)
         s = _search(cfg, backend, count, len(prompts), reporter)
+        ci = PairedCI(len(prompts))
+        cis = annotate_cis(count, [(s.surveyed or {}).get("windows", []), s.trials, s.rows, s.controls],
+                           lambda r: r.get("alpha", s.alpha), ci)
+        land = landscape(s.rows, s.final, s.best, s.alpha, len(prompts), (s.surveyed or {}).get("windows"), s.baseline,
+                         s.controls, paired_difference(count, s.alpha, ci))
+        stability = _stability(cfg, backend.n_layers, count, s, ci, reporter)
     finally:
         backend.close()
     # the paper's effect (α > 1: more refusals), larger than any control's move in either direction
@@ -237,8 +295,6 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     alpha_choice = "given" if cfg.alpha is not None else "survey" if s.surveyed else {"rule": ALPHA_RULE, "trials": s.trials}
     return LocateReport(header, cfg.template, cfg.compat, cfg.scale_o_proj, backend.n_layers, d_o.name, len(prompts),
                         classifier.describe(), s.alpha, alpha_choice, list(s.start), s.start_from, s.surveyed, s.baseline,
-                        s.rows, list(s.final), s.best, s.controls, gain, stands_out,
-                        landscape(s.rows, s.final, s.best, s.alpha, len(prompts), (s.surveyed or {}).get("windows"), s.baseline,
-                                  s.controls),
-                        count.computed,
+                        s.rows, list(s.final), s.best, s.controls, gain, stands_out, land, cis["baseline_ci95"],
+                        cis["bootstrap"], stability, count.computed,
                         round(time.perf_counter() - t0, 2)).to_dict()
