@@ -33,11 +33,11 @@ from _common import RESULTS  # noqa: E402
 from auditor.workflows.doctor import cpu_info  # noqa: E402
 
 STUDY = RESULTS / "study"
-# Frozen ranges. SPPFT_RANGE: `locate reference --backend torch --template chat --survey --classifier opening`
-# (README, "Does SPPFT keep the reference model safe?"); FREEZE_BLOCK: the paper's ablation, an equal-width
-# block right after it. Replace SPPFT_RANGE by the stability analysis' recommendation when it differs.
-SPPFT_RANGE = (0, 7)
-FREEZE_BLOCK = (8, 15)
+# Frozen ranges. SPPFT_RANGE: the stability analysis' recommendation for reference seed 0 (localization-ref0 below:
+# `locate --survey` on the full D_o with 3 more starts × 4 samples of D_o; results/study/localization-ref0.locate.json).
+# FREEZE_BLOCK: the paper's ablation, an equal-width block right after it (its control count is below baseline).
+SPPFT_RANGE = (6, 13)
+FREEZE_BLOCK = (14, 21)
 ROWS, EPOCHS, LR = 400, 1.0, 1e-4
 
 
@@ -169,6 +169,8 @@ def run_localization(loc: Localization) -> None:
     model = "reference" if loc.ref_seed == 0 else str(ref_dir)  # 'reference' is seed 0 (its GGUF twin for the contrast)
     STUDY.mkdir(parents=True, exist_ok=True)
     for args in loc.commands(model):
+        if Path(args[args.index("--json") + 1]).is_file():  # one of the two done already: keep it
+            continue
         subprocess.run([sys.executable, "-m", "auditor.cli", *args], check=True)
 
 

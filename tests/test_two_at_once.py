@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from test_resume import _env, planted, pools  # noqa: F401  (fixtures)
+from test_resume import _env, pools  # noqa: F401  (fixtures; `planted` comes from conftest)
 
 
 def _both(args_a: list[str], args_b: list[str], cache) -> list[subprocess.CompletedProcess]:
@@ -33,8 +33,8 @@ def test_two_scans_share_a_cache(tmp_path, tiny_model_dir, pools):  # noqa: F811
     assert ra["layers"] == rb["layers"] == r0["layers"]
 
 
-def test_two_locates_share_a_journal(tmp_path, planted):  # noqa: F811
-    model, d_o = planted
+def test_two_locates_share_a_journal(tmp_path, planted):
+    model, d_o, _ = planted
     base = ["locate", str(model), "--start", "4-5", "--alpha", "1.5", "--over-refusal", str(d_o), "--template", "raw",
             "--classifier", "opening", "--batch", "4"]
     a, b = _both(base + ["--json", "-"], base + ["--json", "-"], tmp_path / "c")
