@@ -104,14 +104,16 @@ def localization(seeds=(0, 1, 2)) -> list[str]:
         if not loc_p.is_file():
             lines.append(f"| {seed} | not run yet | | | | | | | | |")
             continue
-        sc = json.loads(scan_p.read_text()) if scan_p.is_file() else {}
+        sc = json.loads(scan_p.read_text()) if scan_p.is_file() else None
         lo = json.loads(loc_p.read_text())
         st = lo.get("stability") or {}
         final_ci = next((r["ci95"] for r in lo["sweep"] if r["range"] == lo["safety_layers"] and r.get("ci95")), None)
         rec = st.get("recommended") or {}
         cons = st.get("consensus_layers") or []
-        lines.append(f"| {seed} | {_span(sc.get('initial_range'))} | {_span(sc.get('differential_range'))} | {_span(lo['start'])} | "
-                     f"{_span(lo['safety_layers'])} | {lo['count']} ({_span(final_ci)}) / {lo['baseline']} | "
+        scan = f"{_span(sc.get('initial_range'))} | {_span(sc.get('differential_range'))}" if sc else "not run yet | not run yet"
+        ci = f" ({final_ci[0]:g}–{final_ci[1]:g})" if final_ci else ""
+        lines.append(f"| {seed} | {scan} | {_span(lo['start'])} | "
+                     f"{_span(lo['safety_layers'])} | {lo['count']}{ci} / {lo['baseline']} | "
                      f"**{_span(rec.get('range'))}** | {st.get('verdict', '–')} | "
                      f"{round(100 * rec['share']) if rec else '–'}% of {len(st.get('runs', []))} | "
                      f"{', '.join(map(str, cons)) or '–'} |")
