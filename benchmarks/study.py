@@ -20,12 +20,19 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import platform
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+# The same kernels on every machine of this kind: torch's AVX-512 softmax rounds differently from its AVX2 one, so
+# a reference build (and every cell) on an AVX-512 machine would not be the one an AVX2 machine builds. AVX2 is
+# what all of them have. Set before torch loads; the subprocesses (scan, locate) inherit it. For the same reason
+# every model runs in float32 (`--dtype auto` is bf16 on CPUs with native bf16 matmul).
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS  # noqa: E402
@@ -73,9 +80,9 @@ class Localization:
 
     def commands(self, model: str) -> list[list[str]]:
         out = STUDY / self.id
-        scan = ["scan", model, "--backend", "torch", "--template", "chat", "--contrast", "bundled",
+        scan = ["scan", model, "--backend", "torch", "--dtype", "float32", "--template", "chat", "--contrast", "bundled",
                 "--json", f"{out}.scan.json", "--plot", f"{out}.scan.png", "--force", "-q"]
-        locate = ["locate", model, "--backend", "torch", "--template", "chat", "--survey", "--classifier", "opening",
+        locate = ["locate", model, "--backend", "torch", "--dtype", "float32", "--template", "chat", "--survey", "--classifier", "opening",
                   "--limit", "0", "--starts", self.starts, "--resamples", str(self.resamples),
                   "--json", f"{out}.locate.json", "--plot", f"{out}.locate.png", "--force", "-q"]
         return [scan, locate]
@@ -114,7 +121,8 @@ def _harden(cell: Cell, ref_dir: Path, out: Path) -> dict:
 def _eval(model: Path) -> tuple[dict, list[dict]]:
     from auditor.workflows.evaluate import EvalConfig, run_eval
 
-    cfg = EvalConfig(model=str(model), backend="torch", template="chat", metrics=("harmful", "over-refusal", "rouge", "mmlu"),
+    cfg = EvalConfig(model=str(model), backend="torch", dtype="float32", template="chat",
+                     metrics=("harmful", "over-refusal", "rouge", "mmlu"),
                      max_new_tokens=128, keep_responses=True)
     return run_eval(cfg), cfg.saved
 
@@ -140,7 +148,8 @@ def run_cell(cell: Cell, keep: bool = False) -> dict:
               "eval": {k: ev.get(k) for k in ("harmful_rate", "over_refusal_by_set", "rouge_l", "mmlu_accuracy", "classifier",
                                               "max_new_tokens", "model_sha256")},
               "seconds": {"train": round(t1 - t0, 1), "eval": round(time.perf_counter() - t1, 1)},
-              "machine": {"cpu": cpu_info(), "python": platform.python_version()}}
+              "machine": {"cpu": cpu_info(), "python": platform.python_version(),
+                          "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY")}}
     STUDY.mkdir(parents=True, exist_ok=True)
     with gzip.open(STUDY / f"{cell.id}.responses.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in responses)

@@ -51,8 +51,9 @@ def authors_gap(model, tok, normal, malicious, r):
 def test_compat_paper_equals_the_authors_method(tiny_model, tiny_model_dir, tmp_path):
     model, tok = tiny_model
     n, m = write_lines(tmp_path / "n.txt", NORMAL), write_lines(tmp_path / "m.txt", MALICIOUS)
+    # fp32 as their reference runs: `--dtype auto` is bf16 on CPUs with native bf16 matmul (seen on a CI machine)
     rep = run_scan(ScanConfig(model=str(tiny_model_dir), normal=str(n), malicious=str(m), compat="paper", pairs=80,
-                              bootstrap=0, use_cache=False, template="chat"))
+                              bootstrap=0, use_cache=False, template="chat", dtype="float32"))
     theirs = authors_gap(model, tok, NORMAL, MALICIOUS, 80)
     ours = np.array([row["angle_gap_deg"] for row in rep["layers"]])
     assert rep["template"] == "alpaca" and rep["gap_definition"]["name"] == "angle-of-mean-cosine"

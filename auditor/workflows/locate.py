@@ -276,7 +276,8 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     backend = open_backend(model, name, (GENERATION, WEIGHT_SCALING), **cfg.backend_kwargs(name))
     try:
         model_hash = model.content_hash(backend.name)
-        key = sha256_json([model_hash, backend.name, cfg.template, classifier.describe(), prompts, cfg.scale_o_proj])[:24]
+        key = sha256_json([model_hash, backend.name, cfg.template, classifier.describe(), prompts, cfg.scale_o_proj,
+                           *cfg.precision_key(backend.name)])[:24]
         journal = CountJournal(Path(cfg.journal) if cfg.journal else cached_journal("locate", key), key)
         count = RefusalCounter(backend, prompts, classifier, cfg.template, cfg.scale_o_proj, journal, reporter)
         s = _search(cfg, backend, count, len(prompts), reporter)

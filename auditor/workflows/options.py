@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..backends import check_capabilities
-from ..backends.devices import DTYPE_CHOICES, check_placement
+from ..backends.devices import DTYPE_CHOICES, check_placement, resolve_device, resolve_dtype
 from ..errors import AuditError
 from ..io.config import setting
 from ..io.models import ModelRef, remote_model, resolve_model
@@ -35,6 +35,14 @@ class ModelOptions:
         if backend == "torch":
             kw |= {"device": self.device, "dtype": self.dtype, "device_map": self.device_map}
         return kw
+
+    def precision_key(self, backend: str) -> list[str]:
+        """For cache and journal keys: the precision torch will run in when it is not float32 (auto means bf16 on
+        some machines of this kind, fp32 on others). Empty for float32, so fp32 keys stay what they were."""
+        if backend != "torch":
+            return []
+        dtype = str(resolve_dtype(self.dtype, resolve_device(self.device))).removeprefix("torch.")
+        return [] if dtype == "float32" else [dtype]
 
 
 def resolve_target(opts: ModelOptions, needs: tuple[str, ...]) -> ModelRef:

@@ -71,11 +71,12 @@ class ModelScan:
     seconds: float
 
 
-def _state_key(model: ModelRef, backend: str, template: str, prompts: PromptSet) -> str:
+def _state_key(model: ModelRef, backend: str, template: str, prompts: PromptSet, precision: list[str]) -> str:
     """Everything that determines the states: the content of what the backend reads, its version, the
-    template and the prompts. Not the path: a scaled copy or a retrained folder never hits its source's."""
+    template, the prompts and a non-fp32 precision. Not the path: a scaled copy or a retrained folder never
+    hits its source's."""
     versions = version("llama_cpp_python") if backend == "llama" else version("transformers")
-    return sha256_json([model.content_hash(backend), backend, template, versions, list(prompts.prompts)])[:32]
+    return sha256_json([model.content_hash(backend), backend, template, versions, list(prompts.prompts), *precision])[:32]
 
 
 class StateProbe:
@@ -96,7 +97,8 @@ class StateProbe:
         return self._backend
 
     def states(self, prompts: PromptSet, template: str, role: str, last_normed: bool = False) -> torch.Tensor:
-        key = _state_key(self.model, self.backend_name, template, prompts) + ("-normed" if last_normed else "")
+        key = _state_key(self.model, self.backend_name, template, prompts, self.opts.precision_key(self.backend_name))
+        key += "-normed" if last_normed else ""
         store = StateStore(key, self.use_cache)
         self.reporter.start(f"{role} prompts · {self.backend_name}", len(prompts))
         parts = []
