@@ -40,8 +40,10 @@ from _common import RESULTS  # noqa: E402
 from auditor.workflows.doctor import cpu_info  # noqa: E402
 
 STUDY = RESULTS / "study"
+REFERENCES = STUDY / "references.json"  # per reference seed: the build (SHA-256 of its HF folder) the cells came from
 # Frozen ranges. SPPFT_RANGE: the stability analysis' recommendation for reference seed 0 (localization-ref0 below:
-# `locate --survey` on the full D_o with 3 more starts × 4 samples of D_o; results/study/localization-ref0.locate.json).
+# `locate --survey` on the full D_o with 3 more starts × 4 samples of D_o), made on an earlier build of seed 0
+# (results/study/earlier-build-4846cc2a/); re-check it against localization-ref0 of the current build.
 # FREEZE_BLOCK: the paper's ablation, an equal-width block right after it (its control count is below baseline).
 SPPFT_RANGE = (6, 13)
 FREEZE_BLOCK = (14, 21)
@@ -144,6 +146,7 @@ def run_cell(cell: Cell, keep: bool = False) -> dict:
     t1 = time.perf_counter()
     ev, responses = _eval(model)
     result = {"cell": asdict(cell), "id": cell.id, "layers": list(cell.layers) if cell.layers else None,
+              "reference_sha256": json.loads(REFERENCES.read_text())[str(cell.ref_seed)]["sha256"],
               "recipe": {"rows": ROWS, "epochs": EPOCHS, "lr": LR, "template": "chat"}, "train": train,
               "eval": {k: ev.get(k) for k in ("harmful_rate", "over_refusal_by_set", "rouge_l", "mmlu_accuracy", "classifier",
                                               "max_new_tokens", "model_sha256")},
@@ -160,14 +163,27 @@ def run_cell(cell: Cell, keep: bool = False) -> dict:
 
 
 def _reference(seed: int) -> Path:
-    """The reference build of this seed, built (resumably, ~25 min) when it is not there yet."""
-    from auditor.io.models import reference_dir
+    """The reference build of this seed, built (resumably, ~25 min) when it is not there yet, and checked against
+    the build the study's cells of that seed came from (REFERENCES): cells of two different builds never mix."""
+    from auditor.io.models import reference_dir, resolve_model
     from auditor.workflows.reference import ReferenceConfig, build_reference
 
     ref_dir = reference_dir(seed)
     if not (ref_dir / "safety_audit.json").is_file():
         print(f"   building reference seed {seed} (resumable)", flush=True)
         build_reference(ReferenceConfig(seed=seed))
+    sha = resolve_model(str(ref_dir)).content_hash("torch")
+    known = json.loads(REFERENCES.read_text()) if REFERENCES.is_file() else {}
+    versions = json.loads((ref_dir / "safety_audit.json").read_text()).get("versions", {})
+    if str(seed) not in known:
+        known[str(seed)] = {"sha256": sha, "versions": versions, "cpu": cpu_info(),
+                            "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY")}
+        STUDY.mkdir(parents=True, exist_ok=True)
+        REFERENCES.write_text(json.dumps(known, indent=2) + "\n")
+    elif known[str(seed)]["sha256"] != sha:
+        raise SystemExit(f"reference seed {seed} built here ({sha[:12]}, {versions}) is not the build the study's cells "
+                         f"came from ({known[str(seed)]['sha256'][:12]}, {known[str(seed)]['versions']}; {REFERENCES}): "
+                         "install those versions and rebuild, or move that seed's results aside to start it again")
     return ref_dir
 
 

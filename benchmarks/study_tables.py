@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from study import STUDY, Localization, grid  # noqa: E402
+from study import SPPFT_RANGE, STUDY, Localization, grid  # noqa: E402
 
 from auditor.core.metrics import mcnemar_exact  # noqa: E402
 from auditor.core.refusal import make_classifier  # noqa: E402
@@ -101,16 +101,16 @@ def localization(seeds=(0, 1, 2)) -> list[str]:
     for seed in seeds:
         loc = Localization(seed)
         scan_p, loc_p = STUDY / f"{loc.id}.scan.json", STUDY / f"{loc.id}.locate.json"
-        if not loc_p.is_file():
-            lines.append(f"| {seed} | not run yet | | | | | | | | |")
-            continue
         sc = json.loads(scan_p.read_text()) if scan_p.is_file() else None
+        scan = f"{_span(sc.get('initial_range'))} | {_span(sc.get('differential_range'))}" if sc else "not run yet | not run yet"
+        if not loc_p.is_file():
+            lines.append(f"| {seed} | {scan} | locate not run yet | | | | | | |")
+            continue
         lo = json.loads(loc_p.read_text())
         st = lo.get("stability") or {}
         final_ci = next((r["ci95"] for r in lo["sweep"] if r["range"] == lo["safety_layers"] and r.get("ci95")), None)
         rec = st.get("recommended") or {}
         cons = st.get("consensus_layers") or []
-        scan = f"{_span(sc.get('initial_range'))} | {_span(sc.get('differential_range'))}" if sc else "not run yet | not run yet"
         ci = f" ({final_ci[0]:g}–{final_ci[1]:g})" if final_ci else ""
         lines.append(f"| {seed} | {scan} | {_span(lo['start'])} | "
                      f"{_span(lo['safety_layers'])} | {lo['count']}{ci} / {lo['baseline']} | "
@@ -130,8 +130,10 @@ def localization(seeds=(0, 1, 2)) -> list[str]:
 def section() -> str:
     results = _load()
     done = sum(c.id in results for c in grid())
-    out = [BEGIN, "", "**Where are the safety layers?** (`benchmarks/study.py`'s localizations; the stability map is "
-           "`benchmarks/results/study/localization-ref0.locate.png`)", "", *localization(), "",
+    out = [BEGIN, "", "**Where are the safety layers?** (`benchmarks/study.py`'s localizations; each build's stability map is "
+           "`benchmarks/results/study/localization-refN.locate.png`. The SPPFT range "
+           f"[{SPPFT_RANGE[0]}, {SPPFT_RANGE[1]}] was chosen on an earlier "
+           "build of seed 0: `benchmarks/results/study/earlier-build-4846cc2a/`)", "", *localization(), "",
            f"Cells finished: **{done} of {len(grid())}** (`python benchmarks/study.py --list`).", "",
            *cell_table(results), "", "Paired comparisons on AdvBench-eval (260 prompts; the same prompts under both methods):", "",
            *comparisons(results), "", END]

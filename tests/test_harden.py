@@ -42,6 +42,7 @@ def test_sppft_keeps_frozen_weights_bit_identical_and_trains_the_rest(tmp_path, 
     meta = json.loads((out / "safety_audit.json").read_text())
     assert meta["method"] == "sppft" and meta["layers"] == [1, 2] and meta["data"]["sha256"]
     assert meta["hyperparameters"]["seed"] == 0 and meta["versions"]["transformers"]
+    assert meta["versions"]["torch_cpu_kernels"] in ("DEFAULT", "AVX2", "AVX512", "ZVECTOR", "NEON", "SVE256")
 
 
 def test_nfft_freezes_the_same_fraction_as_neurons(tmp_path, tiny_model_dir):

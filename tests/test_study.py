@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import study  # noqa: E402
@@ -66,4 +67,25 @@ def test_the_localization_table_comes_from_the_files(tmp_path, monkeypatch):
          "sweep": [{"range": [0, 7], "count": 136, "ci95": [128, 144]}]}))
     text = "\n".join(study_tables.localization())
     assert "| 0 | 20–20 | 7–22 | 6–7 | 0–7 | 136 (128–144) / 59 | **2–7** | start-dependent | 38% of 16 | 3, 4, 5 |" in text
-    assert "| 1 | not run yet |" in text and "| 2–7 | 6 | 140 | yes |" in text
+    assert "| 1 | not run yet | not run yet | locate not run yet |" in text and "| 2–7 | 6 | 140 | yes |" in text
+
+
+def test_cells_of_two_reference_builds_never_mix(tmp_path, monkeypatch, tiny_model_dir):
+    """The first build a seed's cells use is recorded; a rebuild with other weights (other packages, other
+    kernels) stops the study with a one-line reason instead of adding cells of another model to the grid."""
+    import shutil
+
+    import auditor.io.models as models
+
+    build = tmp_path / "ref"
+    shutil.copytree(tiny_model_dir, build)
+    (build / "safety_audit.json").write_text(json.dumps({"versions": {"transformers": "x"}}))
+    monkeypatch.setattr(models, "reference_dir", lambda seed=0: build)
+    monkeypatch.setattr(study, "STUDY", tmp_path / "study")
+    monkeypatch.setattr(study, "REFERENCES", tmp_path / "study" / "references.json")
+    assert study._reference(0) == build and study._reference(0) == build  # recorded, then recognised
+    first = json.loads(study.REFERENCES.read_text())["0"]["sha256"]
+    weights = next(build.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")  # another build of the same seed
+    with pytest.raises(SystemExit, match=f"reference seed 0 .* came from \\({first[:12]}"):
+        study._reference(0)

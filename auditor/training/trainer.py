@@ -93,7 +93,10 @@ def last_checkpoint(ckpt: Path, resume: bool) -> str | None:
 def training_versions() -> dict:
     import transformers
 
-    v = {"torch": torch.__version__, "transformers": transformers.__version__}
+    # the kernels torch dispatched to (AVX2 or AVX512 on machines of this kind): their rounding differs, so the
+    # same seed gives the same weights only on the same kernels (ATEN_CPU_CAPABILITY=avx2 pins them)
+    v = {"torch": torch.__version__, "transformers": transformers.__version__,
+         "torch_cpu_kernels": torch.backends.cpu.get_cpu_capability()}
     try:
         import peft
 
