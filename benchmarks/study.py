@@ -142,7 +142,8 @@ def run_cell(cell: Cell, keep: bool = False) -> dict:
             work.mkdir(parents=True, exist_ok=True)
             _harden(cell, ref_dir, model)
         h = json.loads((model / "safety_audit.json").read_text())
-        train = {k: h.get(k) for k in ("seconds", "steps", "train_loss", "frozen_fraction", "frozen", "hyperparameters")}
+        train = {k: h.get(k) for k in ("seconds", "steps", "train_loss", "frozen_fraction", "frozen", "hyperparameters",
+                                          "resumed_from")}
     t1 = time.perf_counter()
     ev, responses = _eval(model)
     result = {"cell": asdict(cell), "id": cell.id, "layers": list(cell.layers) if cell.layers else None,

@@ -58,6 +58,8 @@ def cell_table(results: dict[str, dict]) -> list[str]:
         ci = e["harmful_rate"]["ci95"]
         sets = e.get("over_refusal_by_set") or {}
         train = f"{r['train']['seconds'] / 60:.1f} min" if r.get("train") else "–"
+        if (r.get("train") or {}).get("resumed_from"):  # the seconds of the last piece only
+            train += " (resumed)"
         lines.append(head + f" {_fmt(e['harmful_rate'])} | {ci[0]:.3f}–{ci[1]:.3f} | {_fmt(sets.get('bundled:xstest-safe'))} | "
                             f"{_fmt(sets.get('bundled:over-rejection'))} | {_fmt(e.get('rouge_l'))} | {_fmt(e.get('mmlu_accuracy'))} | {train} |")
     return lines
