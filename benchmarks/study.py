@@ -41,6 +41,8 @@ from auditor.workflows.doctor import cpu_info  # noqa: E402
 
 STUDY = RESULTS / "study"
 REFERENCES = STUDY / "references.json"  # per reference seed: the build (SHA-256 of its HF folder) the cells came from
+REQUIREMENTS = Path(__file__).resolve().parent / "study-requirements.txt"  # the exact packages those builds came from
+PINNED = ("torch", "transformers", "peft")  # what a build records and the study checks before any work
 # Frozen ranges. SPPFT_RANGE: the stability analysis' recommendation for reference seed 0 (localization-ref0 below:
 # `locate --survey` on the full D_o with 3 more starts × 4 samples of D_o), made on an earlier build of seed 0
 # (results/study/earlier-build-4846cc2a/); re-check it against localization-ref0 of the current build.
@@ -169,6 +171,7 @@ def _reference(seed: int) -> Path:
     from auditor.io.models import reference_dir, resolve_model
     from auditor.workflows.reference import ReferenceConfig, build_reference
 
+    _check_packages(seed)
     ref_dir = reference_dir(seed)
     if not (ref_dir / "safety_audit.json").is_file():
         print(f"   building reference seed {seed} (resumable)", flush=True)
@@ -186,6 +189,19 @@ def _reference(seed: int) -> Path:
                          f"came from ({known[str(seed)]['sha256'][:12]}, {known[str(seed)]['versions']}; {REFERENCES}): "
                          "install those versions and rebuild, or move that seed's results aside to start it again")
     return ref_dir
+
+
+def _check_packages(seed: int) -> None:
+    """Stop before a ~25 min rebuild or hours of cells when the installed packages are not the ones this seed's
+    recorded build came from: with others, the rebuild is another model and its cells would not pair."""
+    from auditor.training.trainer import training_versions
+
+    known = json.loads(REFERENCES.read_text()) if REFERENCES.is_file() else {}
+    want, have = known.get(str(seed), {}).get("versions", {}), training_versions()
+    differ = [f"{k} {have.get(k)} (recorded {want[k]})" for k in PINNED if k in want and have.get(k) != want[k]]
+    if differ:
+        raise SystemExit(f"reference seed {seed}'s cells come from other packages than these: {', '.join(differ)}; "
+                         f"install {REQUIREMENTS} (pip install -r) and run again")
 
 
 def run_localization(loc: Localization) -> None:

@@ -76,10 +76,11 @@ def test_cells_of_two_reference_builds_never_mix(tmp_path, monkeypatch, tiny_mod
     import shutil
 
     import auditor.io.models as models
+    from auditor.training.trainer import training_versions
 
     build = tmp_path / "ref"
     shutil.copytree(tiny_model_dir, build)
-    (build / "safety_audit.json").write_text(json.dumps({"versions": {"transformers": "x"}}))
+    (build / "safety_audit.json").write_text(json.dumps({"versions": training_versions()}))
     monkeypatch.setattr(models, "reference_dir", lambda seed=0: build)
     monkeypatch.setattr(study, "STUDY", tmp_path / "study")
     monkeypatch.setattr(study, "REFERENCES", tmp_path / "study" / "references.json")
@@ -89,3 +90,27 @@ def test_cells_of_two_reference_builds_never_mix(tmp_path, monkeypatch, tiny_mod
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")  # another build of the same seed
     with pytest.raises(SystemExit, match=f"reference seed 0 .* came from \\({first[:12]}"):
         study._reference(0)
+
+
+def test_other_packages_stop_the_study_before_any_rebuild(tmp_path, monkeypatch):
+    """A fresh machine with newer transformers would rebuild seed 0 for ~25 min into another model; the study
+    names the differing package and the requirements file instead, before building anything."""
+    import auditor.training.trainer as trainer
+    import auditor.workflows.reference as reference
+
+    monkeypatch.setattr(study, "REFERENCES", tmp_path / "references.json")
+    study.REFERENCES.write_text(json.dumps({"0": {"sha256": "ab", "versions": {"torch": "2.13.0+cpu", "transformers": "5.24.0"}}}))
+    monkeypatch.setattr(reference, "build_reference", lambda cfg: pytest.fail("rebuilt with other packages"))
+    monkeypatch.setattr(trainer, "training_versions", lambda: {"torch": "2.13.0+cpu", "transformers": "5.30.1", "peft": "1"})
+    with pytest.raises(SystemExit, match=r"transformers 5\.30\.1 \(recorded 5\.24\.0\).*study-requirements\.txt"):
+        study._reference(0)
+    monkeypatch.setattr(trainer, "training_versions", lambda: {"torch": "2.13.0+cpu", "transformers": "5.24.0"})
+    study._check_packages(0)  # the recorded ones: no complaint
+    study._check_packages(1)  # a seed not built yet records whatever is installed
+
+
+def test_the_requirements_file_pins_what_every_recorded_build_came_from():
+    pins = dict(line.split("==") for line in study.REQUIREMENTS.read_text().splitlines() if "==" in line and line[0] != "#")
+    for seed, build in json.loads(study.REFERENCES.read_text()).items():
+        for name in study.PINNED:
+            assert pins[name] == build["versions"][name].split("+")[0], (seed, name)
