@@ -95,6 +95,7 @@ def _mmlu_prompts(n_per_subject: int, subjects: int = 3):
     return [mmlu_prompt(dev[r["subject"]], r) for r in test[: subjects * n_per_subject]]
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # the cache keyword of this transformers, not a deprecated one
 def test_torch_prefix_reuse_equals_full_prefill(tiny_model, monkeypatch):
     """MMLU-shaped prompts (three 5-shot prefixes): reusing each prefix's KV cache gives the probabilities of a
     full left-padded prefill."""

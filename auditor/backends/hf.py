@@ -10,6 +10,7 @@ lm_head, which a scan does not need (28M of SmolLM2's 135M weights).
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Sequence
 
 import torch
@@ -191,7 +192,8 @@ class TorchBackend(Backend):
 
     def _prefixed(self, base, prefix, members, suffixes, probs, p0, progress) -> None:
         """Right-padded suffixes continue one prefix's cache (copied and repeated per batch row)."""
-        cache = base(input_ids=torch.tensor([prefix], device=self.device), use_cache=True).past_key_values
+        out = base(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+        cache, name = _kv_cache(base, out)
         P = len(prefix)
         for chunk in self._batches([P + len(x) for x in suffixes]):
             input_ids, mask = self._padded([suffixes[j] for j in chunk], left=False)
@@ -200,8 +202,8 @@ class TorchBackend(Backend):
             c.batch_repeat_interleave(rows)
             full = torch.cat([torch.ones(rows, P, dtype=mask.dtype, device=mask.device), mask], 1)
             pos = torch.arange(P, P + input_ids.shape[1], device=input_ids.device).expand(rows, -1)
-            h = base(input_ids=input_ids, attention_mask=full, position_ids=pos, past_key_values=c,
-                     use_cache=True).last_hidden_state
+            h = base(input_ids=input_ids, attention_mask=full, position_ids=pos, use_cache=True,
+                     **{name: c}).last_hidden_state
             last = mask.sum(1) - 1
             p0[[members[j] for j in chunk]] = probs(h[torch.arange(rows, device=h.device), last])
             if progress:
@@ -240,3 +242,11 @@ class _StopRows(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
         return torch.tensor([self.stop(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+def _kv_cache(base, out) -> tuple:
+    """The key/value cache of a forward and the keyword that takes it back: transformers 5.24 renamed
+    `past_key_values` to `cache` (the old name is removed in 5.40); the versions we support before it have no `cache`."""
+    if "cache" in inspect.signature(base.forward).parameters:
+        return out.cache, "cache"
+    return out.past_key_values, "past_key_values"
