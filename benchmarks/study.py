@@ -43,12 +43,13 @@ STUDY = RESULTS / "study"
 REFERENCES = STUDY / "references.json"  # per reference seed: the build (SHA-256 of its HF folder) the cells came from
 REQUIREMENTS = Path(__file__).resolve().parent / "study-requirements.txt"  # the exact packages those builds came from
 PINNED = ("torch", "transformers", "peft")  # what a build records and the study checks before any work
-# Frozen ranges. SPPFT_RANGE: the stability analysis' recommendation for reference seed 0 (localization-ref0 below:
-# `locate --survey` on the full D_o with 3 more starts × 4 samples of D_o), made on an earlier build of seed 0
-# (results/study/earlier-build-4846cc2a/); re-check it against localization-ref0 of the current build.
-# FREEZE_BLOCK: the paper's ablation, an equal-width block right after it (its control count is below baseline).
-SPPFT_RANGE = (6, 13)
-FREEZE_BLOCK = (14, 21)
+# Frozen ranges, from localization-ref0 (below: `locate --survey` on the full D_o with 3 more starts × 4 samples of
+# D_o) on the current build of seed 0. SPPFT_RANGE: its recommendation, [5, 12] (629 of 731 refused at α 1.2, baseline
+# 190; the end of 6 of 16 searches). FREEZE_BLOCK: the paper's ablation, an equal-width block elsewhere that is not a
+# safety block by locate's own controls: [21, 28] refuses 150 (below the baseline), where [13, 20] right after the
+# range refuses 367. (An earlier build of seed 0 recommended [6, 13]: results/study/earlier-build-4846cc2a/.)
+SPPFT_RANGE = (5, 12)
+FREEZE_BLOCK = (21, 28)
 ROWS, EPOCHS, LR = 400, 1.0, 1e-4
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from study import SPPFT_RANGE, STUDY, Localization, grid  # noqa: E402
+from study import FREEZE_BLOCK, SPPFT_RANGE, STUDY, Localization, grid  # noqa: E402
 
 from auditor.core.metrics import mcnemar_exact  # noqa: E402
 from auditor.core.refusal import make_classifier  # noqa: E402
@@ -99,7 +99,7 @@ def localization(seeds=(0, 1, 2)) -> list[str]:
     lines = ["| ref seed | scan: initial range | differential range (vs bundled) | survey's best window | locate (from the survey) "
              "| refusals (95% CI) / baseline | stability: recommended | verdict | searches ending there | layers in ≥ half |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    ends = []
+    ends, controls = [], {}
     for seed in seeds:
         loc = Localization(seed)
         scan_p, loc_p = STUDY / f"{loc.id}.scan.json", STUDY / f"{loc.id}.locate.json"
@@ -121,11 +121,17 @@ def localization(seeds=(0, 1, 2)) -> list[str]:
                      f"{', '.join(map(str, cons)) or '–'} |")
         if st:
             ends.append((seed, st))
+        if lo.get("controls"):
+            controls[seed] = (lo["baseline"], lo["controls"])
     for seed, st in ends:
         lines += ["", f"Reference seed {seed}: where the {len(st['runs'])} searches ended "
                       f"({', '.join(x['label'] for x in st['starts'])} × {st['resamples'] + 1} samples of D_o, α {st['alpha']:g}):", "",
                   "| found range | searches | refusals (full D_o) | as good as the best (paired CI) |", "|---|---|---|---|"]
         lines += [f"| {_span(e['range'])} | {e['runs']} | {e['count']} | {'yes' if e['as_good_as_best'] else 'no'} |" for e in st["ends"]]
+        if controls.get(seed):
+            lines += ["", "Controls (equal-width blocks elsewhere, refusals with 95% CI; baseline "
+                          f"{controls[seed][0]}): " + ", ".join(f"{_span(c['range'])}: {c['count']} ({c['ci95'][0]:g}–{c['ci95'][1]:g})"
+                                                                 for c in controls[seed][1])]
     return lines
 
 
@@ -133,9 +139,10 @@ def section() -> str:
     results = _load()
     done = sum(c.id in results for c in grid())
     out = [BEGIN, "", "**Where are the safety layers?** (`benchmarks/study.py`'s localizations; each build's stability map is "
-           "`benchmarks/results/study/localization-refN.locate.png`. The SPPFT range "
-           f"[{SPPFT_RANGE[0]}, {SPPFT_RANGE[1]}] was chosen on an earlier "
-           "build of seed 0: `benchmarks/results/study/earlier-build-4846cc2a/`)", "", *localization(), "",
+           "`benchmarks/results/study/localization-refN.locate.png`. The cells freeze reference seed 0's recommended range, "
+           f"{_span(SPPFT_RANGE)}, and, for the paper's ablation, the equal-width block {_span(FREEZE_BLOCK)} that locate's "
+           "controls show is not a safety block; an earlier build of seed 0 recommended 6–13: "
+           "`benchmarks/results/study/earlier-build-4846cc2a/`)", "", *localization(), "",
            f"Cells finished: **{done} of {len(grid())}** (`python benchmarks/study.py --list`).", "",
            *cell_table(results), "", "Paired comparisons on AdvBench-eval (260 prompts; the same prompts under both methods):", "",
            *comparisons(results), "", END]

@@ -64,10 +64,12 @@ def test_the_localization_table_comes_from_the_files(tmp_path, monkeypatch):
                  "ends": [{"range": [2, 7], "runs": 6, "count": 140, "as_good_as_best": True}]}
     (tmp_path / "localization-ref0.locate.json").write_text(json.dumps(
         {"start": [6, 7], "safety_layers": [0, 7], "count": 136, "baseline": 59, "stability": stability,
-         "sweep": [{"range": [0, 7], "count": 136, "ci95": [128, 144]}]}))
+         "sweep": [{"range": [0, 7], "count": 136, "ci95": [128, 144]}],
+         "controls": [{"range": [8, 15], "count": 40, "ci95": [33.0, 47.0]}]}))
     text = "\n".join(study_tables.localization())
     assert "| 0 | 20–20 | 7–22 | 6–7 | 0–7 | 136 (128–144) / 59 | **2–7** | start-dependent | 38% of 16 | 3, 4, 5 |" in text
     assert "| 1 | not run yet | not run yet | locate not run yet |" in text and "| 2–7 | 6 | 140 | yes |" in text
+    assert "baseline 59): 8–15: 40 (33–47)" in text
 
 
 def test_cells_of_two_reference_builds_never_mix(tmp_path, monkeypatch, tiny_model_dir):
