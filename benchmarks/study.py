@@ -150,7 +150,7 @@ def run_cell(cell: Cell, keep: bool = False) -> dict:
     t1 = time.perf_counter()
     ev, responses = _eval(model)
     result = {"cell": asdict(cell), "id": cell.id, "layers": list(cell.layers) if cell.layers else None,
-              "reference_sha256": json.loads(REFERENCES.read_text())[str(cell.ref_seed)]["sha256"],
+              "reference_sha256": _recorded_builds()[str(cell.ref_seed)]["sha256"],
               "recipe": {"rows": ROWS, "epochs": EPOCHS, "lr": LR, "template": "chat"}, "train": train,
               "eval": {k: ev.get(k) for k in ("harmful_rate", "over_refusal_by_set", "rouge_l", "mmlu_accuracy", "classifier",
                                               "max_new_tokens", "model_sha256")},
@@ -178,7 +178,7 @@ def _reference(seed: int) -> Path:
         print(f"   building reference seed {seed} (resumable)", flush=True)
         build_reference(ReferenceConfig(seed=seed))
     sha = resolve_model(str(ref_dir)).content_hash("torch")
-    known = json.loads(REFERENCES.read_text()) if REFERENCES.is_file() else {}
+    known = _recorded_builds()
     versions = json.loads((ref_dir / "safety_audit.json").read_text()).get("versions", {})
     if str(seed) not in known:
         known[str(seed)] = {"sha256": sha, "versions": versions, "cpu": cpu_info(),
@@ -192,13 +192,16 @@ def _reference(seed: int) -> Path:
     return ref_dir
 
 
+def _recorded_builds() -> dict:
+    return json.loads(REFERENCES.read_text()) if REFERENCES.is_file() else {}
+
+
 def _check_packages(seed: int) -> None:
     """Stop before a ~25 min rebuild or hours of cells when the installed packages are not the ones this seed's
     recorded build came from: with others, the rebuild is another model and its cells would not pair."""
     from auditor.training.trainer import training_versions
 
-    known = json.loads(REFERENCES.read_text()) if REFERENCES.is_file() else {}
-    want, have = known.get(str(seed), {}).get("versions", {}), training_versions()
+    want, have = _recorded_builds().get(str(seed), {}).get("versions", {}), training_versions()
     differ = [f"{k} {have.get(k)} (recorded {want[k]})" for k in PINNED if k in want and have.get(k) != want[k]]
     if differ:
         raise SystemExit(f"reference seed {seed}'s cells come from other packages than these: {', '.join(differ)}; "

@@ -99,7 +99,7 @@ def localization(seeds=(0, 1, 2)) -> list[str]:
     lines = ["| ref seed | scan: initial range | differential range (vs bundled) | survey's best window | locate (from the survey) "
              "| refusals (95% CI) / baseline | stability: recommended | verdict | searches ending there | layers in ≥ half |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    ends, controls = [], {}
+    ends = []
     for seed in seeds:
         loc = Localization(seed)
         scan_p, loc_p = STUDY / f"{loc.id}.scan.json", STUDY / f"{loc.id}.locate.json"
@@ -120,18 +120,15 @@ def localization(seeds=(0, 1, 2)) -> list[str]:
                      f"{round(100 * rec['share']) if rec else '–'}% of {len(st.get('runs', []))} | "
                      f"{', '.join(map(str, cons)) or '–'} |")
         if st:
-            ends.append((seed, st))
-        if lo.get("controls"):
-            controls[seed] = (lo["baseline"], lo["controls"])
-    for seed, st in ends:
+            ends.append((seed, st, lo))
+    for seed, st, lo in ends:
         lines += ["", f"Reference seed {seed}: where the {len(st['runs'])} searches ended "
                       f"({', '.join(x['label'] for x in st['starts'])} × {st['resamples'] + 1} samples of D_o, α {st['alpha']:g}):", "",
                   "| found range | searches | refusals (full D_o) | as good as the best (paired CI) |", "|---|---|---|---|"]
         lines += [f"| {_span(e['range'])} | {e['runs']} | {e['count']} | {'yes' if e['as_good_as_best'] else 'no'} |" for e in st["ends"]]
-        if controls.get(seed):
-            lines += ["", "Controls (equal-width blocks elsewhere, refusals with 95% CI; baseline "
-                          f"{controls[seed][0]}): " + ", ".join(f"{_span(c['range'])}: {c['count']} ({c['ci95'][0]:g}–{c['ci95'][1]:g})"
-                                                                 for c in controls[seed][1])]
+        if lo.get("controls"):
+            lines += ["", f"Controls (equal-width blocks elsewhere, refusals with 95% CI; baseline {lo['baseline']}): "
+                          + ", ".join(f"{_span(c['range'])}: {c['count']} ({c['ci95'][0]:g}–{c['ci95'][1]:g})" for c in lo["controls"])]
     return lines
 
 
