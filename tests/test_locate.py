@@ -223,3 +223,23 @@ def test_a_control_beyond_noise_marks_the_landscape_rough():
     controls = [{"range": [12, 13], "count": 29}, {"range": [0, 1], "count": 17}]
     r = landscape(rows, (20, 20), 15, 1.2, 40, controls=controls)
     assert r["verdict"] == "rough" and r["better_controls"] == [[12, 13]] and "try --survey" in r["why"]
+
+
+def test_locate_plot_legend_leaves_every_line_visible():
+    """A control below the baseline sat under the legend; the legend now lies outside the data area and
+    each control carries its own range and count."""
+    from auditor.render.plots import locate_figure
+
+    sweep = [{"phase": "start", "range": [5, 6], "count": 300}] + [
+        {"phase": "upper", "range": [5, j], "count": 300 + 40 * (j - 6)} for j in range(7, 12)] + [
+        {"phase": "lower", "range": [i, 11], "count": 480 - 30 * (5 - i)} for i in range(2, 5)]
+    report = {"model": "m", "alpha": 1.2, "classifier": {"name": "opening"}, "baseline": 190, "sweep": sweep,
+              "safety_layers": [5, 11], "count": 500, "n_prompts": 731, "survey": None, "stability": None,
+              "controls": [{"range": [12, 18], "count": 360}, {"range": [21, 27], "count": 150}]}
+    fig = locate_figure(report)
+    fig.canvas.draw()
+    ax = next(a for a in fig.axes if a.get_legend())
+    inner, legend = ax.get_window_extent(), ax.get_legend().get_window_extent()
+    assert legend.y0 >= inner.y1 - 1, (legend, inner)  # above the panel, not over its lines
+    labels = {t.get_text() for t in ax.texts}
+    assert {"12–18: 360", "21–27: 150"} <= labels

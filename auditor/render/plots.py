@@ -111,15 +111,17 @@ def locate_figure(report: dict):
         ax.axvline(report["safety_layers"][idx], color="#ffb300", lw=6, alpha=0.4, label="chosen bound")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    if report["controls"]:  # each control as the layers it spans, at its count
-        for k, c in enumerate(report["controls"]):
-            axes[0].hlines(c["count"], c["range"][0], c["range"][1], color="#7f7f7f", lw=3,
-                           label="controls (layers spanned)" if k == 0 else None)
+    for k, c in enumerate(report["controls"] or []):  # each control as the layers it spans, at its count
+        (a, b), n = c["range"], c["count"]
+        axes[0].plot([a, b], [n, n], color="#7f7f7f", lw=3, solid_capstyle="butt",
+                     label="controls (layers spanned)" if k == 0 else None)
+        axes[0].annotate(f"{a}–{b}: {n}", ((a + b) / 2, n), xytext=(0, 4), textcoords="offset points",
+                         ha="center", va="bottom", fontsize=7, color="#555555")
     for ax in axes:
         ax.axhline(report["count"], color="#ffb300", lw=1, ls=":", label=f"chosen range: {report['count']} refusals")
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.axes[0].set_ylabel(f"refusals on {report['n_prompts']} over-refusal prompts")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)  # above: no data under it
     if st:
         _stability_panel(fig.add_subplot(grid[1, :]), st, report["n_layers"])
     f = report["safety_layers"]
