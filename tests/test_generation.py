@@ -113,6 +113,29 @@ def test_torch_prefix_reuse_equals_full_prefill(tiny_model, monkeypatch):
     torch.testing.assert_close(reused, full, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+def test_torch_prefix_reuse_through_the_old_cache_keyword(tiny_model, monkeypatch):
+    """transformers before 5.24 have no `cache` argument: given a forward with the old signature, _kv_cache
+    falls back to `past_key_values`, and prefix reuse through it still equals a full prefill."""
+    import auditor.backends.hf as hf
+
+    model, tok = tiny_model
+    base, new_forward, names = model.get_decoder(), type(model.get_decoder()).forward, []
+
+    def old_forward(input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+        names.append("past_key_values" if past_key_values is not None else None)
+        return new_forward(base, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           past_key_values=past_key_values, use_cache=use_cache)
+
+    monkeypatch.setattr(base, "forward", old_forward)  # nn.Module calls the instance's forward
+    b = TorchBackend(hf_model=model, tokenizer=tok, batch_size=3)
+    prompts, first = _mmlu_prompts(4), [b.token_ids(c)[0] for c in "ABCD"]
+    reused = b.opening_probs(prompts, "raw", first)
+    assert "past_key_values" in names  # the suffixes did continue a cache, by the old keyword
+    monkeypatch.setattr(hf, "prefix_groups", lambda ids: [(0, list(range(len(ids))))])
+    torch.testing.assert_close(reused, b.opening_probs(prompts, "raw", first), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.model
 def test_llama_prefix_reuse_matches_full_prefill(llama, monkeypatch):
     """The same on llama.cpp, bit for bit: the prefix decoded once and kept, each suffix decoded after it alone."""
