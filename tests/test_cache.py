@@ -48,6 +48,31 @@ def test_states_in_another_precision_are_never_reused(tmp_path, tiny_model_dir):
     assert [r["cos_nm"] for r in fp32] != [r["cos_nm"] for r in bf16]  # computed in bf16, not read from the fp32 cache
 
 
+def test_a_gpu_or_a_device_map_never_shares_the_cpus_keys(monkeypatch):
+    """A GPU's kernels round differently from the CPU's, enough to flip a greedy verdict: its scan, locate and
+    eval keys are its own (named by the card); CPU float32 eval keys are exactly what they were, so journals
+    already on disk still resume."""
+    from auditor.core.refusal import OpeningClassifier
+    from auditor.io.cache import sha256_json
+    from auditor.workflows.evaluate import EvalConfig, _journal_key
+    from auditor.workflows.options import ModelOptions
+
+    clf = OpeningClassifier()
+    cpu = EvalConfig(dtype="float32", device="cpu")
+    old = sha256_json(["h", "torch", "chat", clf.describe(), cpu.max_new_tokens, "float32", "cpu"])[:24]
+    assert _journal_key(cpu, "h", "torch", "chat", clf) == old
+    assert ModelOptions(dtype="float32", device="cpu", device_map="auto").precision_key("torch") == ["device_map=auto"]
+    auto = EvalConfig(dtype="float32", device="auto")
+    on_cpu = _journal_key(auto, "h", "torch", "chat", clf)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Card X")
+    assert ModelOptions(dtype="float32").precision_key("torch") == ["cuda:Card X"]  # auto device: the card
+    assert ModelOptions(dtype="float32").precision_key("llama") == []
+    assert _journal_key(auto, "h", "torch", "chat", clf) != on_cpu  # the same options, now on a GPU
+
+
 def test_a_retrained_folder_at_the_same_path_gets_a_new_key(tmp_path, tiny_model):
     model, tok = tiny_model
     folder = tmp_path / "model"

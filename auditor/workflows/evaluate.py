@@ -213,7 +213,7 @@ def _journal_key(cfg: EvalConfig, model_hash: str | None, backend: str, template
     if not cfg.use_cache or model_hash is None:
         return None
     return sha256_json([model_hash, backend, template, classifier.describe(), cfg.max_new_tokens, cfg.dtype,
-                        cfg.device])[:24]
+                        cfg.device, *cfg.precision_key(backend)])[:24]  # raw options kept: CPU fp32 keys unchanged
 
 
 def load_saved(path: str | None) -> dict:

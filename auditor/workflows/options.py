@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..backends import check_capabilities
 from ..backends.devices import DTYPE_CHOICES, check_placement, resolve_device, resolve_dtype
 from ..errors import AuditError
@@ -37,12 +39,17 @@ class ModelOptions:
         return kw
 
     def precision_key(self, backend: str) -> list[str]:
-        """For cache and journal keys: the precision torch will run in when it is not float32 (auto means bf16 on
-        some machines of this kind, fp32 on others). Empty for float32, so fp32 keys stay what they were."""
+        """For cache and journal keys: how torch will compute when it is not float32 on the CPU: a lower precision
+        (auto means bf16 on some machines of this kind, fp32 on others), a GPU (its kernels round differently, so
+        greedy verdicts can differ) or a device map. Empty for float32 on the CPU, so those keys stay as they were."""
         if backend != "torch":
             return []
-        dtype = str(resolve_dtype(self.dtype, resolve_device(self.device))).removeprefix("torch.")
-        return [] if dtype == "float32" else [dtype]
+        device = resolve_device(self.device)
+        dtype = str(resolve_dtype(self.dtype, device)).removeprefix("torch.")
+        key = [] if dtype == "float32" else [dtype]
+        if device != "cpu":
+            key.append(f"cuda:{torch.cuda.get_device_name(device)}")
+        return key + ([f"device_map={self.device_map}"] if self.device_map else [])
 
 
 def resolve_target(opts: ModelOptions, needs: tuple[str, ...]) -> ModelRef:
