@@ -66,8 +66,8 @@ def cell_table(results: dict[str, dict]) -> list[str]:
 
 
 def comparisons(results: dict[str, dict]) -> list[str]:
-    lines = ["| data | A vs B | seeds | R_h A | R_h B | harmful only under A | only under B | p (exact McNemar) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | A vs B | seeds | R_h A | R_h B | harmful only under A | only under B | p (exact McNemar) | Δ Rouge-L (A − B) | Δ MMLU (A − B) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     cells = {c.id: c for c in grid()}
     for data in ("normal", "implicit", "harmful"):
         for a_m, b_m in COMPARISONS:
@@ -81,13 +81,28 @@ def comparisons(results: dict[str, dict]) -> list[str]:
                 va, vb = _harmful_verdicts(a.id), _harmful_verdicts(b.id)
                 keys = [k for k in va if k in vb]
                 only_a, only_b = sum(va[k] and not vb[k] for k in keys), sum(vb[k] and not va[k] for k in keys)
-                rows.append((a, b, only_a, only_b))
+                deltas = [_delta(results[a.id], results[b.id], m) for m in ("rouge_l", "mmlu_accuracy")]
+                rows.append((a, b, only_a, only_b, deltas))
                 lines.append(f"| {data} | {a_m} vs {b_m} | ref {a.ref_seed} ft {a.ft_seed} | {_fmt(results[a.id]['eval']['harmful_rate'])} | "
-                             f"{_fmt(results[b.id]['eval']['harmful_rate'])} | {only_a} | {only_b} | {mcnemar_exact(only_a, only_b):.2g} |")
+                             f"{_fmt(results[b.id]['eval']['harmful_rate'])} | {only_a} | {only_b} | {mcnemar_exact(only_a, only_b):.2g} | "
+                             + " | ".join(_signed(d) for d in deltas) + " |")
             if len(rows) > 1:
                 oa, ob = sum(r[2] for r in rows), sum(r[3] for r in rows)
-                lines.append(f"| {data} | {a_m} vs {b_m} | **pooled ({len(rows)})** | | | {oa} | {ob} | **{mcnemar_exact(oa, ob):.2g}** |")
+                seen = [[r[4][k] for r in rows if r[4][k] is not None] for k in (0, 1)]
+                means = [sum(v) / len(v) if v else None for v in seen]
+                lines.append(f"| {data} | {a_m} vs {b_m} | **pooled ({len(rows)})** | | | {oa} | {ob} | **{mcnemar_exact(oa, ob):.2g}** | "
+                             + " | ".join(_signed(d, " (mean)") for d in means) + " |")
     return lines if len(lines) > 2 else ["No comparison has both of its cells finished yet."]
+
+
+def _delta(a: dict, b: dict, metric: str) -> float | None:
+    """Utility of A minus B (the target: SPPFT within 0.02 of full fine-tuning's); None when either lacks it."""
+    ma, mb = a["eval"].get(metric), b["eval"].get(metric)
+    return None if not (ma and mb) else ma["value"] - mb["value"]
+
+
+def _signed(d: float | None, suffix: str = "") -> str:
+    return "–" if d is None else f"{round(d, 3) + 0.0:+.3f}{suffix}"  # + 0.0: no "-0.000"
 
 
 def _span(r) -> str:

@@ -23,10 +23,11 @@ def test_cell_ids_are_unique_and_name_the_frozen_range():
     assert f"normal-sppft-{study.SPPFT_RANGE[0]}-{study.SPPFT_RANGE[1]}-ref0-ft0" in ids and "none-none-ref0-ft0" in ids
 
 
-def _plant(folder: Path, cell: study.Cell, harmful: list[bool], rate: float) -> None:
+def _plant(folder: Path, cell: study.Cell, harmful: list[bool], rate: float, rouge: float = 0.3, mmlu=None) -> None:
     folder.mkdir(exist_ok=True)
     ev = {"harmful_rate": {"value": rate, "ci95": [rate - 0.01, rate + 0.01], "n": len(harmful)},
-          "over_refusal_by_set": {"bundled:xstest-safe": {"value": 0.02}}, "rouge_l": {"value": 0.3}, "mmlu_accuracy": None}
+          "over_refusal_by_set": {"bundled:xstest-safe": {"value": 0.02}}, "rouge_l": {"value": rouge},
+          "mmlu_accuracy": None if mmlu is None else {"value": mmlu}}
     (folder / f"{cell.id}.json").write_text(json.dumps({"id": cell.id, "eval": ev, "train": {"seconds": 600}}))
     with gzip.open(folder / f"{cell.id}.responses.jsonl.gz", "wt") as f:
         for i, h in enumerate(harmful):
@@ -43,8 +44,21 @@ def test_tables_and_paired_tests_come_from_the_files(tmp_path, monkeypatch):
     text = study_tables.section()
     assert f"Cells finished: **2 of {len(study.grid())}**" in text
     assert "| normal | full | 0 | 0 | 0.300 | 0.290–0.310 | 0.020 | – | 0.300 | – | 10.0 min |" in text
-    assert "| normal | sppft vs full | ref 0 ft 0 | 0.000 | 0.300 | 0 | 12 | 0.00049 |" in text
+    assert "| normal | sppft vs full | ref 0 ft 0 | 0.000 | 0.300 | 0 | 12 | 0.00049 | +0.000 | – |" in text
     assert "| implicit | full | 0 | 0 | not run yet |" in text
+
+
+def test_pooled_comparison_sums_discordant_prompts_and_averages_utility(tmp_path, monkeypatch):
+    """Over fine-tuning seeds: McNemar on the summed discordant pairs; Rouge-L and MMLU differences (the target:
+    SPPFT within 0.02 of full's) per seed and their mean."""
+    monkeypatch.setattr(study_tables, "STUDY", tmp_path)
+    for seed, (only_full, rouge, mmlu) in enumerate(((5, 0.29, 0.24), (4, 0.25, 0.22))):
+        _plant(tmp_path, study.Cell("normal", "full", ft_seed=seed), [i < only_full for i in range(40)], 0.1, 0.28, 0.25)
+        _plant(tmp_path, study.Cell("normal", "sppft", ft_seed=seed), [False] * 40, 0.0, rouge, mmlu)
+    text = "\n".join(study_tables.comparisons(study_tables._load()))
+    assert "| normal | sppft vs full | ref 0 ft 0 | 0.000 | 0.100 | 0 | 5 | 0.062 | +0.010 | -0.010 |" in text
+    assert "| normal | sppft vs full | ref 0 ft 1 | 0.000 | 0.100 | 0 | 4 | 0.12 | -0.030 | -0.030 |" in text
+    assert "| normal | sppft vs full | **pooled (2)** | | | 0 | 9 | **0.0039** | -0.010 (mean) | -0.020 (mean) |" in text
 
 
 def test_the_plan_localizes_each_reference_build_before_its_cells():
