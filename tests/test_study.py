@@ -130,3 +130,22 @@ def test_the_requirements_file_pins_what_every_recorded_build_came_from():
     for seed, build in json.loads(study.REFERENCES.read_text()).items():
         for name in study.PINNED:
             assert pins[name] == build["versions"][name].split("+")[0], (seed, name)
+
+
+def test_each_target_gets_its_verdict_from_the_pooled_test(tmp_path, monkeypatch):
+    """Held, failed (significant the other way) or open, from the finished cells; utility checked against 0.02."""
+    monkeypatch.setattr(study_tables, "STUDY", tmp_path)
+    for seed in (0, 1):  # D_N: SPPFT better on both seeds, utility within 0.02
+        _plant(tmp_path, study.Cell("normal", "full", ft_seed=seed), [i < 6 for i in range(40)], 0.15, 0.28, 0.25)
+        _plant(tmp_path, study.Cell("normal", "sppft", ft_seed=seed), [False] * 40, 0.0, 0.27, 0.24)
+    _plant(tmp_path, study.Cell("implicit", "full"), [False] * 40, 0.0, 0.28, 0.25)  # D_I: SPPFT worse, Rouge-L down 0.05
+    _plant(tmp_path, study.Cell("implicit", "sppft"), [i < 10 for i in range(40)], 0.25, 0.23, 0.25)
+    _plant(tmp_path, study.Cell("normal", "freeze-block"), [i < 2 for i in range(40)], 0.05)  # 2 vs 0: not significant
+    lines = study_tables.targets(study_tables._load())
+    assert lines[0].startswith("- SPPFT's R_h below full fine-tuning's on D_N: **holds** so far (2 of 3 seeds")
+    assert "only under sppft 0, only under full 12, p = 0.00049); Rouge-L and MMLU within 0.02 of full FT's: yes" in lines[0]
+    assert "on D_I: **fails: significantly the other way** so far (1 of 3 seeds" in lines[1]
+    assert "within 0.02 of full FT's: **no** (Δ -0.050, +0.000)" in lines[1]
+    assert "(the paper's ablation): open: no significant difference so far (1 of 3 seeds" in lines[2]
+    assert lines[3].endswith("on D_I: not run yet.")
+
