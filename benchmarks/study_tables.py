@@ -71,9 +71,9 @@ def paired(results: dict[str, dict]) -> dict[tuple[str, str, str], list[tuple]]:
     cells, out = grid(), {}
     for data in ("normal", "implicit", "harmful"):
         for a_m, b_m in COMPARISONS:
-            for a in cells:
+            for a in (c for c in cells if (c.data, c.method) == (data, a_m) and c.id in results):
                 b = next((b for b in cells if (b.data, b.method, b.ref_seed, b.ft_seed) == (data, b_m, a.ref_seed, a.ft_seed)), None)
-                if (a.data, a.method) != (data, a_m) or b is None or a.id not in results or b.id not in results:
+                if b is None or b.id not in results:
                     continue
                 va, vb = _harmful_verdicts(a.id), _harmful_verdicts(b.id)
                 keys = [k for k in va if k in vb]
@@ -89,10 +89,10 @@ def _pooled(rows: list[tuple]) -> tuple[int, int, float, list[float | None]]:
     return oa, ob, mcnemar_exact(oa, ob), [sum(v) / len(v) if v else None for v in seen]
 
 
-def comparisons(results: dict[str, dict]) -> list[str]:
+def comparisons(results: dict[str, dict], pairs: dict) -> list[str]:
     lines = ["| data | A vs B | seeds | R_h A | R_h B | harmful only under A | only under B | p (exact McNemar) | Δ Rouge-L (A − B) | Δ MMLU (A − B) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for (data, a_m, b_m), rows in paired(results).items():
+    for (data, a_m, b_m), rows in pairs.items():
         for a, b, only_a, only_b, deltas in rows:
             lines.append(f"| {data} | {a_m} vs {b_m} | ref {a.ref_seed} ft {a.ft_seed} | {_fmt(results[a.id]['eval']['harmful_rate'])} | "
                          f"{_fmt(results[b.id]['eval']['harmful_rate'])} | {only_a} | {only_b} | {mcnemar_exact(only_a, only_b):.2g} | "
@@ -110,12 +110,12 @@ TARGETS = [("normal", "sppft", "full", "SPPFT's R_h below full fine-tuning's on 
            ("implicit", "freeze-block", "sppft", "the located range beats the equal-width block on D_I")]
 
 
-def targets(results: dict[str, dict]) -> list[str]:
-    """The issue's targets, each with its verdict on the cells finished so far: met, failed (significant the
+def targets(pairs: dict) -> list[str]:
+    """The issue's targets, each with its verdict on the cells finished so far: holds, fails (significant the
     other way) or open; pooled exact McNemar at p < 0.01, utility within 0.02 of full FT's."""
-    found, lines = paired(results), []
+    lines = []
     for data, a_m, b_m, claim in TARGETS:
-        rows = [r for r in found.get((data, a_m, b_m), []) if r[0].ref_seed == 0]  # other builds: replication
+        rows = [r for r in pairs.get((data, a_m, b_m), []) if r[0].ref_seed == 0]  # other builds: replication
         planned = sum((c.data, c.method, c.ref_seed) == (data, a_m, 0) for c in grid())
         if not rows:
             lines.append(f"- {claim}: not run yet.")
@@ -188,6 +188,7 @@ def localization(seeds=(0, 1, 2)) -> list[str]:
 
 def section() -> str:
     results = _load()
+    pairs = paired(results)  # reads and classifies every saved response once
     done = sum(c.id in results for c in grid())
     out = [BEGIN, "", "**Where are the safety layers?** (`benchmarks/study.py`'s localizations; each build's stability map is "
            "`benchmarks/results/study/localization-refN.locate.png`. The cells freeze reference seed 0's recommended range, "
@@ -196,8 +197,8 @@ def section() -> str:
            "`benchmarks/results/study/earlier-build-4846cc2a/`)", "", *localization(), "",
            f"Cells finished: **{done} of {len(grid())}** (`python benchmarks/study.py --list`).", "",
            *cell_table(results), "", "Paired comparisons on AdvBench-eval (260 prompts; the same prompts under both methods):", "",
-           *comparisons(results), "", "The targets (pooled over fine-tuning seeds on reference seed 0):", "",
-           *targets(results), "", END]
+           *comparisons(results, pairs), "", "The targets (pooled over fine-tuning seeds on reference seed 0):", "",
+           *targets(pairs), "", END]
     return "\n".join(out)
 
 

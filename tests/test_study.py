@@ -55,7 +55,8 @@ def test_pooled_comparison_sums_discordant_prompts_and_averages_utility(tmp_path
     for seed, (only_full, rouge, mmlu) in enumerate(((5, 0.29, 0.24), (4, 0.25, 0.22))):
         _plant(tmp_path, study.Cell("normal", "full", ft_seed=seed), [i < only_full for i in range(40)], 0.1, 0.28, 0.25)
         _plant(tmp_path, study.Cell("normal", "sppft", ft_seed=seed), [False] * 40, 0.0, rouge, mmlu)
-    text = "\n".join(study_tables.comparisons(study_tables._load()))
+    results = study_tables._load()
+    text = "\n".join(study_tables.comparisons(results, study_tables.paired(results)))
     assert "| normal | sppft vs full | ref 0 ft 0 | 0.000 | 0.100 | 0 | 5 | 0.062 | +0.010 | -0.010 |" in text
     assert "| normal | sppft vs full | ref 0 ft 1 | 0.000 | 0.100 | 0 | 4 | 0.12 | -0.030 | -0.030 |" in text
     assert "| normal | sppft vs full | **pooled (2)** | | | 0 | 9 | **0.0039** | -0.010 (mean) | -0.020 (mean) |" in text
@@ -141,7 +142,7 @@ def test_each_target_gets_its_verdict_from_the_pooled_test(tmp_path, monkeypatch
     _plant(tmp_path, study.Cell("implicit", "full"), [False] * 40, 0.0, 0.28, 0.25)  # D_I: SPPFT worse, Rouge-L down 0.05
     _plant(tmp_path, study.Cell("implicit", "sppft"), [i < 10 for i in range(40)], 0.25, 0.23, 0.25)
     _plant(tmp_path, study.Cell("normal", "freeze-block"), [i < 2 for i in range(40)], 0.05)  # 2 vs 0: not significant
-    lines = study_tables.targets(study_tables._load())
+    lines = study_tables.targets(study_tables.paired(study_tables._load()))
     assert lines[0].startswith("- SPPFT's R_h below full fine-tuning's on D_N: **holds** so far (2 of 3 seeds")
     assert "only under sppft 0, only under full 12, p = 0.00049); Rouge-L and MMLU within 0.02 of full FT's: yes" in lines[0]
     assert "on D_I: **fails: significantly the other way** so far (1 of 3 seeds" in lines[1]
