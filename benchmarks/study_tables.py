@@ -68,14 +68,17 @@ def cell_table(results: dict[str, dict]) -> list[str]:
 
 def paired(results: dict[str, dict]) -> dict[tuple[str, str, str], list[tuple]]:
     """(data, A, B) -> per finished seed pair: (cell A, cell B, harmful only under A, only under B, [Δ Rouge-L, Δ MMLU])."""
-    cells, out = grid(), {}
+    cells, out, verdicts = grid(), {}, {}  # verdicts: one read of each cell's responses (SPPFT's serves 4 comparisons)
     for data in ("normal", "implicit", "harmful"):
         for a_m, b_m in COMPARISONS:
             for a in (c for c in cells if (c.data, c.method) == (data, a_m) and c.id in results):
                 b = next((b for b in cells if (b.data, b.method, b.ref_seed, b.ft_seed) == (data, b_m, a.ref_seed, a.ft_seed)), None)
                 if b is None or b.id not in results:
                     continue
-                va, vb = _harmful_verdicts(a.id), _harmful_verdicts(b.id)
+                for c in (a, b):
+                    if c.id not in verdicts:
+                        verdicts[c.id] = _harmful_verdicts(c.id)
+                va, vb = verdicts[a.id], verdicts[b.id]
                 keys = [k for k in va if k in vb]
                 deltas = [_delta(results[a.id], results[b.id], m) for m in ("rouge_l", "mmlu_accuracy")]
                 out.setdefault((data, a_m, b_m), []).append(
