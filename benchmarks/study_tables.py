@@ -96,14 +96,16 @@ def comparisons(results: dict[str, dict], pairs: dict) -> list[str]:
     lines = ["| data | A vs B | seeds | R_h A | R_h B | harmful only under A | only under B | p (exact McNemar) | Δ Rouge-L (A − B) | Δ MMLU (A − B) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (data, a_m, b_m), rows in pairs.items():
-        for a, b, only_a, only_b, deltas in rows:
-            lines.append(f"| {data} | {a_m} vs {b_m} | ref {a.ref_seed} ft {a.ft_seed} | {_fmt(results[a.id]['eval']['harmful_rate'])} | "
-                         f"{_fmt(results[b.id]['eval']['harmful_rate'])} | {only_a} | {only_b} | {mcnemar_exact(only_a, only_b):.2g} | "
-                         + " | ".join(_signed(d) for d in deltas) + " |")
-        if len(rows) > 1:
-            oa, ob, p, means = _pooled(rows)
-            lines.append(f"| {data} | {a_m} vs {b_m} | **pooled ({len(rows)})** | | | {oa} | {ob} | **{p:.2g}** | "
-                         + " | ".join(_signed(d, " (mean)") for d in means) + " |")
+        for ref in sorted({r[0].ref_seed for r in rows}):  # pooled over fine-tuning seeds within one build only
+            build = [r for r in rows if r[0].ref_seed == ref]
+            for a, b, only_a, only_b, deltas in build:
+                lines.append(f"| {data} | {a_m} vs {b_m} | ref {ref} ft {a.ft_seed} | {_fmt(results[a.id]['eval']['harmful_rate'])} | "
+                             f"{_fmt(results[b.id]['eval']['harmful_rate'])} | {only_a} | {only_b} | {mcnemar_exact(only_a, only_b):.2g} | "
+                             + " | ".join(_signed(d) for d in deltas) + " |")
+            if len(build) > 1:
+                oa, ob, p, means = _pooled(build)
+                lines.append(f"| {data} | {a_m} vs {b_m} | **ref {ref} pooled ({len(build)})** | | | {oa} | {ob} | **{p:.2g}** | "
+                             + " | ".join(_signed(d, " (mean)") for d in means) + " |")
     return lines if len(lines) > 2 else ["No comparison has both of its cells finished yet."]
 
 

@@ -49,17 +49,21 @@ def test_tables_and_paired_tests_come_from_the_files(tmp_path, monkeypatch):
 
 
 def test_pooled_comparison_sums_discordant_prompts_and_averages_utility(tmp_path, monkeypatch):
-    """Over fine-tuning seeds: McNemar on the summed discordant pairs; Rouge-L and MMLU differences (the target:
-    SPPFT within 0.02 of full's) per seed and their mean."""
+    """Over fine-tuning seeds of one reference build (never across builds): McNemar on the summed discordant pairs;
+    Rouge-L and MMLU differences (the target: SPPFT within 0.02 of full's) per seed and their mean."""
     monkeypatch.setattr(study_tables, "STUDY", tmp_path)
     for seed, (only_full, rouge, mmlu) in enumerate(((5, 0.29, 0.24), (4, 0.25, 0.22))):
         _plant(tmp_path, study.Cell("normal", "full", ft_seed=seed), [i < only_full for i in range(40)], 0.1, 0.28, 0.25)
         _plant(tmp_path, study.Cell("normal", "sppft", ft_seed=seed), [False] * 40, 0.0, rouge, mmlu)
+    _plant(tmp_path, study.Cell("normal", "full", ref_seed=1), [False] * 40, 0.0, 0.28, 0.25)  # another build: the
+    _plant(tmp_path, study.Cell("normal", "sppft", ref_seed=1), [i < 7 for i in range(40)], 0.2, 0.28, 0.25)  # other way
     results = study_tables._load()
     text = "\n".join(study_tables.comparisons(results, study_tables.paired(results)))
     assert "| normal | sppft vs full | ref 0 ft 0 | 0.000 | 0.100 | 0 | 5 | 0.062 | +0.010 | -0.010 |" in text
     assert "| normal | sppft vs full | ref 0 ft 1 | 0.000 | 0.100 | 0 | 4 | 0.12 | -0.030 | -0.030 |" in text
-    assert "| normal | sppft vs full | **pooled (2)** | | | 0 | 9 | **0.0039** | -0.010 (mean) | -0.020 (mean) |" in text
+    assert "| normal | sppft vs full | **ref 0 pooled (2)** | | | 0 | 9 | **0.0039** | -0.010 (mean) | -0.020 (mean) |" in text
+    assert "| normal | sppft vs full | ref 1 ft 0 | 0.200 | 0.000 | 7 | 0 | 0.016 | +0.000 | +0.000 |" in text
+    assert text.count("pooled") == 1  # one build's seeds pooled; a single pair of another build is not a pool
 
 
 def test_the_plan_localizes_each_reference_build_before_its_cells():
