@@ -227,6 +227,23 @@ def finished(item) -> bool:
     return p.is_file() and (STUDY / f"{item.id}.responses.jsonl.gz").is_file()
 
 
+def pace(todo: list) -> str:
+    """What the rest will take, at the median pace of the finished cells (medians: a run beside other work or a
+    resumed harden records its own seconds, not the cell's)."""
+    from statistics import median
+
+    done = [json.loads(p.read_text()) for p in sorted(STUDY.glob("*-ref*-ft*.json"))]
+    train = [r["train"]["seconds"] for r in done if r.get("train") and not r["train"].get("resumed_from")]
+    evals = [r["seconds"]["eval"] for r in done if r.get("seconds", {}).get("eval")]
+    cells, locs = [c for c in todo if isinstance(c, Cell)], sum(isinstance(c, Localization) for c in todo)
+    if not evals:
+        return f"to do: {len(cells)} cells and {locs} localizations (no finished cell to time them by)"
+    t, e = (median(train) if train else 0.0), median(evals)
+    hours = sum((e + (t if c.method != "none" else 0.0)) for c in cells) / 3600
+    return (f"to do: {len(cells)} cells, ~{hours:.1f} h at the finished cells' median pace (harden {t / 60:.1f} min, "
+            f"eval {e / 60:.1f} min), and {locs} localization{'s' * (locs != 1)} (each after its reference build)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--list", action="store_true", help="Show the grid and which cells are finished.")
@@ -241,6 +258,7 @@ def main() -> None:
         for c in items:
             print(f"{'done ' if finished(c) else 'to do'}  {c.id}")
         print(f"{sum(map(finished, items))}/{len(items)} finished")
+        print(pace([c for c in items if not finished(c)]))
         return
     todo = [c for c in items if not finished(c)][: args.max_cells]
     print(f"{len(items) - len([c for c in items if not finished(c)])}/{len(items)} finished; running {len(todo)}", flush=True)

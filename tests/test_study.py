@@ -66,6 +66,18 @@ def test_pooled_comparison_sums_discordant_prompts_and_averages_utility(tmp_path
     assert text.count("pooled") == 1  # one build's seeds pooled; a single pair of another build is not a pool
 
 
+def test_the_list_says_what_the_rest_will_take_at_the_finished_cells_median_pace(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "STUDY", tmp_path)
+    assert "no finished cell to time them by" in study.pace(study.plan())
+    for cell, train, ev in ((study.Cell("normal", "full"), 500, 1400), (study.Cell("normal", "sppft"), 700, 1300),
+                            (study.Cell("implicit", "full"), 600, 5000)):  # the last ran beside other work
+        (tmp_path / f"{cell.id}.json").write_text(json.dumps({"train": {"seconds": train}, "seconds": {"eval": ev}}))
+    todo = [study.Cell("none", "none", ref_seed=1), study.Cell("normal", "full", ref_seed=1), study.Localization(1)]
+    # medians: harden 600 s, eval 1400 s; the reference cell is not fine-tuned: 1400 + 2000 s
+    assert study.pace(todo).startswith("to do: 2 cells, ~0.9 h at the finished cells' median pace (harden 10.0 min, "
+                                       "eval 23.3 min), and 1 localization (each")
+
+
 def test_the_plan_localizes_each_reference_build_before_its_cells():
     ids = [x.id for x in study.plan()]
     assert ids[0] == "localization-ref0" and len(ids) == len(study.grid()) + 3
