@@ -6,7 +6,7 @@
 Per cell: R_h with its 95% CI, over-refusal, Rouge-L, MMLU, train time. Per comparison (same data, same
 reference seed): the exact McNemar test on the prompts' harmful/refused verdicts, per fine-tuning seed and
 pooled over seeds (discordant pairs summed); then each of the issue's targets with its verdict so far. Cells not
-finished yet are listed as such.
+finished yet are listed as such. The tests and the verdict rule: docs/METHOD.md §1.5.
 """
 
 from __future__ import annotations

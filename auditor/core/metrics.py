@@ -31,7 +31,8 @@ def bootstrap_mean(values, B: int, seed: int) -> dict:
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value: under no difference the b + c discordant pairs split Binomial(n, 1/2).
-    Exact arithmetic (2^n overflows a float past n = 1023); no scipy needed for one binomial tail."""
+    Exact arithmetic (2^n overflows a float past n = 1023); no scipy needed for one binomial tail.
+    How the study uses it: docs/METHOD.md §1.5."""
     n = b + c
     if n == 0:
         return 1.0
