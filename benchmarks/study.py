@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import median
 
 # The same kernels on every machine of this kind: torch's AVX-512 softmax rounds differently from its AVX2 one, so
 # a reference build (and every cell) on an AVX-512 machine would not be the one an AVX2 machine builds. AVX2 is
@@ -230,8 +231,6 @@ def finished(item) -> bool:
 def pace(todo: list) -> str:
     """What the rest will take, at the median pace of the finished cells (medians: a run beside other work or a
     resumed harden records its own seconds, not the cell's)."""
-    from statistics import median
-
     done = [json.loads(p.read_text()) for p in sorted(STUDY.glob("*-ref*-ft*.json"))]
     train = [r["train"]["seconds"] for r in done if r.get("train") and not r["train"].get("resumed_from")]
     evals = [r["seconds"]["eval"] for r in done if r.get("seconds", {}).get("eval")]
@@ -254,14 +253,15 @@ def main() -> None:
     items = [c for c in plan() if args.only is None or c.id in args.only]
     if args.only and len(items) != len(args.only):
         raise SystemExit(f"unknown id among {args.only}; see --list")
+    left = [c for c in items if not finished(c)]
     if args.list:
         for c in items:
-            print(f"{'done ' if finished(c) else 'to do'}  {c.id}")
-        print(f"{sum(map(finished, items))}/{len(items)} finished")
-        print(pace([c for c in items if not finished(c)]))
+            print(f"{'to do' if c in left else 'done '}  {c.id}")
+        print(f"{len(items) - len(left)}/{len(items)} finished")
+        print(pace(left))
         return
-    todo = [c for c in items if not finished(c)][: args.max_cells]
-    print(f"{len(items) - len([c for c in items if not finished(c)])}/{len(items)} finished; running {len(todo)}", flush=True)
+    todo = left[: args.max_cells]
+    print(f"{len(items) - len(left)}/{len(items)} finished; running {len(todo)}", flush=True)
     for c in todo:
         print(f"== {c.id}", flush=True)
         if isinstance(c, Localization):
