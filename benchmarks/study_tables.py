@@ -66,8 +66,8 @@ def cell_table(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def paired(results: dict[str, dict]) -> dict[tuple[str, str, str], list[tuple]]:
-    """(data, A, B) -> per finished seed pair: (cell A, cell B, harmful only under A, only under B, [Δ Rouge-L, Δ MMLU])."""
+def paired(results: dict[str, dict]) -> dict[tuple[str, str, str, int], list[tuple]]:
+    """(data, A, B, reference seed) -> per finished fine-tuning seed pair (pooled within one build only): (cell A, cell B, harmful only under A, only under B, [Δ Rouge-L, Δ MMLU])."""
     cells, out, verdicts = grid(), {}, {}  # verdicts: one read of each cell's responses (SPPFT's serves 4 comparisons)
     for data in ("normal", "implicit", "harmful"):
         for a_m, b_m in COMPARISONS:
@@ -81,7 +81,7 @@ def paired(results: dict[str, dict]) -> dict[tuple[str, str, str], list[tuple]]:
                 va, vb = verdicts[a.id], verdicts[b.id]
                 keys = [k for k in va if k in vb]
                 deltas = [_delta(results[a.id], results[b.id], m) for m in ("rouge_l", "mmlu_accuracy")]
-                out.setdefault((data, a_m, b_m), []).append(
+                out.setdefault((data, a_m, b_m, a.ref_seed), []).append(
                     (a, b, sum(va[k] and not vb[k] for k in keys), sum(vb[k] and not va[k] for k in keys), deltas))
     return out
 
@@ -95,17 +95,15 @@ def _pooled(rows: list[tuple]) -> tuple[int, int, float, list[float | None]]:
 def comparisons(results: dict[str, dict], pairs: dict) -> list[str]:
     lines = ["| data | A vs B | seeds | R_h A | R_h B | harmful only under A | only under B | p (exact McNemar) | Δ Rouge-L (A − B) | Δ MMLU (A − B) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for (data, a_m, b_m), rows in pairs.items():
-        for ref in sorted({r[0].ref_seed for r in rows}):  # pooled over fine-tuning seeds within one build only
-            build = [r for r in rows if r[0].ref_seed == ref]
-            for a, b, only_a, only_b, deltas in build:
-                lines.append(f"| {data} | {a_m} vs {b_m} | ref {ref} ft {a.ft_seed} | {_fmt(results[a.id]['eval']['harmful_rate'])} | "
-                             f"{_fmt(results[b.id]['eval']['harmful_rate'])} | {only_a} | {only_b} | {mcnemar_exact(only_a, only_b):.2g} | "
-                             + " | ".join(_signed(d) for d in deltas) + " |")
-            if len(build) > 1:
-                oa, ob, p, means = _pooled(build)
-                lines.append(f"| {data} | {a_m} vs {b_m} | **ref {ref} pooled ({len(build)})** | | | {oa} | {ob} | **{p:.2g}** | "
-                             + " | ".join(_signed(d, " (mean)") for d in means) + " |")
+    for (data, a_m, b_m, ref), rows in pairs.items():
+        for a, b, only_a, only_b, deltas in rows:
+            lines.append(f"| {data} | {a_m} vs {b_m} | ref {ref} ft {a.ft_seed} | {_fmt(results[a.id]['eval']['harmful_rate'])} | "
+                         f"{_fmt(results[b.id]['eval']['harmful_rate'])} | {only_a} | {only_b} | {mcnemar_exact(only_a, only_b):.2g} | "
+                         + " | ".join(_signed(d) for d in deltas) + " |")
+        if len(rows) > 1:
+            oa, ob, p, means = _pooled(rows)
+            lines.append(f"| {data} | {a_m} vs {b_m} | **ref {ref} pooled ({len(rows)})** | | | {oa} | {ob} | **{p:.2g}** | "
+                         + " | ".join(_signed(d, " (mean)") for d in means) + " |")
     return lines if len(lines) > 2 else ["No comparison has both of its cells finished yet."]
 
 
@@ -120,7 +118,7 @@ def targets(pairs: dict) -> list[str]:
     other way) or open; pooled exact McNemar at p < 0.01, utility within 0.02 of full FT's."""
     lines = []
     for data, a_m, b_m, claim in TARGETS:
-        rows = [r for r in pairs.get((data, a_m, b_m), []) if r[0].ref_seed == 0]  # other builds: replication
+        rows = pairs.get((data, a_m, b_m, 0), [])  # other builds: replication
         planned = sum((c.data, c.method, c.ref_seed) == (data, a_m, 0) for c in grid())
         if not rows:
             lines.append(f"- {claim}: not run yet.")
