@@ -4,7 +4,7 @@ A declared grid of cells; each cell = (reference seed, fine-tuning seed, method,
 `harden` the reference model -> `eval` it (chat template, keyword classifier: R_h on AdvBench-eval 260 ×
 128 tokens, XSTest-safe and D_o over-refusal, Rouge-L on alpaca-eval, MMLU) with every response saved.
 A finished cell is a small JSON under benchmarks/results/study/ (its responses gzipped beside it, for the
-paired tests); a re-run skips finished cells, so the grid runs in pieces over days, in priority order.
+paired tests); a re-run skips finished cells, so the grid runs in pieces over days, in `plan`'s order.
 `benchmarks/study_tables.py` turns the files into the README's tables (no hand-copied numbers).
 
     python benchmarks/study.py                # run every unfinished cell, in order (hours each on 2 cores)
@@ -95,14 +95,22 @@ class Localization:
 
 
 def plan() -> list:
-    """Everything the study runs, in order: each reference build's localization before its cells."""
+    """Everything the study runs, in run order: each reference build's localization before its first cell, and the
+    third fine-tuning seed last. Seeds 0 and 1 already decided both pooled SPPFT tests (p <= 5e-7, one each way), so
+    a third seed can confirm them but hardly turn them; the baselines, the harmful data and the other reference
+    builds have no evidence at all until they run."""
     cells = grid()
-    return [Localization(0)] + [c for c in cells if c.ref_seed == 0] + [
-        x for ref in (1, 2) for x in [Localization(ref)] + [c for c in cells if c.ref_seed == ref]]
+    order, out = [c for c in cells if c.ft_seed < 2] + [c for c in cells if c.ft_seed == 2], []
+    for cell in order:
+        if not any(isinstance(x, Localization) and x.ref_seed == cell.ref_seed for x in out):
+            out.append(Localization(cell.ref_seed))
+        out.append(cell)
+    return out
 
 
 def grid() -> list[Cell]:
-    """In priority order: the seed-0 comparison first, then more seeds, then baselines, then replication."""
+    """The declared grid, in reading order (the README's table): the seed-0 comparison, more seeds, the baselines,
+    the harmful data, replication on reference builds 1 and 2. `plan` gives the run order."""
     cells = [Cell("none", "none")]
     for seed in (0, 1, 2):
         for data in ("normal", "implicit"):

@@ -82,6 +82,10 @@ def test_the_plan_localizes_each_reference_build_before_its_cells():
     ids = [x.id for x in study.plan()]
     assert ids[0] == "localization-ref0" and len(ids) == len(study.grid()) + 3
     assert ids.index("localization-ref1") < ids.index("none-none-ref1-ft0") < ids.index("localization-ref2")
+    assert sorted(ids[1:]) == sorted([c.id for c in study.grid()] + ["localization-ref1", "localization-ref2"])
+    # the third fine-tuning seed runs last: after the baselines and the replication on builds 1 and 2
+    assert ids.index("normal-sppft-5-12-ref2-ft0") < ids.index("normal-full-ref0-ft2") < ids.index("implicit-sppft-5-12-ref0-ft2")
+    assert ids.index("normal-lisa-ref0-ft0") < ids.index("localization-ref1")
     scan, locate = study.Localization(1).commands("/m")
     assert "--contrast" in scan and "--starts" in locate and str(study.STUDY / "localization-ref1.locate.json") in locate
 
