@@ -77,21 +77,31 @@ class Localization:
     `locate --survey` with the stability analysis (4 starts × 4 samples of the full D_o, opening classifier)."""
 
     ref_seed: int = 0
-    starts: str = "11-12,19-20,25-26"  # the hand-picked start of the README, the scan's initial range, a late block
     resamples: int = 3
+    fixed_starts: tuple[str, ...] = ("11-12", "25-26")  # the hand-picked start of the README, a late block
 
     @property
     def id(self) -> str:
         return f"localization-ref{self.ref_seed}"
 
-    def commands(self, model: str) -> list[list[str]]:
+    def starts(self, scan: dict) -> str:
+        """The fixed starts and this build's own scan's initial range (its last two layers), so each build is searched
+        from where its own scan points: seed 0's scan ended at 20, hence its recorded 11-12, 19-20, 25-26."""
+        found = (scan.get("initial_range") or [None, None])[1]
+        own = [f"{max(found - 1, 0)}-{found}"] if found is not None else []
+        return ",".join(sorted(set(self.fixed_starts[:1]) | set(own) | set(self.fixed_starts[1:]),
+                               key=lambda s: int(s.split("-")[0])))
+
+    def scan_command(self, model: str) -> list[str]:
         out = STUDY / self.id
-        scan = ["scan", model, "--backend", "torch", "--dtype", "float32", "--template", "chat", "--contrast", "bundled",
+        return ["scan", model, "--backend", "torch", "--dtype", "float32", "--template", "chat", "--contrast", "bundled",
                 "--json", f"{out}.scan.json", "--plot", f"{out}.scan.png", "--force", "-q"]
-        locate = ["locate", model, "--backend", "torch", "--dtype", "float32", "--template", "chat", "--survey", "--classifier", "opening",
-                  "--limit", "0", "--starts", self.starts, "--resamples", str(self.resamples),
-                  "--json", f"{out}.locate.json", "--plot", f"{out}.locate.png", "--force", "-q"]
-        return [scan, locate]
+
+    def locate_command(self, model: str, scan: dict) -> list[str]:
+        out = STUDY / self.id
+        return ["locate", model, "--backend", "torch", "--dtype", "float32", "--template", "chat", "--survey",
+                "--classifier", "opening", "--limit", "0", "--starts", self.starts(scan), "--resamples", str(self.resamples),
+                "--json", f"{out}.locate.json", "--plot", f"{out}.locate.png", "--force", "-q"]
 
 
 def plan() -> list:
@@ -218,15 +228,18 @@ def _check_packages(seed: int) -> None:
 
 
 def run_localization(loc: Localization) -> None:
+    """The scan, then the search from the starts it points to; a finished half is kept."""
     import subprocess
 
     ref_dir = _reference(loc.ref_seed)
     model = "reference" if loc.ref_seed == 0 else str(ref_dir)  # 'reference' is seed 0 (its GGUF twin for the contrast)
     STUDY.mkdir(parents=True, exist_ok=True)
-    for args in loc.commands(model):
-        if Path(args[args.index("--json") + 1]).is_file():  # one of the two done already: keep it
-            continue
-        subprocess.run([sys.executable, "-m", "auditor.cli", *args], check=True)
+    scan = STUDY / f"{loc.id}.scan.json"
+    if not scan.is_file():
+        subprocess.run([sys.executable, "-m", "auditor.cli", *loc.scan_command(model)], check=True)
+    if not (STUDY / f"{loc.id}.locate.json").is_file():
+        subprocess.run([sys.executable, "-m", "auditor.cli", *loc.locate_command(model, json.loads(scan.read_text()))],
+                       check=True)
 
 
 def finished(item) -> bool:

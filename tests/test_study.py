@@ -86,8 +86,15 @@ def test_the_plan_localizes_each_reference_build_before_its_cells():
     # the third fine-tuning seed runs last: after the baselines and the replication on builds 1 and 2
     assert ids.index("normal-sppft-5-12-ref2-ft0") < ids.index("normal-full-ref0-ft2") < ids.index("implicit-sppft-5-12-ref0-ft2")
     assert ids.index("normal-lisa-ref0-ft0") < ids.index("localization-ref1")
-    scan, locate = study.Localization(1).commands("/m")
-    assert "--contrast" in scan and "--starts" in locate and str(study.STUDY / "localization-ref1.locate.json") in locate
+    loc = study.Localization(1)
+    locate = loc.locate_command("/m", {"initial_range": [14, 16]})
+    assert "--contrast" in loc.scan_command("/m") and str(study.STUDY / "localization-ref1.locate.json") in locate
+    assert locate[locate.index("--starts") + 1] == "11-12,15-16,25-26"  # from where this build's own scan points
+    assert loc.starts({"initial_range": None}) == "11-12,25-26" and loc.starts({"initial_range": [0, 1]}) == "0-1,11-12,25-26"
+    # the rule gives seed 0's recorded search exactly its starts
+    recorded = json.loads((study.STUDY / "localization-ref0.locate.json").read_text())
+    scan0 = json.loads((study.STUDY / "localization-ref0.scan.json").read_text())
+    assert study.Localization(0).starts(scan0) == ",".join(x["label"] for x in recorded["stability"]["starts"][1:])
 
 
 def test_the_localization_table_comes_from_the_files(tmp_path, monkeypatch):
