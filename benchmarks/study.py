@@ -63,12 +63,24 @@ class Cell:
 
     @property
     def layers(self) -> tuple[int, int] | None:
-        return {"sppft": SPPFT_RANGE, "freeze-block": FREEZE_BLOCK, "nfft": SPPFT_RANGE}.get(self.method)
+        if self.method in ("sppft", "nfft"):
+            return located_range(self.ref_seed)
+        return FREEZE_BLOCK if self.method == "freeze-block" else None
 
     @property
     def id(self) -> str:
-        rng = f"-{self.layers[0]}-{self.layers[1]}" if self.layers else ""
+        rng = f"-{self.layers[0]}-{self.layers[1]}" if self.layers else "-located" if self.method in ("sppft", "nfft") else ""
         return f"{self.data}-{self.method}{rng}-ref{self.ref_seed}-ft{self.ft_seed}"
+
+
+def located_range(ref_seed: int) -> tuple[int, int] | None:
+    """SPPFT's frozen range on a reference build. Seed 0's is fixed above (SPPFT_RANGE); another build's is what its
+    own localization recommends, as a user would run `locate` and then `harden` (None until that has run): the
+    replication tests the method on each build, not seed 0's layers on another model."""
+    if ref_seed == 0:
+        return SPPFT_RANGE
+    loc = STUDY / f"{Localization(ref_seed).id}.locate.json"
+    return tuple(json.loads(loc.read_text())["stability"]["recommended"]["range"]) if loc.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,8 @@ def _eval(model: Path) -> tuple[dict, list[dict]]:
 def run_cell(cell: Cell, keep: bool = False) -> dict:
     from auditor.io.cache import cache_dir
 
+    if cell.method in ("sppft", "nfft") and cell.layers is None:
+        raise SystemExit(f"{cell.id}: reference seed {cell.ref_seed} is not localized yet (run localization-ref{cell.ref_seed})")
     ref_dir = _reference(cell.ref_seed)
     work = cache_dir() / "study" / cell.id
     t0 = time.perf_counter()

@@ -78,14 +78,18 @@ def test_the_list_says_what_the_rest_will_take_at_the_finished_cells_median_pace
                                        "eval 23.3 min), and 1 localization (each")
 
 
-def test_the_plan_localizes_each_reference_build_before_its_cells():
+def test_the_plan_localizes_each_reference_build_before_its_cells(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "STUDY", tmp_path)  # builds 1 and 2 not localized yet
     ids = [x.id for x in study.plan()]
     assert ids[0] == "localization-ref0" and len(ids) == len(study.grid()) + 3
     assert ids.index("localization-ref1") < ids.index("none-none-ref1-ft0") < ids.index("localization-ref2")
     assert sorted(ids[1:]) == sorted([c.id for c in study.grid()] + ["localization-ref1", "localization-ref2"])
     # the third fine-tuning seed runs last: after the baselines and the replication on builds 1 and 2
-    assert ids.index("normal-sppft-5-12-ref2-ft0") < ids.index("normal-full-ref0-ft2") < ids.index("implicit-sppft-5-12-ref0-ft2")
+    assert ids.index("normal-sppft-located-ref2-ft0") < ids.index("normal-full-ref0-ft2") < ids.index("implicit-sppft-5-12-ref0-ft2")
     assert ids.index("normal-lisa-ref0-ft0") < ids.index("localization-ref1")
+
+
+def test_another_build_is_searched_from_its_own_scan_and_fine_tuned_on_its_own_range(tmp_path, monkeypatch):
     loc = study.Localization(1)
     locate = loc.locate_command("/m", {"initial_range": [14, 16]})
     assert "--contrast" in loc.scan_command("/m") and str(study.STUDY / "localization-ref1.locate.json") in locate
@@ -95,6 +99,13 @@ def test_the_plan_localizes_each_reference_build_before_its_cells():
     recorded = json.loads((study.STUDY / "localization-ref0.locate.json").read_text())
     scan0 = json.loads((study.STUDY / "localization-ref0.scan.json").read_text())
     assert study.Localization(0).starts(scan0) == ",".join(x["label"] for x in recorded["stability"]["starts"][1:])
+    monkeypatch.setattr(study, "STUDY", tmp_path)
+    cell = study.Cell("normal", "sppft", ref_seed=1)
+    with pytest.raises(SystemExit, match="not localized yet"):  # before anything is built or trained
+        study.run_cell(cell)
+    (tmp_path / "localization-ref1.locate.json").write_text(json.dumps({"stability": {"recommended": {"range": [7, 14]}}}))
+    assert cell.layers == (7, 14) and cell.id == "normal-sppft-7-14-ref1-ft0"
+    assert study.Cell("normal", "sppft").layers == study.SPPFT_RANGE and study.Cell("normal", "lisa", 1).layers is None
 
 
 def test_the_localization_table_comes_from_the_files(tmp_path, monkeypatch):
