@@ -72,6 +72,21 @@ def test_every_method_trains(tmp_path, tiny_model_dir, method, extra):
                 assert torch.equal(after[n], before[n]), n
 
 
+def test_lisa_spends_one_step_in_ten_on_alignment_data_by_default(tmp_path, tiny_model_dir, monkeypatch):
+    from auditor.training.methods.lisa import lisa_phase, lisa_trainer_class
+
+    assert [lisa_phase(s, 1, 9) for s in range(20)].count("align") == 2 and lisa_phase(10, 1, 9) == "align"
+    assert [lisa_phase(s, 2, 3) for s in range(5)] == ["align", "align", "task", "task", "task"]
+    trainer, drawn = lisa_trainer_class(), []
+    real = trainer._align_batch
+    monkeypatch.setattr(trainer, "_align_batch", lambda self: drawn.append(self.state.global_step) or real(self))
+    rep, _ = run(tmp_path, tiny_model_dir, "lisa", method="lisa", max_steps=12)
+    assert drawn == [0, 10] and rep["hyperparameters"]["lisa_rho"] == 1.0  # the paper's 100 of 1,000, ρ = 1
+    drawn.clear()
+    run(tmp_path, tiny_model_dir, "even", method="lisa", max_steps=4, lisa_align_steps=2, lisa_task_steps=2)
+    assert drawn == [0, 1]
+
+
 class KillAt(TrainerCallback):
     def __init__(self, step):
         self.step = step

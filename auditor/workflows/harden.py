@@ -62,8 +62,9 @@ class HardenConfig:
     cutoff: int = setting(256, "Cut each row at N tokens.")
     seed: int = setting(0, "Seed of data order, initialisation and attack sets.")
     save_steps: int = setting(50, "Checkpoint every N steps (for --resume).")
-    lisa_period: int = setting(4, "lisa: steps per phase (alignment, task, alignment, ...).")
-    lisa_rho: float = setting(0.1, "lisa: proximal weight.")
+    lisa_align_steps: int = setting(1, "lisa: alignment steps per cycle (the paper: 100 of every 1,000).")
+    lisa_task_steps: int = setting(9, "lisa: task steps per cycle (the paper: 900 of every 1,000).")
+    lisa_rho: float = setting(1.0, "lisa: proximal weight ρ (the paper: 1).")
     gguf: str | None = setting(None, "Also write DIR/model.<type>.gguf with the input GGUF's metadata and tensor names.")
     group_by_length: bool = setting(False, "Batches of similar length (less padding; the reference build uses it).")
     optim: str = setting("adamw_torch_fused", "Optimizer; adamw_torch (foreach) differs in the last bits.")
@@ -188,7 +189,8 @@ def _run(cfg: HardenConfig, out: Path, reporter, callbacks, rows) -> dict:
     model, tok = load_causal_lm(ref)
     n_layers = len(decoder_layers(model))
     ctx = MethodContext(model, tok, SFTData(rows, tok, cfg.template, cfg.cutoff), layer_range(cfg, n_layers), n_layers,
-                        cfg.template, cfg.cutoff, {"lisa_period": cfg.lisa_period, "lisa_rho": cfg.lisa_rho}, reporter.status)
+                        cfg.template, cfg.cutoff, {"lisa_align_steps": cfg.lisa_align_steps, "lisa_task_steps": cfg.lisa_task_steps,
+                         "lisa_rho": cfg.lisa_rho}, reporter.status)
     if len(ctx.data) == 0:
         raise AuditError("no training rows left (empty data, or every answer cut off by --cutoff)")
     torch.manual_seed(cfg.seed)

@@ -19,7 +19,7 @@ class MethodContext:
     n_layers: int
     template: str
     cutoff: int
-    options: dict = field(default_factory=dict)  # lisa_period, lisa_rho
+    options: dict = field(default_factory=dict)  # lisa_align_steps, lisa_task_steps, lisa_rho
     status: Any = None  # callable(str) for progress messages
 
     @property

@@ -1,6 +1,10 @@
 """Lisa (Huang et al. 2024, "Lazy safety alignment"): bi-state optimisation that alternates alignment-data
 steps and task-data steps, each phase pulled towards where the previous phase ended by a proximal term
-ρ/2·‖θ − θ_anchor‖², so task steps cannot drift far from the aligned state."""
+ρ/2·‖θ − θ_anchor‖², so task steps cannot drift far from the aligned state.
+
+The split is asymmetric, as in the paper's recipe (100 alignment steps to 900 fine-tuning steps, ρ = 1): the
+alignment state is the cheap one. An even split spends half the run on refusals; on the reference model it
+came out refusing 99% of D_o (benchmarks/results/study/earlier-lisa-even-split/)."""
 
 from __future__ import annotations
 
@@ -12,15 +16,21 @@ from ..data import SFTData, alignment_rows
 from .base import Method, MethodContext
 
 
+def lisa_phase(step: int, align_steps: int, task_steps: int) -> str:
+    """Which state optimizer step `step` (from 0) is in: each cycle opens with its alignment steps."""
+    return "align" if step % (align_steps + task_steps) < align_steps else "task"
+
+
 @functools.cache
 def lisa_trainer_class() -> type:
     """LisaTrainer, built on first use (transformers' Trainer costs ~3 s to import)."""
     from transformers import Trainer
 
     class LisaTrainer(Trainer):
-        def __init__(self, *args, align_dataset=None, period: int = 4, rho: float = 0.1, **kwargs):
+        def __init__(self, *args, align_dataset=None, align_steps: int = 1, task_steps: int = 9, rho: float = 1.0,
+                     **kwargs):
             super().__init__(*args, **kwargs)
-            self.align_dataset, self.period, self.rho = align_dataset, period, rho
+            self.align_dataset, self.align_steps, self.task_steps, self.rho = align_dataset, align_steps, task_steps, rho
             self._align_iter = None
             self._anchor: list[torch.Tensor] | None = None
             self._phase = None
@@ -40,7 +50,7 @@ def lisa_trainer_class() -> type:
                                                shuffle=True, generator=g, collate_fn=self.data_collator)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            phase = "align" if (self.state.global_step // self.period) % 2 == 0 else "task"
+            phase = lisa_phase(self.state.global_step, self.align_steps, self.task_steps)
             if phase != self._phase:  # a phase switch: anchor at the current weights
                 self._phase = phase
                 self._anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]
@@ -66,5 +76,6 @@ class Lisa(Method):
 
     def trainer(self, ctx: MethodContext) -> tuple[type, dict]:
         align = SFTData(alignment_rows(), ctx.tokenizer, ctx.template, ctx.cutoff)
-        options = {"period": ctx.options.get("lisa_period", 4), "rho": ctx.options.get("lisa_rho", 0.1)}
+        options = {"align_steps": ctx.options.get("lisa_align_steps", 1), "task_steps": ctx.options.get("lisa_task_steps", 9),
+                   "rho": ctx.options.get("lisa_rho", 1.0)}
         return lisa_trainer_class(), {"align_dataset": align, **options}
