@@ -51,6 +51,8 @@ def cell_table(results: dict[str, dict]) -> list[str]:
     for cell in grid():
         r = results.get(cell.id)
         frozen = f" [{cell.layers[0]}, {cell.layers[1]}]" if cell.layers else " (this build's located range)" if cell.method == "sppft" else ""
+        if cell.method == "nfft" and cell.layers:  # NFFT freezes as many parameters as SPPFT would, as neurons anywhere
+            frozen = f" (neurons, as many as [{cell.layers[0]}, {cell.layers[1]}])"
         head = f"| {cell.data} | {cell.method}{frozen} | {cell.ref_seed} | {cell.ft_seed} |"
         if r is None:
             lines.append(head + " not run yet | | | | | | |")
