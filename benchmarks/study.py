@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import platform
@@ -101,8 +102,7 @@ class Localization:
         from where its own scan points: seed 0's scan ended at 20, hence its recorded 11-12, 19-20, 25-26."""
         found = (scan.get("initial_range") or [None, None])[1]
         own = [f"{max(found - 1, 0)}-{found}"] if found is not None else []
-        return ",".join(sorted(set(self.fixed_starts[:1]) | set(own) | set(self.fixed_starts[1:]),
-                               key=lambda s: int(s.split("-")[0])))
+        return ",".join(sorted({*self.fixed_starts, *own}, key=lambda s: int(s.split("-")[0])))
 
     def scan_command(self, model: str) -> list[str]:
         out = STUDY / self.id
@@ -180,6 +180,7 @@ def run_cell(cell: Cell, keep: bool = False) -> dict:
         h = json.loads((model / "safety_audit.json").read_text())
         train = {k: h.get(k) for k in ("seconds", "steps", "train_loss", "frozen_fraction", "frozen", "hyperparameters",
                                           "resumed_from")}
+        train["frozen"] = frozen_summary(train["frozen"])
     t1 = time.perf_counter()
     ev, responses = _eval(model)
     result = {"cell": asdict(cell), "id": cell.id, "layers": list(cell.layers) if cell.layers else None,
@@ -197,6 +198,16 @@ def run_cell(cell: Cell, keep: bool = False) -> dict:
     if not keep and cell.method != "none":
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def frozen_summary(frozen: dict | None) -> dict | None:
+    """What a cell froze, small enough to commit: NFFT's frozen neurons (every row index of every map, ~600 KB of
+    JSON) become a row count per map and the SHA-256 of the full lists; whole-parameter lists stay as they are."""
+    if not frozen or "rows" not in frozen:
+        return frozen
+    rows = frozen["rows"]
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    return {**frozen, "rows": {name: len(r) for name, r in rows.items()}, "rows_sha256": digest}
 
 
 def _reference(seed: int) -> Path:

@@ -23,6 +23,15 @@ def test_cell_ids_are_unique_and_name_the_frozen_range():
     assert f"normal-sppft-{study.SPPFT_RANGE[0]}-{study.SPPFT_RANGE[1]}-ref0-ft0" in ids and "none-none-ref0-ft0" in ids
 
 
+def test_a_cell_records_nfft_s_frozen_neurons_as_counts_and_a_digest():
+    rows = {"model.layers.3.mlp.up_proj.weight": [0, 5, 9], "model.layers.7.self_attn.q_proj.weight": [2]}
+    small = study.frozen_summary({"rows": rows, "frozen_parameters": 1152})
+    assert small["rows"] == {"model.layers.3.mlp.up_proj.weight": 3, "model.layers.7.self_attn.q_proj.weight": 1}
+    assert small["frozen_parameters"] == 1152 and len(small["rows_sha256"]) == 64
+    assert study.frozen_summary({"rows": {**rows, "model.layers.3.mlp.up_proj.weight": [0, 5, 8]}})["rows_sha256"] != small["rows_sha256"]
+    assert study.frozen_summary({"parameters": ["a", "b"]}) == {"parameters": ["a", "b"]} and study.frozen_summary(None) is None
+
+
 def _plant(folder: Path, cell: study.Cell, harmful: list[bool], rate: float, rouge: float = 0.3, mmlu=None) -> None:
     folder.mkdir(exist_ok=True)
     ev = {"harmful_rate": {"value": rate, "ci95": [rate - 0.01, rate + 0.01], "n": len(harmful)},
