@@ -52,6 +52,7 @@ PINNED = ("torch", "transformers", "peft")  # what a build records and the study
 # range refuses 367. (An earlier build of seed 0 recommended [6, 13]: results/study/earlier-build-4846cc2a/.)
 SPPFT_RANGE = (5, 12)
 FREEZE_BLOCK = (21, 28)
+LOCATED = ("sppft", "nfft")  # methods whose range is the build's located one (NFFT: as many parameters, as neurons)
 ROWS, EPOCHS, LR = 400, 1.0, 1e-4
 
 
@@ -64,13 +65,14 @@ class Cell:
 
     @property
     def layers(self) -> tuple[int, int] | None:
-        if self.method in ("sppft", "nfft"):
+        if self.method in LOCATED:
             return located_range(self.ref_seed)
         return FREEZE_BLOCK if self.method == "freeze-block" else None
 
     @property
     def id(self) -> str:
-        rng = f"-{self.layers[0]}-{self.layers[1]}" if self.layers else "-located" if self.method in ("sppft", "nfft") else ""
+        layers = self.layers
+        rng = f"-{layers[0]}-{layers[1]}" if layers else "-located" if self.method in LOCATED else ""
         return f"{self.data}-{self.method}{rng}-ref{self.ref_seed}-ft{self.ft_seed}"
 
 
@@ -80,7 +82,7 @@ def located_range(ref_seed: int) -> tuple[int, int] | None:
     replication tests the method on each build, not seed 0's layers on another model."""
     if ref_seed == 0:
         return SPPFT_RANGE
-    loc = STUDY / f"{Localization(ref_seed).id}.locate.json"
+    loc = Localization(ref_seed).locate_json
     return tuple(json.loads(loc.read_text())["stability"]["recommended"]["range"]) if loc.is_file() else None
 
 
@@ -97,6 +99,14 @@ class Localization:
     def id(self) -> str:
         return f"localization-ref{self.ref_seed}"
 
+    @property
+    def scan_json(self) -> Path:
+        return STUDY / f"{self.id}.scan.json"
+
+    @property
+    def locate_json(self) -> Path:
+        return STUDY / f"{self.id}.locate.json"
+
     def starts(self, scan: dict) -> str:
         """The fixed starts and this build's own scan's initial range (its last two layers), so each build is searched
         from where its own scan points: seed 0's scan ended at 20, hence its recorded 11-12, 19-20, 25-26."""
@@ -105,15 +115,13 @@ class Localization:
         return ",".join(sorted({*self.fixed_starts, *own}, key=lambda s: int(s.split("-")[0])))
 
     def scan_command(self, model: str) -> list[str]:
-        out = STUDY / self.id
         return ["scan", model, "--backend", "torch", "--dtype", "float32", "--template", "chat", "--contrast", "bundled",
-                "--json", f"{out}.scan.json", "--plot", f"{out}.scan.png", "--force", "-q"]
+                "--json", str(self.scan_json), "--plot", str(self.scan_json.with_suffix(".png")), "--force", "-q"]
 
     def locate_command(self, model: str, scan: dict) -> list[str]:
-        out = STUDY / self.id
         return ["locate", model, "--backend", "torch", "--dtype", "float32", "--template", "chat", "--survey",
                 "--classifier", "opening", "--limit", "0", "--starts", self.starts(scan), "--resamples", str(self.resamples),
-                "--json", f"{out}.locate.json", "--plot", f"{out}.locate.png", "--force", "-q"]
+                "--json", str(self.locate_json), "--plot", str(self.locate_json.with_suffix(".png")), "--force", "-q"]
 
 
 def plan() -> list:
@@ -166,7 +174,7 @@ def _eval(model: Path) -> tuple[dict, list[dict]]:
 def run_cell(cell: Cell, keep: bool = False) -> dict:
     from auditor.io.cache import cache_dir
 
-    if cell.method in ("sppft", "nfft") and cell.layers is None:
+    if cell.method in LOCATED and cell.layers is None:
         raise SystemExit(f"{cell.id}: reference seed {cell.ref_seed} is not localized yet (run localization-ref{cell.ref_seed})")
     ref_dir = _reference(cell.ref_seed)
     work = cache_dir() / "study" / cell.id
@@ -259,17 +267,16 @@ def run_localization(loc: Localization) -> None:
     ref_dir = _reference(loc.ref_seed)
     model = "reference" if loc.ref_seed == 0 else str(ref_dir)  # 'reference' is seed 0 (its GGUF twin for the contrast)
     STUDY.mkdir(parents=True, exist_ok=True)
-    scan = STUDY / f"{loc.id}.scan.json"
-    if not scan.is_file():
+    if not loc.scan_json.is_file():
         subprocess.run([sys.executable, "-m", "auditor.cli", *loc.scan_command(model)], check=True)
-    if not (STUDY / f"{loc.id}.locate.json").is_file():
-        subprocess.run([sys.executable, "-m", "auditor.cli", *loc.locate_command(model, json.loads(scan.read_text()))],
+    if not loc.locate_json.is_file():
+        subprocess.run([sys.executable, "-m", "auditor.cli", *loc.locate_command(model, json.loads(loc.scan_json.read_text()))],
                        check=True)
 
 
 def finished(item) -> bool:
     if isinstance(item, Localization):
-        return (STUDY / f"{item.id}.locate.json").is_file() and (STUDY / f"{item.id}.scan.json").is_file()
+        return item.locate_json.is_file() and item.scan_json.is_file()
     p = STUDY / f"{item.id}.json"
     return p.is_file() and (STUDY / f"{item.id}.responses.jsonl.gz").is_file()
 

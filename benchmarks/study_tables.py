@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from study import FREEZE_BLOCK, SPPFT_RANGE, STUDY, Localization, grid  # noqa: E402
+from study import FREEZE_BLOCK, LOCATED, SPPFT_RANGE, STUDY, Localization, grid  # noqa: E402
 
 from auditor.core.metrics import mcnemar_exact  # noqa: E402
 from auditor.core.refusal import make_classifier  # noqa: E402
@@ -45,14 +45,21 @@ def _fmt(m: dict | None, d: int = 3) -> str:
     return "–" if not m or m.get("value") is None else f"{m['value']:.{d}f}"
 
 
+def _frozen_label(cell) -> str:
+    layers = cell.layers
+    if cell.method == "nfft" and layers:  # NFFT freezes as many parameters as SPPFT would, as neurons anywhere
+        return f" (neurons, as many as [{layers[0]}, {layers[1]}])"
+    if layers:
+        return f" [{layers[0]}, {layers[1]}]"
+    return " (this build's located range)" if cell.method in LOCATED else ""
+
+
 def cell_table(results: dict[str, dict]) -> list[str]:
     lines = ["| data | method (frozen) | ref seed | ft seed | R_h | 95% CI | XSTest-safe | D_o | Rouge-L | MMLU | train |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell in grid():
         r = results.get(cell.id)
-        frozen = f" [{cell.layers[0]}, {cell.layers[1]}]" if cell.layers else " (this build's located range)" if cell.method == "sppft" else ""
-        if cell.method == "nfft" and cell.layers:  # NFFT freezes as many parameters as SPPFT would, as neurons anywhere
-            frozen = f" (neurons, as many as [{cell.layers[0]}, {cell.layers[1]}])"
+        frozen = _frozen_label(cell)
         head = f"| {cell.data} | {cell.method}{frozen} | {cell.ref_seed} | {cell.ft_seed} |"
         if r is None:
             lines.append(head + " not run yet | | | | | | |")
@@ -161,7 +168,7 @@ def localization(seeds=(0, 1, 2)) -> list[str]:
     ends = []
     for seed in seeds:
         loc = Localization(seed)
-        scan_p, loc_p = STUDY / f"{loc.id}.scan.json", STUDY / f"{loc.id}.locate.json"
+        scan_p, loc_p = loc.scan_json, loc.locate_json
         sc = json.loads(scan_p.read_text()) if scan_p.is_file() else None
         scan = f"{_span(sc.get('initial_range'))} | {_span(sc.get('differential_range'))}" if sc else "not run yet | not run yet"
         if not loc_p.is_file():
