@@ -27,8 +27,7 @@ def lisa_trainer_class() -> type:
     from transformers import Trainer
 
     class LisaTrainer(Trainer):
-        def __init__(self, *args, align_dataset=None, align_steps: int = 1, task_steps: int = 9, rho: float = 1.0,
-                     **kwargs):
+        def __init__(self, *args, align_dataset, align_steps: int, task_steps: int, rho: float, **kwargs):
             super().__init__(*args, **kwargs)
             self.align_dataset, self.align_steps, self.task_steps, self.rho = align_dataset, align_steps, task_steps, rho
             self._align_iter = None
@@ -76,6 +75,5 @@ class Lisa(Method):
 
     def trainer(self, ctx: MethodContext) -> tuple[type, dict]:
         align = SFTData(alignment_rows(), ctx.tokenizer, ctx.template, ctx.cutoff)
-        options = {"align_steps": ctx.options.get("lisa_align_steps", 1), "task_steps": ctx.options.get("lisa_task_steps", 9),
-                   "rho": ctx.options.get("lisa_rho", 1.0)}
+        options = {k: ctx.options[f"lisa_{k}"] for k in ("align_steps", "task_steps", "rho")}  # defaults: HardenConfig
         return lisa_trainer_class(), {"align_dataset": align, **options}
