@@ -269,9 +269,9 @@ def compare(reports, paired, classifier, as_json):
 @opt(HardenConfig, "cutoff", "--cutoff", type=int)
 @opt(HardenConfig, "seed", "--seed", type=int)
 @opt(HardenConfig, "save_steps", "--save-steps", type=int)
-@opt(HardenConfig, "lisa_align_steps", "--lisa-align-steps", type=click.IntRange(1))
-@opt(HardenConfig, "lisa_task_steps", "--lisa-task-steps", type=click.IntRange(1))
-@opt(HardenConfig, "lisa_rho", "--lisa-rho", type=click.FloatRange(0))
+@opt(HardenConfig, "lisa_align_steps", "--lisa-align-steps", type=int)
+@opt(HardenConfig, "lisa_task_steps", "--lisa-task-steps", type=int)
+@opt(HardenConfig, "lisa_rho", "--lisa-rho", type=float)
 @opt(HardenConfig, "resume", "--resume", is_flag=True)
 @opt(HardenConfig, "gguf", "--gguf", type=click.Choice(GGUF_TYPES))
 @threads_opt

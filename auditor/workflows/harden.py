@@ -100,7 +100,9 @@ def check_numbers(cfg: HardenConfig) -> None:
     if cfg.max_steps is not None and cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.cutoff < 2:
         raise AuditError("--max-steps and --batch-size must be >= 1, --cutoff >= 2")
     for name, value, least in (("--rows", cfg.n_rows, 1), ("--save-steps", cfg.save_steps, 1),
-                               ("--warmup-steps", cfg.warmup_steps, 0), ("--lora-r", cfg.lora_r, 1)):
+                               ("--warmup-steps", cfg.warmup_steps, 0), ("--lora-r", cfg.lora_r, 1),
+                               ("--lisa-align-steps", cfg.lisa_align_steps, 1), ("--lisa-task-steps", cfg.lisa_task_steps, 1),
+                               ("--lisa-rho", cfg.lisa_rho, 0)):
         if value is not None and value < least:
             raise AuditError(f"{name} must be >= {least} (got {value})")
 
