@@ -35,6 +35,9 @@ from statistics import median
 # what all of them have. Set before torch loads; the subprocesses (scan, locate) inherit it. For the same reason
 # every model runs in float32 (`--dtype auto` is bf16 on CPUs with native bf16 matmul).
 os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+# MKL (torch's fp32 GEMM) picks its kernels by CPU as well: AVX-512 ones on Intel CPUs that have it, AVX2 ones on the
+# AMD machines the builds came from; the two round differently (benchmarks/results/study/gemm_paths.json).
+os.environ.setdefault("MKL_ENABLE_INSTRUCTIONS", "AVX2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS  # noqa: E402

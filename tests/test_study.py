@@ -197,3 +197,23 @@ def test_each_target_gets_its_verdict_from_the_pooled_test(tmp_path, monkeypatch
     assert "(the paper's ablation): open: no significant difference so far (1 of 3 seeds" in lines[2]
     assert lines[3].endswith("on D_I: not run yet.")
 
+
+
+def test_replication_pairs_each_build_s_own_range_with_full_fine_tuning(tmp_path, monkeypatch):
+    """Per build: SPPFT on the range its own localization recommends against full FT on D_N; the common layers."""
+    monkeypatch.setattr(study, "STUDY", tmp_path)
+    monkeypatch.setattr(study_tables, "STUDY", tmp_path)
+    for ref in (1, 2):
+        rng = [7, 14] if ref == 1 else [9, 12]
+        study.Localization(ref).locate_json.write_text(json.dumps({"stability": {"recommended": {"range": rng}}}))
+    _plant(tmp_path, study.Cell("normal", "full", ref_seed=1), [i < 12 for i in range(40)], 0.3, 0.28, 0.25)
+    _plant(tmp_path, study.Cell("normal", "sppft", ref_seed=1), [False] * 40, 0.0, 0.27, 0.25)
+    _plant(tmp_path, study.Cell("normal", "full", ref_seed=2), [i < 2 for i in range(40)], 0.05)
+    _plant(tmp_path, study.Cell("normal", "sppft", ref_seed=2), [False] * 40, 0.0)
+    results = study_tables._load()
+    lines = study_tables.replication(results, study_tables.paired(results))
+    assert lines[0] == "- reference build 0, SPPFT [5, 12] against full fine-tuning on D_N: not run yet."
+    assert lines[1].startswith("- reference build 1, SPPFT [7, 14] against full fine-tuning on D_N: **holds** (R_h 0.000 vs 0.300;")
+    assert "only under sppft 0, only under full 12, p = 0.00049; Δ Rouge-L -0.010, Δ MMLU +0.000)" in lines[1]
+    assert lines[2].startswith("- reference build 2, SPPFT [9, 12] against full fine-tuning on D_N: open: no significant difference")
+    assert lines[3] == "- layers inside every build's recommended range (5–12, 7–14, 9–12): 9–12."
