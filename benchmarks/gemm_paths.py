@@ -1,11 +1,12 @@
-"""Does torch's fp32 GEMM give the same bits under MKL's kernel choices on this CPU? (why study.py pins them)
+"""Which MKL kernel choice gives which bits, per CPU: why a reference build does not carry over between vendors.
 
 A reference build is a training run: one differently rounded GEMM changes its weights, so the study's cells only
-pair when every machine picks the same kernels. MKL chooses by CPU (AVX-512 kernels on Intel CPUs that have it,
-AVX2 ones on AMD); this runs the same seeded forward and backward GEMMs (SmolLM2's shapes) in a fresh process
-under each MKL setting and compares the SHA-256 of the results.
+pair with a rebuild that picked the same kernels. torch's fp32 GEMM is MKL's, which chooses by CPU (AVX-512 kernels
+on Intel CPUs that have them, its Zen kernels on AMD). This runs the same seeded forward and backward GEMMs
+(SmolLM2's shapes) in a fresh process under each MKL setting and keeps the SHA-256 of the results per CPU in one
+file, so a run on another machine says whether any setting here gives the bits that machine's default gives.
 
-    python benchmarks/gemm_paths.py    # prints, writes benchmarks/results/study/gemm_paths.json
+    python benchmarks/gemm_paths.py    # prints, adds this CPU to benchmarks/results/study/gemm_paths.json
 
 Seconds, not a timing: safe beside other work.
 """
@@ -24,7 +25,8 @@ from _common import RESULTS  # noqa: E402
 from auditor.workflows.doctor import cpu_info  # noqa: E402
 
 SETTINGS = {"default": {}, "MKL_ENABLE_INSTRUCTIONS=AVX2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-            "MKL_ENABLE_INSTRUCTIONS=AVX512": {"MKL_ENABLE_INSTRUCTIONS": "AVX512"}, "MKL_CBWR=AVX2": {"MKL_CBWR": "AVX2"}}
+            "MKL_ENABLE_INSTRUCTIONS=AVX512": {"MKL_ENABLE_INSTRUCTIONS": "AVX512"}, "MKL_CBWR=AVX2": {"MKL_CBWR": "AVX2"},
+            "MKL_CBWR=COMPATIBLE": {"MKL_CBWR": "COMPATIBLE"}}
 SHAPES = [(37, 576, 576), (37, 576, 1536), (37, 1536, 576), (1536, 576, 1536), (5, 576, 49152)]  # tokens, in, out
 
 PROBE = f"""
@@ -48,17 +50,21 @@ def digest(extra: dict) -> str:
 def main() -> None:
     import torch
 
+    cpu = cpu_info()
     digests = {name: digest(extra) for name, extra in SETTINGS.items()}
-    out = {"benchmark": "gemm_paths", "cpu": cpu_info(), "torch": torch.__version__,
-           "mkl": torch.backends.mkl.is_available(), "shapes": SHAPES, "sha256": digests,
-           "default_is_avx2": digests["default"] == digests["MKL_ENABLE_INSTRUCTIONS=AVX2"]}
-    print(f"CPU {out['cpu']['model']} {' '.join(out['cpu']['flags'])}, torch {out['torch']}")
+    p = RESULTS / "study" / "gemm_paths.json"
+    known = json.loads(p.read_text()) if p.is_file() else {"benchmark": "gemm_paths", "shapes": SHAPES, "cpus": {}}
+    key = f"{cpu['model']} ({' '.join(cpu['flags'])})"
+    known["cpus"][key] = {"cpu": cpu, "torch": torch.__version__, "mkl": torch.backends.mkl.is_available(), "sha256": digests}
+    print(f"CPU {key}, torch {torch.__version__}")
     for name, d in digests.items():
         print(f"  {name:32s} {d[:16]}")
-    print("default kernels round as the AVX2 ones" if out["default_is_avx2"] else "default kernels round differently from AVX2's")
-    p = RESULTS / "study" / "gemm_paths.json"
+    for other, rec in known["cpus"].items():
+        if other != key:
+            same = [n for n, d in digests.items() if d == rec["sha256"]["default"]]
+            print(f"{other}'s default kernels: {'given here by ' + ', '.join(same) if same else 'no setting here gives its bits'}")
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(out, indent=2) + "\n")
+    p.write_text(json.dumps(known, indent=2) + "\n")
     print(f"wrote {p}")
 
 

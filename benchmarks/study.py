@@ -35,9 +35,6 @@ from statistics import median
 # what all of them have. Set before torch loads; the subprocesses (scan, locate) inherit it. For the same reason
 # every model runs in float32 (`--dtype auto` is bf16 on CPUs with native bf16 matmul).
 os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
-# MKL (torch's fp32 GEMM) picks its kernels by CPU as well: AVX-512 ones on Intel CPUs that have it, AVX2 ones on the
-# AMD machines the builds came from; the two round differently (benchmarks/results/study/gemm_paths.json).
-os.environ.setdefault("MKL_ENABLE_INSTRUCTIONS", "AVX2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS  # noqa: E402
@@ -230,6 +227,7 @@ def _reference(seed: int) -> Path:
     _check_packages(seed)
     ref_dir = reference_dir(seed)
     if not (ref_dir / "safety_audit.json").is_file():
+        _check_cpu(seed)
         print(f"   building reference seed {seed} (resumable)", flush=True)
         build_reference(ReferenceConfig(seed=seed))
     sha = resolve_model(str(ref_dir)).content_hash("torch")
@@ -241,14 +239,41 @@ def _reference(seed: int) -> Path:
         STUDY.mkdir(parents=True, exist_ok=True)
         REFERENCES.write_text(json.dumps(known, indent=2) + "\n")
     elif known[str(seed)]["sha256"] != sha:
+        tried = known[str(seed)].setdefault("not_reproduced", [])
+        if sha not in [t["sha256"] for t in tried]:  # the evidence _check_cpu cites, kept with the build it failed
+            tried.append({"sha256": sha, "versions": versions, "cpu": cpu_info(), "date": time.strftime("%Y-%m-%d")})
+            REFERENCES.write_text(json.dumps(known, indent=2) + "\n")
+        rec = known[str(seed)]
+        fix = ("install those versions and rebuild" if versions != rec["versions"] else
+               f"the packages are the same; it was built on an {rec.get('cpu', {}).get('model', '?')} CPU, this is an "
+               f"{cpu_info()['model']}: continue on a machine like that one")
         raise SystemExit(f"reference seed {seed} built here ({sha[:12]}, {versions}) is not the build the study's cells "
-                         f"came from ({known[str(seed)]['sha256'][:12]}, {known[str(seed)]['versions']}; {REFERENCES}): "
-                         "install those versions and rebuild, or move that seed's results aside to start it again")
+                         f"came from ({rec['sha256'][:12]}, {rec['versions']}; {REFERENCES}): "
+                         f"{fix}, or move that seed's results aside to start it again")
     return ref_dir
 
 
 def _recorded_builds() -> dict:
     return json.loads(REFERENCES.read_text()) if REFERENCES.is_file() else {}
+
+
+def vendor(cpu_model: str) -> str:
+    return next((v for v in ("AMD", "Intel") if v.lower() in cpu_model.lower()), cpu_model)
+
+
+def _check_cpu(seed: int) -> None:
+    """Stop before a ~25 min rebuild on another CPU vendor than the recorded build's. torch's fp32 GEMM is MKL's,
+    which picks its kernels by vendor (Zen kernels on AMD, whatever ISA is pinned): seed 2, built on an AMD EPYC as
+    73b8b7d7, came out cdc9fff6 on an Intel Xeon with the same packages and ATen's AVX2 kernels, though that run
+    pinned MKL's AVX2 kernels too (MKL_ENABLE_INSTRUCTIONS=AVX2; benchmarks/gemm_paths.py shows that MKL's default
+    there rounds otherwise). Each failed rebuild is kept beside its build in REFERENCES (`not_reproduced`)."""
+    rec = _recorded_builds().get(str(seed), {})
+    built_on, here = rec.get("cpu", {}).get("model"), cpu_info()["model"]
+    if built_on and vendor(built_on) != vendor(here):
+        tried = [t["sha256"][:8] for t in rec.get("not_reproduced", []) if vendor(t["cpu"]["model"]) == vendor(here)]
+        raise SystemExit(f"reference seed {seed}'s cells come from a build made on an {built_on} CPU; this is an {here}, "
+                         f"where a rebuild is another model{' (tried: ' + ', '.join(tried) + ')' if tried else ''}: continue the "
+                         f"grid on a machine with an {vendor(built_on)} CPU, or move that seed's results aside to start it again")
 
 
 def _check_packages(seed: int) -> None:

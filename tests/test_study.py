@@ -154,6 +154,31 @@ def test_cells_of_two_reference_builds_never_mix(tmp_path, monkeypatch, tiny_mod
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")  # another build of the same seed
     with pytest.raises(SystemExit, match=f"reference seed 0 .* came from \\({first[:12]}"):
         study._reference(0)
+    record = json.loads(study.REFERENCES.read_text())["0"]
+    assert record["sha256"] == first and [t["sha256"] == first for t in record["not_reproduced"]] == [False]
+    with pytest.raises(SystemExit):
+        study._reference(0)  # the same failed rebuild is recorded once
+    assert len(json.loads(study.REFERENCES.read_text())["0"]["not_reproduced"]) == 1
+
+
+def test_another_cpu_vendor_stops_the_study_before_a_rebuild(tmp_path, monkeypatch):
+    """A build made on an AMD CPU is another model when rebuilt on an Intel one (MKL's kernels differ by vendor):
+    the study says so in seconds instead of after a ~25 min rebuild, naming the rebuilds already tried there."""
+    import auditor.io.models as models
+    import auditor.workflows.reference as reference
+
+    monkeypatch.setattr(study, "REFERENCES", tmp_path / "references.json")
+    monkeypatch.setattr(models, "reference_dir", lambda seed=0: tmp_path / "not-built")
+    monkeypatch.setattr(reference, "build_reference", lambda cfg: pytest.fail("rebuilt on another vendor's CPU"))
+    intel = {"model": "Intel(R) Xeon(R) Processor", "flags": ["avx2"]}
+    study.REFERENCES.write_text(json.dumps({"2": {"sha256": "73b8", "versions": {}, "cpu": {"model": "AMD EPYC", "flags": []},
+                                                  "not_reproduced": [{"sha256": "cdc9fff6aa", "cpu": intel}]}}))
+    monkeypatch.setattr(study, "cpu_info", lambda: intel)
+    with pytest.raises(SystemExit, match=r"made on an AMD EPYC CPU; this is an Intel\(R\) Xeon.*\(tried: cdc9fff6\).*AMD CPU"):
+        study._reference(2)
+    assert study.vendor("AMD EPYC 9R14") == study.vendor("AMD EPYC") == "AMD" and study.vendor("Intel(R) Xeon(R)") == "Intel"
+    monkeypatch.setattr(study, "cpu_info", lambda: {"model": "AMD EPYC 7B13", "flags": []})
+    study._check_cpu(2)  # the same vendor: the rebuild goes ahead (and its SHA-256 decides)
 
 
 def test_other_packages_stop_the_study_before_any_rebuild(tmp_path, monkeypatch):
