@@ -171,13 +171,18 @@ def _eval(model: Path) -> tuple[dict, list[dict]]:
     return run_eval(cfg), cfg.saved
 
 
-def run_cell(cell: Cell, keep: bool = False) -> dict:
+def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
+    """One cell on the seed's recorded build, into STUDY. `sibling`: on this machine's own build of the seed when
+    that is another one (another CPU vendor), into STUDY/sibling-SHA8/, which the tables never read (not a grid cell)."""
     from auditor.io.cache import cache_dir
 
     if cell.method in LOCATED and cell.layers is None:
         raise SystemExit(f"{cell.id}: reference seed {cell.ref_seed} is not localized yet (run localization-ref{cell.ref_seed})")
-    ref_dir = _reference(cell.ref_seed)
-    work = cache_dir() / "study" / cell.id
+    ref_dir, sha = _reference(cell.ref_seed, sibling)
+    out = STUDY if sha == _recorded_builds()[str(cell.ref_seed)]["sha256"] else STUDY / f"sibling-{sha[:8]}"
+    if out != STUDY and (out / f"{cell.id}.json").is_file():
+        return json.loads((out / f"{cell.id}.json").read_text())
+    work = cache_dir() / "study" / (cell.id if out == STUDY else f"{cell.id}-{sha[:8]}")
     t0 = time.perf_counter()
     train, model = None, ref_dir
     if cell.method != "none":
@@ -192,17 +197,17 @@ def run_cell(cell: Cell, keep: bool = False) -> dict:
     t1 = time.perf_counter()
     ev, responses = _eval(model)
     result = {"cell": asdict(cell), "id": cell.id, "layers": list(cell.layers) if cell.layers else None,
-              "reference_sha256": _recorded_builds()[str(cell.ref_seed)]["sha256"],
+              "reference_sha256": sha,
               "recipe": {"rows": ROWS, "epochs": EPOCHS, "lr": LR, "template": "chat"}, "train": train,
               "eval": {k: ev.get(k) for k in ("harmful_rate", "over_refusal_by_set", "rouge_l", "mmlu_accuracy", "classifier",
                                               "max_new_tokens", "model_sha256")},
               "seconds": {"train": round(t1 - t0, 1), "eval": round(time.perf_counter() - t1, 1)},
               "machine": {"cpu": cpu_info(), "python": platform.python_version(),
                           "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY")}}
-    STUDY.mkdir(parents=True, exist_ok=True)
-    with gzip.open(STUDY / f"{cell.id}.responses.jsonl.gz", "wt", encoding="utf-8") as f:
+    out.mkdir(parents=True, exist_ok=True)
+    with gzip.open(out / f"{cell.id}.responses.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in responses)
-    (STUDY / f"{cell.id}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{cell.id}.json").write_text(json.dumps(result, indent=2) + "\n")
     if not keep and cell.method != "none":
         shutil.rmtree(work, ignore_errors=True)
     return result
@@ -218,16 +223,18 @@ def frozen_summary(frozen: dict | None) -> dict | None:
     return {**frozen, "rows": {name: len(r) for name, r in rows.items()}, "rows_sha256": digest}
 
 
-def _reference(seed: int) -> Path:
-    """The reference build of this seed, built (resumably, ~25 min) when it is not there yet, and checked against
-    the build the study's cells of that seed came from (REFERENCES): cells of two different builds never mix."""
+def _reference(seed: int, sibling: bool = False) -> tuple[Path, str]:
+    """The reference build of this seed and its SHA-256, built (resumably, ~25 min) when it is not there yet, and
+    checked against the build the study's cells of that seed came from (REFERENCES): cells of two different builds
+    never mix. `sibling` accepts another build (recorded as not reproduced) for cells kept apart from the grid."""
     from auditor.io.models import reference_dir, resolve_model
     from auditor.workflows.reference import ReferenceConfig, build_reference
 
     _check_packages(seed)
     ref_dir = reference_dir(seed)
     if not (ref_dir / "safety_audit.json").is_file():
-        _check_cpu(seed)
+        if not sibling:
+            _check_cpu(seed)
         print(f"   building reference seed {seed} (resumable)", flush=True)
         build_reference(ReferenceConfig(seed=seed))
     sha = resolve_model(str(ref_dir)).content_hash("torch")
@@ -243,6 +250,8 @@ def _reference(seed: int) -> Path:
         if sha not in [t["sha256"] for t in tried]:  # the evidence _check_cpu cites, kept with the build it failed
             tried.append({"sha256": sha, "versions": versions, "cpu": cpu_info(), "date": time.strftime("%Y-%m-%d")})
             REFERENCES.write_text(json.dumps(known, indent=2) + "\n")
+        if sibling:
+            return ref_dir, sha
         rec = known[str(seed)]
         fix = ("install those versions and rebuild" if versions != rec["versions"] else
                f"the packages are the same; it was built on an {rec.get('cpu', {}).get('model', '?')} CPU, this is an "
@@ -250,7 +259,7 @@ def _reference(seed: int) -> Path:
         raise SystemExit(f"reference seed {seed} built here ({sha[:12]}, {versions}) is not the build the study's cells "
                          f"came from ({rec['sha256'][:12]}, {rec['versions']}; {REFERENCES}): "
                          f"{fix}, or move that seed's results aside to start it again")
-    return ref_dir
+    return ref_dir, sha
 
 
 def _recorded_builds() -> dict:
@@ -292,7 +301,7 @@ def run_localization(loc: Localization) -> None:
     """The scan, then the search from the starts it points to; a finished half is kept."""
     import subprocess
 
-    ref_dir = _reference(loc.ref_seed)
+    ref_dir, _ = _reference(loc.ref_seed)
     model = "reference" if loc.ref_seed == 0 else str(ref_dir)  # 'reference' is seed 0 (its GGUF twin for the contrast)
     STUDY.mkdir(parents=True, exist_ok=True)
     if not loc.scan_json.is_file():
@@ -330,11 +339,15 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, metavar="ID", help="Run only these cells.")
     ap.add_argument("--max-cells", type=int, default=None, help="Stop after N items (cells or localizations).")
     ap.add_argument("--keep", action="store_true", help="Keep the fine-tuned models (cache/study/ID/model).")
+    ap.add_argument("--sibling", action="store_true", help="Run the --only cells on this machine's own build of their seed "
+                    "when it is not the recorded one, into results/study/sibling-SHA8/ (kept apart: not grid cells).")
     args = ap.parse_args()
+    if args.sibling and not args.only:
+        raise SystemExit("--sibling runs the cells named with --only")
     items = [c for c in plan() if args.only is None or c.id in args.only]
     if args.only and len(items) != len(args.only):
         raise SystemExit(f"unknown id among {args.only}; see --list")
-    left = [c for c in items if not finished(c)]
+    left = [c for c in items if isinstance(c, Cell)] if args.sibling else [c for c in items if not finished(c)]
     if args.list:
         for c in items:
             print(f"{'to do' if c in left else 'done '}  {c.id}")
@@ -348,7 +361,7 @@ def main() -> None:
         if isinstance(c, Localization):
             run_localization(c)
             continue
-        r = run_cell(c, args.keep)
+        r = run_cell(c, args.keep, args.sibling)
         print(f"   R_h {r['eval']['harmful_rate']['value']:.3f}  train {r['seconds']['train']:.0f} s  eval {r['seconds']['eval']:.0f} s",
               flush=True)
 

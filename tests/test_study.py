@@ -147,8 +147,9 @@ def test_cells_of_two_reference_builds_never_mix(tmp_path, monkeypatch, tiny_mod
     (build / "safety_audit.json").write_text(json.dumps({"versions": training_versions()}))
     monkeypatch.setattr(models, "reference_dir", lambda seed=0: build)
     monkeypatch.setattr(study, "STUDY", tmp_path / "study")
+    monkeypatch.setattr(study_tables, "STUDY", tmp_path / "study")
     monkeypatch.setattr(study, "REFERENCES", tmp_path / "study" / "references.json")
-    assert study._reference(0) == build and study._reference(0) == build  # recorded, then recognised
+    assert study._reference(0)[0] == build and study._reference(0)[0] == build  # recorded, then recognised
     first = json.loads(study.REFERENCES.read_text())["0"]["sha256"]
     weights = next(build.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")  # another build of the same seed
@@ -159,6 +160,13 @@ def test_cells_of_two_reference_builds_never_mix(tmp_path, monkeypatch, tiny_mod
     with pytest.raises(SystemExit):
         study._reference(0)  # the same failed rebuild is recorded once
     assert len(json.loads(study.REFERENCES.read_text())["0"]["not_reproduced"]) == 1
+    # --sibling: that build's cells go to a folder of their own, which the tables never read
+    monkeypatch.setattr(study, "_eval", lambda model: ({"harmful_rate": {"value": 0.5}}, [{"metric": "harmful", "prompt": "p", "response": COMPLY}]))
+    r = study.run_cell(study.Cell("none", "none"), sibling=True)
+    other = r["reference_sha256"]
+    assert other != first and other == study._reference(0, sibling=True)[1]
+    assert (study.STUDY / f"sibling-{other[:8]}" / "none-none-ref0-ft0.json").is_file()
+    assert not study.finished(study.Cell("none", "none")) and "none-none-ref0-ft0" not in study_tables._load()
 
 
 def test_another_cpu_vendor_stops_the_study_before_a_rebuild(tmp_path, monkeypatch):
