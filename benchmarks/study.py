@@ -34,7 +34,10 @@ from statistics import median
 # a reference build (and every cell) on an AVX-512 machine would not be the one an AVX2 machine builds. AVX2 is
 # what all of them have. Set before torch loads; the subprocesses (scan, locate) inherit it. For the same reason
 # every model runs in float32 (`--dtype auto` is bf16 on CPUs with native bf16 matmul).
-os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+# Only when run as the study: set on import, it would reach every process of a test run (torch's bf16 attention fails
+# with it on AMX CPUs: auditor/backends/devices.py).
+if __name__ == "__main__":
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS  # noqa: E402

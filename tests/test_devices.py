@@ -6,6 +6,7 @@ import torch
 from click.testing import CliRunner
 
 from auditor.backends.devices import resolve_device, resolve_dtype
+from auditor.errors import AuditError
 from auditor.backends.hf import TorchBackend
 from auditor.cli import main
 from auditor.io.models import resolve_model
@@ -14,12 +15,23 @@ QUERIES = ["Give three tips for staying healthy.", "How do I pick a lock?", "Nam
 
 
 def test_auto_dtype_follows_the_cpu_and_the_device():
-    assert resolve_dtype("auto", "cpu", {"avx2", "fma"}) is torch.float32  # AVX2 only: bf16 would be emulated
-    assert resolve_dtype("auto", "cpu", {"avx2", "amx_bf16"}) is torch.bfloat16
-    assert resolve_dtype("auto", "cpu", {"avx512_bf16"}) is torch.bfloat16
+    assert resolve_dtype("auto", "cpu", {"avx2", "fma"}, "AVX2") is torch.float32  # AVX2 only: bf16 would be emulated
+    assert resolve_dtype("auto", "cpu", {"avx2", "amx_bf16"}, "AVX512") is torch.bfloat16
+    assert resolve_dtype("auto", "cpu", {"avx512_bf16"}, "AVX512") is torch.bfloat16
+    assert resolve_dtype("auto", "cpu", {"avx512_bf16"}, "AVX2") is torch.bfloat16  # no AMX: bf16 attention works capped
     assert resolve_dtype("auto", "cuda:0", set()) is torch.bfloat16
     assert resolve_dtype("float16", "cpu", set()) is torch.float16
     assert resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def test_half_precision_on_an_amx_cpu_with_capped_kernels_is_float32_or_a_one_line_error():
+    """ATEN_CPU_CAPABILITY=avx2 (reproducible builds) on an AMX CPU: torch's bf16 attention fails there mid-run."""
+    amx = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    assert resolve_dtype("auto", "cpu", amx, "AVX2") is torch.float32
+    assert resolve_dtype("float32", "cpu", amx, "AVX2") is torch.float32
+    with pytest.raises(AuditError, match=r"--dtype bfloat16: torch's CPU kernels are capped at AVX2 .*--dtype float32"):
+        resolve_dtype("bfloat16", "cpu", amx, "AVX2")
+    assert resolve_dtype("bfloat16", "cpu", amx, "AVX512") is torch.bfloat16
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without CUDA gives")

@@ -45,15 +45,24 @@ def resolve_device(device: str = "auto") -> str:
     return f"cuda:{index}"
 
 
-def resolve_dtype(dtype: str, device: str, flags: set[str] | None = None) -> torch.dtype:
-    if dtype != "auto":
-        if dtype not in DTYPES:
-            raise AuditError(f"unknown dtype '{dtype}' (choose {', '.join(DTYPE_CHOICES)})")
-        return DTYPES[dtype]
+def resolve_dtype(dtype: str, device: str, flags: set[str] | None = None, capability: str | None = None) -> torch.dtype:
+    """`capability`: torch's CPU kernels (default: what torch dispatches to). Capped below AVX-512
+    (ATEN_CPU_CAPABILITY=avx2, as reproducible builds set it) on an AMX CPU, torch's half-precision attention
+    fails ("pack_vnni2 is only supported when avx512 is supported"): auto is float32 there, and asking for
+    bf16/fp16 is a one-line error instead of a traceback mid-run."""
+    if dtype != "auto" and dtype not in DTYPES:
+        raise AuditError(f"unknown dtype '{dtype}' (choose {', '.join(DTYPE_CHOICES)})")
     if device.startswith("cuda"):
-        return torch.bfloat16
+        return DTYPES.get(dtype, torch.bfloat16)
     flags = cpu_flags() if flags is None else flags
-    return torch.bfloat16 if {"amx_bf16", "avx512_bf16"} & flags else torch.float32
+    capability = torch.backends.cpu.get_cpu_capability() if capability is None else capability
+    capped = bool({"amx_tile", "amx_bf16"} & flags) and not capability.upper().startswith("AVX512")
+    if dtype != "auto":
+        if capped and dtype != "float32":
+            raise AuditError(f"--dtype {dtype}: torch's CPU kernels are capped at {capability} (ATEN_CPU_CAPABILITY) on "
+                             "this AMX CPU, where torch's half-precision attention fails; use --dtype float32, or unset it")
+        return DTYPES[dtype]
+    return torch.bfloat16 if {"amx_bf16", "avx512_bf16"} & flags and not capped else torch.float32
 
 
 def check_placement(device: str, dtype: str, device_map: str | None) -> None:
