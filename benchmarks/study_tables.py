@@ -33,10 +33,10 @@ def _load() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(STUDY.glob("*.json"))}
 
 
-def _harmful_verdicts(cell_id: str) -> dict[str, bool]:
+def _harmful_verdicts(cell_id: str, folder: Path | None = None) -> dict[str, bool]:
     """prompt -> answered harmfully (not refused), keyword classifier, from the saved responses."""
     clf = make_classifier("keyword")
-    with gzip.open(STUDY / f"{cell_id}.responses.jsonl.gz", "rt", encoding="utf-8") as f:
+    with gzip.open((folder or STUDY) / f"{cell_id}.responses.jsonl.gz", "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     return {r["prompt"]: not clf.is_refusal(r["response"]) for r in rows if r["metric"] == "harmful"}
 
@@ -87,12 +87,15 @@ def paired(results: dict[str, dict]) -> dict[tuple[str, str, str, int], list[tup
                 for c in (a, b):
                     if c.id not in verdicts:
                         verdicts[c.id] = _harmful_verdicts(c.id)
-                va, vb = verdicts[a.id], verdicts[b.id]
-                keys = [k for k in va if k in vb]
                 deltas = [_delta(results[a.id], results[b.id], m) for m in ("rouge_l", "mmlu_accuracy")]
-                out.setdefault((data, a_m, b_m, a.ref_seed), []).append(
-                    (a, b, sum(va[k] and not vb[k] for k in keys), sum(vb[k] and not va[k] for k in keys), deltas))
+                out.setdefault((data, a_m, b_m, a.ref_seed), []).append((a, b, *_discordant(verdicts[a.id], verdicts[b.id]), deltas))
     return out
+
+
+def _discordant(va: dict[str, bool], vb: dict[str, bool]) -> tuple[int, int]:
+    """Prompts (answered under both) harmful only under A, and only under B: what the exact McNemar test counts."""
+    keys = [k for k in va if k in vb]
+    return sum(va[k] and not vb[k] for k in keys), sum(vb[k] and not va[k] for k in keys)
 
 
 def _pooled(rows: list[tuple]) -> tuple[int, int, float, list[float | None]]:
@@ -178,6 +181,44 @@ def replication(results: dict[str, dict], pairs: dict) -> list[str]:
     return lines
 
 
+def siblings(results: dict[str, dict]) -> list[str]:
+    """Cells run on a rebuild of a seed that is not its recorded build (another CPU vendor: `study.py --sibling`),
+    beside the grid's cell of the same id: how far a rebuild that differs by rounding moves each number. Never
+    mixed into the grid; SPPFT against full fine-tuning within a sibling build when it has both."""
+    lines = []
+    for folder in sorted(p for p in STUDY.glob("sibling-*") if p.is_dir()):
+        cells = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+        if not cells:
+            continue
+        cpu = next(iter(cells.values()))["machine"]["cpu"]["model"]
+        lines += ["", f"Build {folder.name.removeprefix('sibling-')}… ({cpu}; `benchmarks/results/study/{folder.name}/`) against "
+                      "the recorded build, cell by cell (prompts harmful under one build only):", "",
+                  "| cell | R_h (recorded → sibling) | only recorded | only sibling | p | XSTest-safe | D_o | Rouge-L | MMLU |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for cid, r in cells.items():
+            g = results.get(cid)
+            if g is None:
+                lines.append(f"| {cid} | – → {_fmt(r['eval']['harmful_rate'])} | | | | | | | |")
+                continue
+            og, os_ = _discordant(_harmful_verdicts(cid), _harmful_verdicts(cid, folder))
+            sets = [(x["eval"].get("over_refusal_by_set") or {}) for x in (g, r)]
+            pair = lambda a, b: f"{_fmt(a)} → {_fmt(b)}"  # noqa: E731
+            lines.append(f"| {cid} | {pair(g['eval']['harmful_rate'], r['eval']['harmful_rate'])} | {og} | {os_} | "
+                         f"{mcnemar_exact(og, os_):.2g} | {pair(sets[0].get('bundled:xstest-safe'), sets[1].get('bundled:xstest-safe'))} | "
+                         f"{pair(sets[0].get('bundled:over-rejection'), sets[1].get('bundled:over-rejection'))} | "
+                         f"{pair(g['eval'].get('rouge_l'), r['eval'].get('rouge_l'))} | "
+                         f"{pair(g['eval'].get('mmlu_accuracy'), r['eval'].get('mmlu_accuracy'))} |")
+        for a in (c for c in grid() if c.method == "sppft" and c.id in cells):
+            b = next((b for b in grid() if (b.data, b.method, b.ref_seed, b.ft_seed) == (a.data, "full", a.ref_seed, a.ft_seed)), None)
+            if b is not None and b.id in cells:
+                oa, ob = _discordant(_harmful_verdicts(a.id, folder), _harmful_verdicts(b.id, folder))
+                p = mcnemar_exact(oa, ob)
+                lines += ["", f"- on this build, {a.data} SPPFT [{a.layers[0]}, {a.layers[1]}] (the recorded build's range) against "
+                              f"full fine-tuning: {_verdict(ob, oa, p)} (prompts harmful only under sppft {oa}, only under full {ob}, "
+                              f"p = {p:.2g})."]
+    return lines
+
+
 def _delta(a: dict, b: dict, metric: str) -> float | None:
     """Utility of A minus B (the target: SPPFT within 0.02 of full fine-tuning's); None when either lacks it."""
     ma, mb = a["eval"].get(metric), b["eval"].get(metric)
@@ -243,7 +284,7 @@ def section() -> str:
            *cell_table(results), "", "Paired comparisons on AdvBench-eval (260 prompts; the same prompts under both methods):", "",
            *comparisons(results, pairs), "", "The targets (pooled over fine-tuning seeds on reference seed 0):", "",
            *targets(pairs), "", "Replication (does the safety block, and SPPFT's benefit on D_N, carry over to other reference builds?):",
-           "", *replication(results, pairs), "", END]
+           "", *replication(results, pairs), *siblings(results), "", END]
     return "\n".join(out)
 
 

@@ -32,12 +32,12 @@ def test_a_cell_records_nfft_s_frozen_neurons_as_counts_and_a_digest():
     assert study.frozen_summary({"parameters": ["a", "b"]}) == {"parameters": ["a", "b"]} and study.frozen_summary(None) is None
 
 
-def _plant(folder: Path, cell: study.Cell, harmful: list[bool], rate: float, rouge: float = 0.3, mmlu=None) -> None:
+def _plant(folder: Path, cell: study.Cell, harmful: list[bool], rate: float, rouge: float = 0.3, mmlu=None, **extra) -> None:
     folder.mkdir(exist_ok=True)
     ev = {"harmful_rate": {"value": rate, "ci95": [rate - 0.01, rate + 0.01], "n": len(harmful)},
           "over_refusal_by_set": {"bundled:xstest-safe": {"value": 0.02}}, "rouge_l": {"value": rouge},
           "mmlu_accuracy": None if mmlu is None else {"value": mmlu}}
-    (folder / f"{cell.id}.json").write_text(json.dumps({"id": cell.id, "eval": ev, "train": {"seconds": 600}}))
+    (folder / f"{cell.id}.json").write_text(json.dumps({"id": cell.id, "eval": ev, "train": {"seconds": 600}, **extra}))
     with gzip.open(folder / f"{cell.id}.responses.jsonl.gz", "wt") as f:
         for i, h in enumerate(harmful):
             f.write(json.dumps({"metric": "harmful", "prompt": f"p{i}", "response": COMPLY if h else REFUSE}) + "\n")
@@ -250,3 +250,22 @@ def test_replication_pairs_each_build_s_own_range_with_full_fine_tuning(tmp_path
     assert "only under sppft 0, only under full 12, p = 0.00049; Δ Rouge-L -0.010, Δ MMLU +0.000)" in lines[1]
     assert lines[2].startswith("- reference build 2, SPPFT [9, 12] against full fine-tuning on D_N: open: no significant difference")
     assert lines[3] == "- layers inside every build's recommended range (5–12, 7–14, 9–12): 9–12."
+
+
+def test_a_sibling_build_is_compared_cell_by_cell_and_never_joins_the_grid(tmp_path, monkeypatch):
+    """`study.py --sibling` cells: beside the recorded build's cell of the same id, and SPPFT vs full within the build."""
+    monkeypatch.setattr(study, "STUDY", tmp_path)
+    monkeypatch.setattr(study_tables, "STUDY", tmp_path)
+    sib, intel = tmp_path / "sibling-cdc9fff6", {"machine": {"cpu": {"model": "Intel(R) Xeon(R)"}}}
+    full, sppft = study.Cell("normal", "full"), study.Cell("normal", "sppft")
+    _plant(tmp_path, full, [i < 10 for i in range(40)], 0.25, 0.28)
+    _plant(sib, full, [i < 12 for i in range(40)], 0.30, 0.27, **intel)
+    _plant(sib, sppft, [False] * 40, 0.0, 0.27, **intel)
+    results = study_tables._load()
+    assert set(results) == {full.id}  # the sibling's cells are not grid cells
+    text = "\n".join(study_tables.siblings(results))
+    assert "Build cdc9fff6… (Intel(R) Xeon(R); `benchmarks/results/study/sibling-cdc9fff6/`) against the recorded build" in text
+    assert "| normal-full-ref0-ft0 | 0.250 → 0.300 | 0 | 2 | 0.5 | 0.020 → 0.020 | – → – | 0.280 → 0.270 | – → – |" in text
+    assert f"| {sppft.id} | – → 0.000 |" in text
+    assert "on this build, normal SPPFT [5, 12] (the recorded build's range) against full fine-tuning: **holds** " \
+           "(prompts harmful only under sppft 0, only under full 12, p = 0.00049)" in text
