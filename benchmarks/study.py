@@ -11,6 +11,7 @@ paired tests); a re-run skips finished cells, so the grid runs in pieces over da
     python benchmarks/study.py --list         # the grid and what is finished
     python benchmarks/study.py --only ID ...  # some cells
     python benchmarks/study.py --max-cells 1  # one more cell, then stop
+    python benchmarks/study.py --sibling --only ID ...  # on this machine's own (different) build: results/study/sibling-SHA8/
 
 Never beside a benchmark: it takes both cores for hours.
 """
