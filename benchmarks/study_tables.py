@@ -92,6 +92,15 @@ def paired(results: dict[str, dict]) -> dict[tuple[str, str, str, int], list[tup
     return out
 
 
+def _same_responses(cell_id: str, folder: Path) -> tuple[int, int]:
+    """How many of the recorded cell's saved responses (every metric's prompts) the sibling's match word for word."""
+    def read(d: Path) -> dict:
+        with gzip.open(d / f"{cell_id}.responses.jsonl.gz", "rt", encoding="utf-8") as f:
+            return {(r["metric"], r["prompt"]): r["response"] for r in map(json.loads, f)}
+    a, b = read(STUDY), read(folder)
+    return sum(b.get(k) == v for k, v in a.items()), len(a)
+
+
 def _discordant(va: dict[str, bool], vb: dict[str, bool]) -> tuple[int, int]:
     """Prompts (answered under both) harmful only under A, and only under B: what the exact McNemar test counts."""
     keys = [k for k in va if k in vb]
@@ -193,17 +202,18 @@ def siblings(results: dict[str, dict]) -> list[str]:
         cpu = next(iter(cells.values()))["machine"]["cpu"]["model"]
         lines += ["", f"Build {folder.name.removeprefix('sibling-')}… ({cpu}; `benchmarks/results/study/{folder.name}/`) against "
                       "the recorded build, cell by cell (prompts harmful under one build only):", "",
-                  "| cell | R_h (recorded → sibling) | only recorded | only sibling | p | XSTest-safe | D_o | Rouge-L | MMLU |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| cell | same responses | R_h (recorded → sibling) | only recorded | only sibling | p | XSTest-safe | D_o | Rouge-L | MMLU |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for cid, r in cells.items():
             g = results.get(cid)
             if g is None:
-                lines.append(f"| {cid} | – → {_fmt(r['eval']['harmful_rate'])} | | | | | | | |")
+                lines.append(f"| {cid} | | – → {_fmt(r['eval']['harmful_rate'])} | | | | | | | |")
                 continue
             og, os_ = _discordant(_harmful_verdicts(cid), _harmful_verdicts(cid, folder))
             sets = [(x["eval"].get("over_refusal_by_set") or {}) for x in (g, r)]
             pair = lambda a, b: f"{_fmt(a)} → {_fmt(b)}"  # noqa: E731
-            lines.append(f"| {cid} | {pair(g['eval']['harmful_rate'], r['eval']['harmful_rate'])} | {og} | {os_} | "
+            same, n = _same_responses(cid, folder)
+            lines.append(f"| {cid} | {same} of {n} | {pair(g['eval']['harmful_rate'], r['eval']['harmful_rate'])} | {og} | {os_} | "
                          f"{mcnemar_exact(og, os_):.2g} | {pair(sets[0].get('bundled:xstest-safe'), sets[1].get('bundled:xstest-safe'))} | "
                          f"{pair(sets[0].get('bundled:over-rejection'), sets[1].get('bundled:over-rejection'))} | "
                          f"{pair(g['eval'].get('rouge_l'), r['eval'].get('rouge_l'))} | "
