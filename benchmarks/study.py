@@ -33,7 +33,8 @@ from statistics import median
 
 # The same kernels on every machine of this kind: torch's AVX-512 softmax rounds differently from its AVX2 one, so
 # a reference build (and every cell) on an AVX-512 machine would not be the one an AVX2 machine builds. AVX2 is
-# what all of them have. Set before torch loads; the subprocesses (scan, locate) inherit it. For the same reason
+# what all of them have (a build still differs between CPU vendors: _check_cpu). Set before torch loads; the
+# subprocesses (scan, locate) inherit it. For the same reason
 # every model runs in float32 (`--dtype auto` is bf16 on CPUs with native bf16 matmul).
 # Only when run as the study: set on import, it would reach every process of a test run (torch's bf16 attention fails
 # with it on AMX CPUs: auditor/backends/devices.py).
@@ -184,7 +185,7 @@ def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
         raise SystemExit(f"{cell.id}: reference seed {cell.ref_seed} is not localized yet (run localization-ref{cell.ref_seed})")
     ref_dir, sha = _reference(cell.ref_seed, sibling)
     out = STUDY if sha == _recorded_builds()[str(cell.ref_seed)]["sha256"] else STUDY / f"sibling-{sha[:8]}"
-    if out != STUDY and (out / f"{cell.id}.json").is_file():
+    if (out / f"{cell.id}.json").is_file() and (out / f"{cell.id}.responses.jsonl.gz").is_file():  # finished: never redone
         return json.loads((out / f"{cell.id}.json").read_text())
     work = cache_dir() / "study" / (cell.id if out == STUDY else f"{cell.id}-{sha[:8]}")
     t0 = time.perf_counter()
@@ -276,7 +277,7 @@ def vendor(cpu_model: str) -> str:
 
 def _check_cpu(seed: int) -> None:
     """Stop before a ~25 min rebuild on another CPU vendor than the recorded build's. torch's fp32 GEMM is MKL's,
-    which picks its kernels by vendor (Zen kernels on AMD, whatever ISA is pinned): seed 2, built on an AMD EPYC as
+    which picks its kernels by CPU (pinning its AVX2 ones did not help): seed 2, built on an AMD EPYC as
     73b8b7d7, came out cdc9fff6 on an Intel Xeon with the same packages and ATen's AVX2 kernels, though that run
     pinned MKL's AVX2 kernels too (MKL_ENABLE_INSTRUCTIONS=AVX2; benchmarks/gemm_paths.py shows that MKL's default
     there rounds otherwise). Each failed rebuild is kept beside its build in REFERENCES (`not_reproduced`)."""
