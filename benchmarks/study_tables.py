@@ -205,19 +205,20 @@ def siblings(results: dict[str, dict]) -> list[str]:
                   "| cell | same responses | R_h (recorded → sibling) | only recorded | only sibling | p | XSTest-safe | D_o | Rouge-L | MMLU |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for cid, r in cells.items():
-            g = results.get(cid)
-            if g is None:
-                lines.append(f"| {cid} | | – → {_fmt(r['eval']['harmful_rate'])} | | | | | | | |")
-                continue
-            og, os_ = _discordant(_harmful_verdicts(cid), _harmful_verdicts(cid, folder))
-            sets = [(x["eval"].get("over_refusal_by_set") or {}) for x in (g, r)]
+            g = results.get(cid)  # None: the grid has not run this cell on the recorded build yet
+            ev = [(x or {}).get("eval", {}) for x in (g, r)]
+            sets = [e.get("over_refusal_by_set") or {} for e in ev]
             pair = lambda a, b: f"{_fmt(a)} → {_fmt(b)}"  # noqa: E731
-            same, n = _same_responses(cid, folder)
-            lines.append(f"| {cid} | {same} of {n} | {pair(g['eval']['harmful_rate'], r['eval']['harmful_rate'])} | {og} | {os_} | "
-                         f"{mcnemar_exact(og, os_):.2g} | {pair(sets[0].get('bundled:xstest-safe'), sets[1].get('bundled:xstest-safe'))} | "
+            rate = pair(ev[0].get("harmful_rate"), ev[1].get("harmful_rate"))
+            if g is None:
+                head = f"| {cid} | | {rate} | | | |"
+            else:
+                og, os_ = _discordant(_harmful_verdicts(cid), _harmful_verdicts(cid, folder))
+                same, n = _same_responses(cid, folder)
+                head = f"| {cid} | {same} of {n} | {rate} | {og} | {os_} | {mcnemar_exact(og, os_):.2g} |"
+            lines.append(head + f" {pair(sets[0].get('bundled:xstest-safe'), sets[1].get('bundled:xstest-safe'))} | "
                          f"{pair(sets[0].get('bundled:over-rejection'), sets[1].get('bundled:over-rejection'))} | "
-                         f"{pair(g['eval'].get('rouge_l'), r['eval'].get('rouge_l'))} | "
-                         f"{pair(g['eval'].get('mmlu_accuracy'), r['eval'].get('mmlu_accuracy'))} |")
+                         f"{pair(ev[0].get('rouge_l'), ev[1].get('rouge_l'))} | {pair(ev[0].get('mmlu_accuracy'), ev[1].get('mmlu_accuracy'))} |")
         for a in (c for c in grid() if c.method == "sppft" and c.id in cells):
             b = next((b for b in grid() if (b.data, b.method, b.ref_seed, b.ft_seed) == (a.data, "full", a.ref_seed, a.ft_seed)), None)
             if b is not None and b.id in cells:

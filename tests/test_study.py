@@ -268,6 +268,6 @@ def test_a_sibling_build_is_compared_cell_by_cell_and_never_joins_the_grid(tmp_p
     text = "\n".join(study_tables.siblings(results))
     assert "Build cdc9fff6… (Intel(R) Xeon(R); `benchmarks/results/study/sibling-cdc9fff6/`) against the recorded build" in text
     assert "| normal-full-ref0-ft0 | 38 of 40 | 0.250 → 0.300 | 0 | 2 | 0.5 | 0.020 → 0.020 | – → – | 0.280 → 0.270 | – → – |" in text
-    assert f"| {sppft.id} | | – → 0.000 |" in text
+    assert f"| {sppft.id} | | – → 0.000 | | | | – → 0.020 | – → – | – → 0.270 | – → – |" in text
     assert "on this build, normal SPPFT [5, 12] (the recorded build's range) against full fine-tuning: **holds** " \
            "(prompts harmful only under sppft 0, only under full 12, p = 0.00049)" in text
