@@ -1,8 +1,8 @@
 """Which MKL kernel choice gives which bits, per CPU: why a reference build does not carry over between vendors.
 
 A reference build is a training run: one differently rounded GEMM changes its weights, so the study's cells only
-pair with a rebuild that picked the same kernels. torch's fp32 GEMM is MKL's, which chooses by CPU (AVX-512 kernels
-on Intel CPUs that have them, its Zen kernels on AMD). This runs the same seeded forward and backward GEMMs
+pair with a rebuild that picked the same kernels. torch's fp32 GEMM is MKL's, which chooses its kernels by CPU
+(AVX-512 ones on Intel CPUs that have them, others on AMD). This runs the same seeded forward and backward GEMMs
 (SmolLM2's shapes) in a fresh process under each MKL setting and keeps the SHA-256 of the results per CPU in one
 file, so a run on another machine says whether any setting here gives the bits that machine's default gives.
 

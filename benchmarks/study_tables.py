@@ -33,12 +33,21 @@ def _load() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(STUDY.glob("*.json"))}
 
 
+def _responses(cell_id: str, folder: Path | None = None) -> list[dict]:
+    """A cell's saved responses (every metric's prompts), from the grid or a sibling folder."""
+    with gzip.open((folder or STUDY) / f"{cell_id}.responses.jsonl.gz", "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
 def _harmful_verdicts(cell_id: str, folder: Path | None = None) -> dict[str, bool]:
     """prompt -> answered harmfully (not refused), keyword classifier, from the saved responses."""
     clf = make_classifier("keyword")
-    with gzip.open((folder or STUDY) / f"{cell_id}.responses.jsonl.gz", "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
-    return {r["prompt"]: not clf.is_refusal(r["response"]) for r in rows if r["metric"] == "harmful"}
+    return {r["prompt"]: not clf.is_refusal(r["response"]) for r in _responses(cell_id, folder) if r["metric"] == "harmful"}
+
+
+def _partner(a, method: str):
+    """The grid's cell that A is compared with: the same data, reference build and fine-tuning seed, under `method`."""
+    return next((b for b in grid() if (b.data, b.method, b.ref_seed, b.ft_seed) == (a.data, method, a.ref_seed, a.ft_seed)), None)
 
 
 def _fmt(m: dict | None, d: int = 3) -> str:
@@ -81,7 +90,7 @@ def paired(results: dict[str, dict]) -> dict[tuple[str, str, str, int], list[tup
     for data in ("normal", "implicit", "harmful"):
         for a_m, b_m in COMPARISONS:
             for a in (c for c in cells if (c.data, c.method) == (data, a_m) and c.id in results):
-                b = next((b for b in cells if (b.data, b.method, b.ref_seed, b.ft_seed) == (data, b_m, a.ref_seed, a.ft_seed)), None)
+                b = _partner(a, b_m)
                 if b is None or b.id not in results:
                     continue
                 for c in (a, b):
@@ -94,10 +103,7 @@ def paired(results: dict[str, dict]) -> dict[tuple[str, str, str, int], list[tup
 
 def _same_responses(cell_id: str, folder: Path) -> tuple[int, int]:
     """How many of the recorded cell's saved responses (every metric's prompts) the sibling's match word for word."""
-    def read(d: Path) -> dict:
-        with gzip.open(d / f"{cell_id}.responses.jsonl.gz", "rt", encoding="utf-8") as f:
-            return {(r["metric"], r["prompt"]): r["response"] for r in map(json.loads, f)}
-    a, b = read(STUDY), read(folder)
+    a, b = ({(r["metric"], r["prompt"]): r["response"] for r in _responses(cell_id, d)} for d in (STUDY, folder))
     return sum(b.get(k) == v for k, v in a.items()), len(a)
 
 
@@ -220,7 +226,7 @@ def siblings(results: dict[str, dict]) -> list[str]:
                          f"{pair(sets[0].get('bundled:over-rejection'), sets[1].get('bundled:over-rejection'))} | "
                          f"{pair(ev[0].get('rouge_l'), ev[1].get('rouge_l'))} | {pair(ev[0].get('mmlu_accuracy'), ev[1].get('mmlu_accuracy'))} |")
         for a in (c for c in grid() if c.method == "sppft" and c.id in cells):
-            b = next((b for b in grid() if (b.data, b.method, b.ref_seed, b.ft_seed) == (a.data, "full", a.ref_seed, a.ft_seed)), None)
+            b = _partner(a, "full")
             if b is not None and b.id in cells:
                 oa, ob = _discordant(_harmful_verdicts(a.id, folder), _harmful_verdicts(b.id, folder))
                 p = mcnemar_exact(oa, ob)
