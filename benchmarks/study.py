@@ -11,7 +11,12 @@ paired tests); a re-run skips finished cells, so the grid runs in pieces over da
     python benchmarks/study.py --list         # the grid and what is finished
     python benchmarks/study.py --only ID ...  # some cells
     python benchmarks/study.py --max-cells 1  # one more cell, then stop
-    python benchmarks/study.py --sibling --only ID ...  # on this machine's own (different) build: results/study/sibling-SHA8/
+    python benchmarks/study.py --sibling      # the unfinished cells on this machine's own rebuild: results/study/sibling-SHA8/
+    python benchmarks/study.py --sibling --only ID ...  # these cells on it (a finished one too: to compare builds)
+
+A rebuild of a seed on a fresh machine is, so far, always another build (rounding: an Intel Xeon and a second AMD
+EPYC both gave one), so a grid cell pairs only with cells of its own build: study_tables takes each comparison's two
+cells from the recorded build when it has both, else from one rebuild that has both (docs/METHOD.md §1.5).
 
 Never beside a benchmark: it takes both cores for hours.
 """
@@ -33,7 +38,7 @@ from statistics import median
 
 # The same kernels on every machine of this kind: torch's AVX-512 softmax rounds differently from its AVX2 one, so
 # a reference build (and every cell) on an AVX-512 machine would not be the one an AVX2 machine builds. AVX2 is
-# what all of them have (a build still differs between CPU vendors: _check_cpu). Set before torch loads; the
+# what all of them have (a rebuild on a fresh machine still differs: see the docstring). Set before torch loads; the
 # subprocesses (scan, locate) inherit it. For the same reason
 # every model runs in float32 (`--dtype auto` is bf16 on CPUs with native bf16 matmul).
 # Only when run as the study: set on import, it would reach every process of a test run (torch's bf16 attention fails
@@ -178,7 +183,7 @@ def _eval(model: Path) -> tuple[dict, list[dict]]:
 
 def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
     """One cell on the seed's recorded build, into STUDY. `sibling`: on this machine's own build of the seed when
-    that is another one (another CPU vendor), into STUDY/sibling-SHA8/, which the tables never read (not a grid cell)."""
+    that is another one, into STUDY/sibling-SHA8/ (not a grid cell: the tables pair it only with that build's cells)."""
     from auditor.io.cache import cache_dir
 
     if cell.method in LOCATED and cell.layers is None:
@@ -207,7 +212,7 @@ def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
               "eval": {k: ev.get(k) for k in ("harmful_rate", "over_refusal_by_set", "rouge_l", "mmlu_accuracy", "classifier",
                                               "max_new_tokens", "model_sha256")},
               "seconds": {"train": round(t1 - t0, 1), "eval": round(time.perf_counter() - t1, 1)},
-              "machine": {"cpu": cpu_info(), "python": platform.python_version(),
+              "machine": {"cpu": cpu_info(), "cpu_id": cpu_id(), "python": platform.python_version(),
                           "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY")}}
     out.mkdir(parents=True, exist_ok=True)
     with gzip.open(out / f"{cell.id}.responses.jsonl.gz", "wt", encoding="utf-8") as f:
@@ -238,29 +243,28 @@ def _reference(seed: int, sibling: bool = False) -> tuple[Path, str]:
     _check_packages(seed)
     ref_dir = reference_dir(seed)
     if not (ref_dir / "safety_audit.json").is_file():
-        if not sibling:
-            _check_cpu(seed)
         print(f"   building reference seed {seed} (resumable)", flush=True)
         build_reference(ReferenceConfig(seed=seed))
     sha = resolve_model(str(ref_dir)).content_hash("torch")
     known = _recorded_builds()
     versions = json.loads((ref_dir / "safety_audit.json").read_text()).get("versions", {})
     if str(seed) not in known:
-        known[str(seed)] = {"sha256": sha, "versions": versions, "cpu": cpu_info(),
-                            "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY")}
+        known[str(seed)] = {"sha256": sha, "versions": versions, "cpu": cpu_info(), "cpu_id": cpu_id(),
+                            "data_sha256": _data_digests(ref_dir), "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY")}
         STUDY.mkdir(parents=True, exist_ok=True)
         REFERENCES.write_text(json.dumps(known, indent=2) + "\n")
     elif known[str(seed)]["sha256"] != sha:
         tried = known[str(seed)].setdefault("not_reproduced", [])
-        if sha not in [t["sha256"] for t in tried]:  # the evidence _check_cpu cites, kept with the build it failed
-            tried.append({"sha256": sha, "versions": versions, "cpu": cpu_info(), "date": time.strftime("%Y-%m-%d")})
+        if sha not in [t["sha256"] for t in tried]:  # kept beside the build it failed to reproduce
+            tried.append({"sha256": sha, "versions": versions, "cpu": cpu_info(), "cpu_id": cpu_id(),
+                          "data_sha256": _data_digests(ref_dir), "date": time.strftime("%Y-%m-%d")})
             REFERENCES.write_text(json.dumps(known, indent=2) + "\n")
         if sibling:
             return ref_dir, sha
         rec = known[str(seed)]
         fix = ("install those versions and rebuild" if versions != rec["versions"] else
-               f"the packages are the same; it was built on an {rec.get('cpu', {}).get('model', '?')} CPU, this is an "
-               f"{cpu_info()['model']}: continue on a machine like that one")
+               "the packages are the same, the rounding is not (a fresh machine's rebuild so far always differs): run "
+               "the cells on this build with --sibling (a comparison pairs cells of one build)")
         raise SystemExit(f"reference seed {seed} built here ({sha[:12]}, {versions}) is not the build the study's cells "
                          f"came from ({rec['sha256'][:12]}, {rec['versions']}; {REFERENCES}): "
                          f"{fix}, or move that seed's results aside to start it again")
@@ -271,23 +275,26 @@ def _recorded_builds() -> dict:
     return json.loads(REFERENCES.read_text()) if REFERENCES.is_file() else {}
 
 
-def vendor(cpu_model: str) -> str:
-    return next((v for v in ("AMD", "Intel") if v.lower() in cpu_model.lower()), cpu_model)
+def cpu_id() -> dict:
+    """What tells two CPUs of one model name apart ("AMD EPYC" on every AMD machine of this kind): the key to why a
+    rebuild did not reproduce, kept with every build."""
+    keys, found = ("vendor_id", "cpu family", "model", "stepping", "microcode"), {}
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            k, _, v = line.partition(":")
+            if k.strip() in keys and k.strip() not in found:
+                found[k.strip()] = v.strip()
+            if len(found) == len(keys):
+                break
+    except OSError:
+        pass
+    return found
 
 
-def _check_cpu(seed: int) -> None:
-    """Stop before a ~25 min rebuild on another CPU vendor than the recorded build's. torch's fp32 GEMM is MKL's,
-    which picks its kernels by CPU (pinning its AVX2 ones did not help): seed 2, built on an AMD EPYC as
-    73b8b7d7, came out cdc9fff6 on an Intel Xeon with the same packages and ATen's AVX2 kernels, though that run
-    pinned MKL's AVX2 kernels too (MKL_ENABLE_INSTRUCTIONS=AVX2; benchmarks/gemm_paths.py shows that MKL's default
-    there rounds otherwise). Each failed rebuild is kept beside its build in REFERENCES (`not_reproduced`)."""
-    rec = _recorded_builds().get(str(seed), {})
-    built_on, here = rec.get("cpu", {}).get("model"), cpu_info()["model"]
-    if built_on and vendor(built_on) != vendor(here):
-        tried = [t["sha256"][:8] for t in rec.get("not_reproduced", []) if vendor(t["cpu"]["model"]) == vendor(here)]
-        raise SystemExit(f"reference seed {seed}'s cells come from a build made on an {built_on} CPU; this is an {here}, "
-                         f"where a rebuild is another model{' (tried: ' + ', '.join(tried) + ')' if tried else ''}: continue the "
-                         f"grid on a machine with an {vendor(built_on)} CPU, or move that seed's results aside to start it again")
+def _data_digests(ref_dir: Path) -> dict:
+    """The SHA-256 of each kind of training row the build made: equal digests put a difference in the training,
+    not in the self-distilled answers."""
+    return json.loads((ref_dir / "safety_audit.json").read_text()).get("data", {}).get("sha256", {})
 
 
 def _check_packages(seed: int) -> None:
@@ -344,15 +351,16 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, metavar="ID", help="Run only these cells.")
     ap.add_argument("--max-cells", type=int, default=None, help="Stop after N items (cells or localizations).")
     ap.add_argument("--keep", action="store_true", help="Keep the fine-tuned models (cache/study/ID/model).")
-    ap.add_argument("--sibling", action="store_true", help="Run the --only cells on this machine's own build of their seed "
-                    "when it is not the recorded one, into results/study/sibling-SHA8/ (kept apart: not grid cells).")
+    ap.add_argument("--sibling", action="store_true", help="Run on this machine's own build of each seed when it is not "
+                    "the recorded one, into results/study/sibling-SHA8/: the unfinished cells, or the --only ones.")
     args = ap.parse_args()
-    if args.sibling and not args.only:
-        raise SystemExit("--sibling runs the cells named with --only")
     items = [c for c in plan() if args.only is None or c.id in args.only]
     if args.only and len(items) != len(args.only):
         raise SystemExit(f"unknown id among {args.only}; see --list")
-    left = [c for c in items if isinstance(c, Cell)] if args.sibling else [c for c in items if not finished(c)]
+    # --sibling --only: those cells even when the recorded build has them (to compare the builds)
+    left = [c for c in items if isinstance(c, Cell)] if args.sibling and args.only else [c for c in items if not finished(c)]
+    if args.sibling:
+        left = [c for c in left if isinstance(c, Cell)]  # a localization belongs to the recorded build
     if args.list:
         for c in items:
             print(f"{'to do' if c in left else 'done '}  {c.id}")

@@ -51,7 +51,7 @@ def test_tables_and_paired_tests_come_from_the_files(tmp_path, monkeypatch):
     _plant(tmp_path, sppft, [False] * 40, 0.0)
     assert study.finished(full) and not study.finished(study.Cell("normal", "lisa"))
     text = study_tables.section()
-    assert f"Cells finished: **2 of {len(study.grid())}**" in text
+    assert f"Cells finished: **2 of {len(study.grid())}** on the recorded builds (`python benchmarks/study.py --list`)." in text
     assert "| normal | full | 0 | 0 | 0.300 | 0.290–0.310 | 0.020 | – | 0.300 | – | 10.0 min |" in text
     assert "| normal | sppft vs full | ref 0 ft 0 | 0.000 | 0.300 | 0 | 12 | 0.00049 | +0.000 | – |" in text
     assert "| implicit | full | 0 | 0 | not run yet |" in text
@@ -153,7 +153,7 @@ def test_cells_of_two_reference_builds_never_mix(tmp_path, monkeypatch, tiny_mod
     first = json.loads(study.REFERENCES.read_text())["0"]["sha256"]
     weights = next(build.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")  # another build of the same seed
-    with pytest.raises(SystemExit, match=f"reference seed 0 .* came from \\({first[:12]}"):
+    with pytest.raises(SystemExit, match=f"reference seed 0 .* came from \\({first[:12]}.*with --sibling"):
         study._reference(0)
     record = json.loads(study.REFERENCES.read_text())["0"]
     assert record["sha256"] == first and [t["sha256"] == first for t in record["not_reproduced"]] == [False]
@@ -171,24 +171,18 @@ def test_cells_of_two_reference_builds_never_mix(tmp_path, monkeypatch, tiny_mod
     assert study.run_cell(study.Cell("none", "none"), sibling=True) == r
 
 
-def test_another_cpu_vendor_stops_the_study_before_a_rebuild(tmp_path, monkeypatch):
-    """A build made on an AMD CPU is another model when rebuilt on an Intel one (MKL's kernels differ by vendor):
-    the study says so in seconds instead of after a ~25 min rebuild, naming the rebuilds already tried there."""
-    import auditor.io.models as models
-    import auditor.workflows.reference as reference
-
-    monkeypatch.setattr(study, "REFERENCES", tmp_path / "references.json")
-    monkeypatch.setattr(models, "reference_dir", lambda seed=0: tmp_path / "not-built")
-    monkeypatch.setattr(reference, "build_reference", lambda cfg: pytest.fail("rebuilt on another vendor's CPU"))
-    intel = {"model": "Intel(R) Xeon(R) Processor", "flags": ["avx2"]}
-    study.REFERENCES.write_text(json.dumps({"2": {"sha256": "73b8", "versions": {}, "cpu": {"model": "AMD EPYC", "flags": []},
-                                                  "not_reproduced": [{"sha256": "cdc9fff6aa", "cpu": intel}]}}))
-    monkeypatch.setattr(study, "cpu_info", lambda: intel)
-    with pytest.raises(SystemExit, match=r"made on an AMD EPYC CPU; this is an Intel\(R\) Xeon.*\(tried: cdc9fff6\).*AMD CPU"):
-        study._reference(2)
-    assert study.vendor("AMD EPYC 9R14") == study.vendor("AMD EPYC") == "AMD" and study.vendor("Intel(R) Xeon(R)") == "Intel"
-    monkeypatch.setattr(study, "cpu_info", lambda: {"model": "AMD EPYC 7B13", "flags": []})
-    study._check_cpu(2)  # the same vendor: the rebuild goes ahead (and its SHA-256 decides)
+def test_a_build_records_what_tells_cpus_and_training_data_apart(tmp_path, monkeypatch):
+    """Every AMD machine of this kind calls itself "AMD EPYC": a build (and a failed rebuild) keeps the CPU's family,
+    model, stepping and microcode, and the digests of the rows it trained on, so the next mismatch can be placed."""
+    ident = study.cpu_id()
+    if Path("/proc/cpuinfo").is_file():
+        assert {"vendor_id", "cpu family", "model"} <= set(ident) and all(ident.values())
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "safety_audit.json").write_text(json.dumps({"data": {"sha256": {"refusal": "ab", "benign": "cd"}}}))
+    assert study._data_digests(ref) == {"refusal": "ab", "benign": "cd"}
+    (ref / "safety_audit.json").write_text("{}")
+    assert study._data_digests(ref) == {}
 
 
 def test_other_packages_stop_the_study_before_any_rebuild(tmp_path, monkeypatch):
@@ -254,20 +248,35 @@ def test_replication_pairs_each_build_s_own_range_with_full_fine_tuning(tmp_path
     assert lines[3] == "- layers inside every build's recommended range (5–12, 7–14, 9–12): 9–12."
 
 
-def test_a_sibling_build_is_compared_cell_by_cell_and_never_joins_the_grid(tmp_path, monkeypatch):
-    """`study.py --sibling` cells: beside the recorded build's cell of the same id, and SPPFT vs full within the build."""
+def test_a_rebuild_s_cells_pair_within_it_and_are_compared_cell_by_cell_with_other_builds(tmp_path, monkeypatch):
+    """`study.py --sibling` cells: never grid cells; a pair comes from one build only (the recorded one's when it has
+    both, else a rebuild's), and each rebuild's cell sits beside the same cell on the recorded or an earlier build."""
     monkeypatch.setattr(study, "STUDY", tmp_path)
     monkeypatch.setattr(study_tables, "STUDY", tmp_path)
-    sib, intel = tmp_path / "sibling-cdc9fff6", {"machine": {"cpu": {"model": "Intel(R) Xeon(R)"}}}
+    intel, amd = ({"machine": {"cpu": {"model": m}}} for m in ("Intel(R) Xeon(R)", "AMD EPYC"))
+    a, b = tmp_path / "sibling-aaaa1111", tmp_path / "sibling-bbbb2222"
     full, sppft = study.Cell("normal", "full"), study.Cell("normal", "sppft")
-    _plant(tmp_path, full, [i < 10 for i in range(40)], 0.25, 0.28)
-    _plant(sib, full, [i < 12 for i in range(40)], 0.30, 0.27, **intel)
-    _plant(sib, sppft, [False] * 40, 0.0, 0.27, **intel)
+    full1, sppft1 = study.Cell("normal", "full", ft_seed=1), study.Cell("normal", "sppft", ft_seed=1)
+    _plant(tmp_path, full, [i < 10 for i in range(40)], 0.25, 0.28)  # recorded: full only at ft 0; both at ft 1
+    _plant(tmp_path, full1, [i < 3 for i in range(40)], 0.075)
+    _plant(tmp_path, sppft1, [False] * 40, 0.0)
+    _plant(a, full, [i < 12 for i in range(40)], 0.30, 0.27, **intel)
+    _plant(a, sppft, [False] * 40, 0.0, 0.27, **intel)
+    _plant(a, full1, [i < 20 for i in range(40)], 0.5, **intel)  # the recorded build has this pair: never used
+    _plant(a, sppft1, [False] * 40, 0.0, **intel)
+    _plant(b, sppft, [i < 1 for i in range(40)], 0.025, **amd)
     results = study_tables._load()
-    assert set(results) == {full.id}  # the sibling's cells are not grid cells
-    text = "\n".join(study_tables.siblings(results))
-    assert "Build cdc9fff6… (Intel(R) Xeon(R); `benchmarks/results/study/sibling-cdc9fff6/`) against the recorded build" in text
-    assert "| normal-full-ref0-ft0 | 38 of 40 | 0.250 → 0.300 | 0 | 2 | 0.5 | 0.020 → 0.020 | – → – | 0.280 → 0.270 | – → – |" in text
-    assert f"| {sppft.id} | | – → 0.000 | | | | – → 0.020 | – → – | – → 0.270 | – → – |" in text
-    assert "on this build, normal SPPFT [5, 12] (the recorded build's range) against full fine-tuning: **holds** " \
-           "(prompts harmful only under sppft 0, only under full 12, p = 0.00049)" in text
+    assert set(results) == {full.id, full1.id, sppft1.id}
+    rows = study_tables.paired(results)[("normal", "sppft", "full", 0)]
+    assert [(r.a.ft_seed, r.build, r.only_b) for r in rows] == [(0, "aaaa1111", 12), (1, None, 3)]
+    text = study_tables.section()
+    assert "| normal | sppft vs full | ref 0 ft 0 (rebuild aaaa1111) | 0.000 | 0.300 | 0 | 12 | 0.00049 | +0.000 | – |" in text
+    assert "| normal | sppft vs full | **ref 0 pooled (2)** | | | 0 | 15 |" in text
+    assert f"Cells finished: **3 of {len(study.grid())}** on the recorded builds" in text
+    assert "and 1 more only on a rebuild (marked; `--sibling`)." in text
+    assert "| normal | sppft [5, 12] | 0 | 0 (rebuild aaaa1111) | 0.000 | -0.010–0.010 |" in text
+    assert "| normal | sppft [5, 12] | 0 | 0 (rebuild bbbb2222) | 0.025 |" in text
+    sib = "\n".join(study_tables.siblings(results))
+    assert "Rebuild aaaa1111… (Intel(R) Xeon(R); `benchmarks/results/study/sibling-aaaa1111/`)" in sib
+    assert "| normal-full-ref0-ft0 | recorded | 38 of 40 | 0.250 → 0.300 | 0 | 2 | 0.5 | 0.020 → 0.020 | – → – | 0.280 → 0.270 | – → – |" in sib
+    assert f"| {sppft.id} | aaaa1111 | 39 of 40 | 0.000 → 0.025 | 0 | 1 | 1 |" in sib  # no recorded cell: the earlier rebuild's
