@@ -323,11 +323,13 @@ def run_localization(loc: Localization) -> None:
                        check=True)
 
 
-def finished(item) -> bool:
+def finished(item, rebuilds: bool = False) -> bool:
+    """On the recorded build; `rebuilds`: or on any rebuild (a cell --sibling need not run again on a third build).
+    A session on a fresh machine should finish both cells of a pair: a pair never takes its cells from two builds."""
     if isinstance(item, Localization):
         return item.locate_json.is_file() and item.scan_json.is_file()
-    p = STUDY / f"{item.id}.json"
-    return p.is_file() and (STUDY / f"{item.id}.responses.jsonl.gz").is_file()
+    folders = [STUDY] + (sorted(p for p in STUDY.glob("sibling-*") if p.is_dir()) if rebuilds else [])
+    return any((f / f"{item.id}.json").is_file() and (f / f"{item.id}.responses.jsonl.gz").is_file() for f in folders)
 
 
 def pace(todo: list) -> str:
@@ -359,8 +361,8 @@ def main() -> None:
         raise SystemExit(f"unknown id among {args.only}; see --list")
     # --sibling --only: those cells even when the recorded build has them (to compare the builds)
     left = [c for c in items if isinstance(c, Cell)] if args.sibling and args.only else [c for c in items if not finished(c)]
-    if args.sibling:
-        left = [c for c in left if isinstance(c, Cell)]  # a localization belongs to the recorded build
+    if args.sibling and not args.only:  # a localization belongs to the recorded build; a cell one rebuild ran is done
+        left = [c for c in left if isinstance(c, Cell) and not finished(c, rebuilds=True)]
     if args.list:
         for c in items:
             print(f"{'to do' if c in left else 'done '}  {c.id}")

@@ -167,6 +167,7 @@ def test_cells_of_two_reference_builds_never_mix(tmp_path, monkeypatch, tiny_mod
     assert other != first and other == study._reference(0, sibling=True)[1]
     assert (study.STUDY / f"sibling-{other[:8]}" / "none-none-ref0-ft0.json").is_file()
     assert not study.finished(study.Cell("none", "none")) and "none-none-ref0-ft0" not in study_tables._load()
+    assert study.finished(study.Cell("none", "none"), rebuilds=True)  # `--sibling` alone does not run it on a third build
     monkeypatch.setattr(study, "_eval", lambda model: pytest.fail("a finished cell was run again"))
     assert study.run_cell(study.Cell("none", "none"), sibling=True) == r
 
