@@ -34,31 +34,24 @@ SETTINGS = {"default": {}, "MKL_ENABLE_INSTRUCTIONS=AVX2": {"MKL_ENABLE_INSTRUCT
             "MKL_CBWR=COMPATIBLE": {"MKL_CBWR": "COMPATIBLE"}}
 SHAPES = [(37, 576, 576), (37, 576, 1536), (37, 1536, 576), (1536, 576, 1536), (5, 576, 49152)]  # tokens, in, out
 
-PROBE = f"""
-import hashlib, torch
+SETUP = f"""
+import sys, torch
 torch.manual_seed(0); torch.set_num_threads(2)
+work = [(torch.randn(m, k, requires_grad=True), torch.nn.Linear(k, n)) for m, k, n in {SHAPES!r}]
+"""
+PROBE = SETUP + """
+import hashlib
 h = hashlib.sha256()
-for m, k, n in {SHAPES!r}:
-    x = torch.randn(m, k, requires_grad=True); lin = torch.nn.Linear(k, n)
+for x, lin in work:
     y = lin(x); y.sum().backward()
     for t in (y, x.grad, lin.weight.grad):
         h.update(t.detach().numpy().tobytes())
 print(hashlib.sha256(h.digest()).hexdigest())
 """
-
-
-TIMER = f"""
-import statistics, time, torch
-torch.manual_seed(0); torch.set_num_threads(2)
-work = [(torch.randn(m, k, requires_grad=True), torch.nn.Linear(k, n)) for m, k, n in {SHAPES!r}]
-def once():
-    for x, lin in work:
-        lin(x).sum().backward()
-once()
-ts = []
-for _ in range(5):
-    t = time.perf_counter(); once(); ts.append(time.perf_counter() - t)
-print(statistics.median(ts))
+TIMER = SETUP + f"""
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from _common import timed
+print(timed(lambda: [lin(x).sum().backward() for x, lin in work], repeat=5))
 """
 
 

@@ -52,6 +52,7 @@ from _common import RESULTS  # noqa: E402
 from auditor.workflows.doctor import cpu_info  # noqa: E402
 
 STUDY = RESULTS / "study"
+REBUILD = "sibling-"  # + a rebuild's SHA-256 prefix: the folder of the cells run on it
 REFERENCES = STUDY / "references.json"  # per reference seed: the build (SHA-256 of its HF folder) the cells came from
 REQUIREMENTS = Path(__file__).resolve().parent / "study-requirements.txt"  # the exact packages those builds came from
 PINNED = ("torch", "transformers", "peft")  # what a build records and the study checks before any work
@@ -189,7 +190,7 @@ def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
     if cell.method in LOCATED and cell.layers is None:
         raise SystemExit(f"{cell.id}: reference seed {cell.ref_seed} is not localized yet (run localization-ref{cell.ref_seed})")
     ref_dir, sha = _reference(cell.ref_seed, sibling)
-    out = STUDY if sha == _recorded_builds()[str(cell.ref_seed)]["sha256"] else STUDY / f"sibling-{sha[:8]}"
+    out = STUDY if sha == _recorded_builds()[str(cell.ref_seed)]["sha256"] else STUDY / f"{REBUILD}{sha[:8]}"
     if (out / f"{cell.id}.json").is_file() and (out / f"{cell.id}.responses.jsonl.gz").is_file():  # finished: never redone
         return json.loads((out / f"{cell.id}.json").read_text())
     work = cache_dir() / "study" / (cell.id if out == STUDY else f"{cell.id}-{sha[:8]}")
@@ -323,12 +324,17 @@ def run_localization(loc: Localization) -> None:
                        check=True)
 
 
+def rebuild_folders(study: Path) -> list[Path]:
+    """The folders of rebuilds' cells (`--sibling`), in name order: the order in which the tables prefer them."""
+    return sorted(p for p in study.glob(f"{REBUILD}*") if p.is_dir())
+
+
 def finished(item, rebuilds: bool = False) -> bool:
     """On the recorded build; `rebuilds`: or on any rebuild (a cell --sibling need not run again on a third build).
     A session on a fresh machine should finish both cells of a pair: a pair never takes its cells from two builds."""
     if isinstance(item, Localization):
         return item.locate_json.is_file() and item.scan_json.is_file()
-    folders = [STUDY] + (sorted(p for p in STUDY.glob("sibling-*") if p.is_dir()) if rebuilds else [])
+    folders = [STUDY] + (rebuild_folders(STUDY) if rebuilds else [])
     return any((f / f"{item.id}.json").is_file() and (f / f"{item.id}.responses.jsonl.gz").is_file() for f in folders)
 
 
@@ -359,10 +365,12 @@ def main() -> None:
     items = [c for c in plan() if args.only is None or c.id in args.only]
     if args.only and len(items) != len(args.only):
         raise SystemExit(f"unknown id among {args.only}; see --list")
-    # --sibling --only: those cells even when the recorded build has them (to compare the builds)
-    left = [c for c in items if isinstance(c, Cell)] if args.sibling and args.only else [c for c in items if not finished(c)]
-    if args.sibling and not args.only:  # a localization belongs to the recorded build; a cell one rebuild ran is done
-        left = [c for c in left if isinstance(c, Cell) and not finished(c, rebuilds=True)]
+    if args.sibling and args.only:  # those cells even when the recorded build has them (to compare the builds)
+        left = [c for c in items if isinstance(c, Cell)]
+    elif args.sibling:  # a localization belongs to the recorded build; a cell one rebuild ran is done
+        left = [c for c in items if isinstance(c, Cell) and not finished(c, rebuilds=True)]
+    else:
+        left = [c for c in items if not finished(c)]
     if args.list:
         for c in items:
             print(f"{'to do' if c in left else 'done '}  {c.id}")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from study import FREEZE_BLOCK, LOCATED, SPPFT_RANGE, STUDY, Cell, Localization, grid, located_range  # noqa: E402
+from study import (FREEZE_BLOCK, LOCATED, REBUILD, SPPFT_RANGE, STUDY, Cell, Localization, grid, located_range,  # noqa: E402
+                   rebuild_folders)
 
 from auditor.core.metrics import mcnemar_exact  # noqa: E402
 from auditor.core.refusal import make_classifier  # noqa: E402
@@ -36,7 +37,7 @@ def _load(folder: Path | None = None) -> dict[str, dict]:
 
 def _rebuilds() -> list[tuple[str, Path, dict[str, dict]]]:
     """(SHA-256 prefix, folder, cells) of every rebuild that is not its seed's recorded build (`study.py --sibling`)."""
-    found = [(p.name.removeprefix("sibling-"), p, _load(p)) for p in sorted(STUDY.glob("sibling-*")) if p.is_dir()]
+    found = [(p.name.removeprefix(REBUILD), p, _load(p)) for p in rebuild_folders(STUDY)]
     return [b for b in found if b[2]]
 
 
