@@ -14,8 +14,8 @@ paired tests); a re-run skips finished cells, so the grid runs in pieces over da
     python benchmarks/study.py --sibling      # the unfinished cells on this machine's own rebuild: results/study/sibling-SHA8/
     python benchmarks/study.py --sibling --only ID ...  # these cells on it (a finished one too: to compare builds)
 
-A rebuild of a seed on a fresh machine is, so far, always another build (rounding: an Intel Xeon and a second AMD
-EPYC both gave one), so a grid cell pairs only with cells of its own build: study_tables takes each comparison's two
+A rebuild of a seed on a fresh machine is, so far, always another build (rounding: seed 2 on an Intel Xeon and on a
+second AMD EPYC, seed 0 on a third AMD EPYC: each gave one), so a grid cell pairs only with cells of its own build: study_tables takes each comparison's two
 cells from the recorded build when it has both, else from one rebuild that has both (docs/METHOD.md §1.5).
 
 Never beside a benchmark: it takes both cores for hours.
