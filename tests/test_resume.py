@@ -153,3 +153,20 @@ def test_reference_build_resumes_to_bit_identical_weights(tmp_path, tiny_model_d
     assert again.returncode == 0, again.stderr
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "r")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_skips_a_checkpoint_left_half_written(tmp_path):
+    """A run killed while saving leaves checkpoint-N without trainer_state.json (written last): resume takes the
+    newest complete one, not the half-written folder the Trainer cannot load."""
+    from auditor.training.trainer import last_checkpoint
+
+    for step, complete in ((1, True), (2, True), (10, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path, resume=True) == str(tmp_path / "checkpoint-2")
+    assert last_checkpoint(tmp_path, resume=False) is None
+    (tmp_path / "checkpoint-2" / "trainer_state.json").unlink()
+    (tmp_path / "checkpoint-1" / "trainer_state.json").unlink()
+    assert last_checkpoint(tmp_path, resume=True) is None

@@ -85,9 +85,15 @@ def build_trainer(model, causal_lm, tok, data, args, trainer_cls, extra: dict, c
 
 
 def last_checkpoint(ckpt: Path, resume: bool) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* checkpoint: the Trainer writes trainer_state.json last, so a run killed while saving
+    leaves a folder without it, which transformers' get_last_checkpoint would pick and then fail to load."""
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    return get_last_checkpoint(str(ckpt)) if resume and ckpt.is_dir() else None
+    if not (resume and ckpt.is_dir()):
+        return None
+    done = [d for d in ckpt.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if d.name.rsplit("-", 1)[1].isdigit() and (d / TRAINER_STATE_NAME).is_file()]
+    return str(max(done, key=lambda d: int(d.name.rsplit("-", 1)[1]))) if done else None
 
 
 def training_versions() -> dict:
