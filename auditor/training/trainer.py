@@ -92,8 +92,9 @@ def last_checkpoint(ckpt: Path, resume: bool) -> str | None:
 
     if not (resume and ckpt.is_dir()):
         return None
-    done = [d for d in ckpt.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if d.name.rsplit("-", 1)[1].isdigit() and (d / TRAINER_STATE_NAME).is_file()]
-    return str(max(done, key=lambda d: int(d.name.rsplit("-", 1)[1]))) if done else None
+    steps = {d: d.name.rsplit("-", 1)[1] for d in ckpt.glob(f"{PREFIX_CHECKPOINT_DIR}-*")}
+    done = {int(s): d for d, s in steps.items() if s.isdigit() and (d / TRAINER_STATE_NAME).is_file()}
+    return str(done[max(done)]) if done else None
 
 
 def training_versions() -> dict:
