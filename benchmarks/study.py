@@ -13,6 +13,7 @@ paired tests); a re-run skips finished cells, so the grid runs in pieces over da
     python benchmarks/study.py --max-cells 1  # one more cell, then stop
     python benchmarks/study.py --sibling      # the unfinished cells on this machine's own rebuild: results/study/sibling-SHA8/
     python benchmarks/study.py --sibling --only ID ...  # these cells on it (a finished one too: to compare builds)
+    python benchmarks/study.py --rebuild 2    # seed 2 from scratch here: the recorded build, an earlier rebuild, or new?
 
 A rebuild of a seed on a fresh machine is, so far, always another build (rounding: seed 2 on an Intel Xeon and on a
 second AMD EPYC, seed 0 on a third AMD EPYC: each gave one), so a grid cell pairs only with cells of its own build: study_tables takes each comparison's two
@@ -243,7 +244,8 @@ def _reference(seed: int, sibling: bool = False) -> tuple[Path, str]:
 
     _check_packages(seed)
     ref_dir = reference_dir(seed)
-    if not (ref_dir / "safety_audit.json").is_file():
+    built = not (ref_dir / "safety_audit.json").is_file()
+    if built:
         print(f"   building reference seed {seed} (resumable)", flush=True)
         build_reference(ReferenceConfig(seed=seed))
     sha = resolve_model(str(ref_dir)).content_hash("torch")
@@ -256,10 +258,13 @@ def _reference(seed: int, sibling: bool = False) -> tuple[Path, str]:
         REFERENCES.write_text(json.dumps(known, indent=2) + "\n")
     elif known[str(seed)]["sha256"] != sha:
         tried = known[str(seed)].setdefault("not_reproduced", [])
-        if sha not in [t["sha256"] for t in tried]:  # kept beside the build it failed to reproduce
+        same = [t for t in tried if t["sha256"] == sha]
+        if not same:  # kept beside the build it failed to reproduce
             tried.append({"sha256": sha, "versions": versions, "cpu": cpu_info(), "cpu_id": cpu_id(),
                           "data_sha256": _data_digests(ref_dir), "date": time.strftime("%Y-%m-%d")})
             REFERENCES.write_text(json.dumps(known, indent=2) + "\n")
+        elif built:  # an earlier rebuild, made again from scratch here: which machines round alike
+            _note_rebuilt(known, same[0], versions)
         if sibling:
             return ref_dir, sha
         rec = known[str(seed)]
@@ -269,7 +274,37 @@ def _reference(seed: int, sibling: bool = False) -> tuple[Path, str]:
         raise SystemExit(f"reference seed {seed} built here ({sha[:12]}, {versions}) is not the build the study's cells "
                          f"came from ({rec['sha256'][:12]}, {rec['versions']}; {REFERENCES}): "
                          f"{fix}, or move that seed's results aside to start it again")
+    elif built:
+        _note_rebuilt(known, known[str(seed)], versions)
     return ref_dir, sha
+
+
+def _note_rebuilt(known: dict, build: dict, versions: dict) -> None:
+    """A build made again from scratch came out identical: the machine is kept with it (`rebuilt_identically`), so
+    the record says which CPUs round alike, not only which do not."""
+    build.setdefault("rebuilt_identically", []).append({"versions": versions, "cpu": cpu_info(), "cpu_id": cpu_id(),
+                                                        "date": time.strftime("%Y-%m-%d")})
+    REFERENCES.write_text(json.dumps(known, indent=2) + "\n")
+
+
+def rebuild(seed: int) -> str:
+    """`--rebuild SEED`: build the seed from scratch here and say which known build it is (the recorded one, an
+    earlier rebuild, or a new one): ~25 min, no cells."""
+    from auditor.io.models import reference_dir
+
+    if (reference_dir(seed) / "safety_audit.json").is_file():
+        raise SystemExit(f"a build of reference seed {seed} is already in {reference_dir(seed)}: move it aside to rebuild")
+    first = str(seed) not in _recorded_builds()
+    sha = _reference(seed, sibling=True)[1]
+    rec = _recorded_builds()[str(seed)]
+    same = [t for t in [rec, *rec.get("not_reproduced", [])] if t["sha256"] == sha][0]
+    if same is rec:
+        return f"reference seed {seed} {'built' if first else 'rebuilt'} here: {sha[:8]}, " + (
+            "now its recorded build" if first else "the recorded build")
+    ident = " ".join(f"{k} {v}" for k, v in same.get("cpu_id", {}).items() if k != "vendor_id")
+    new = not same.get("rebuilt_identically")
+    return (f"reference seed {seed} rebuilt here: {sha[:8]}, " + ("another build (not_reproduced in references.json)"
+            if new else f"the rebuild of {same['date']} on {same['cpu']['model']} {ident}".rstrip()))
 
 
 def _recorded_builds() -> dict:
@@ -361,7 +396,12 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="Keep the fine-tuned models (cache/study/ID/model).")
     ap.add_argument("--sibling", action="store_true", help="Run on this machine's own build of each seed when it is not "
                     "the recorded one, into results/study/sibling-SHA8/: the unfinished cells, or the --only ones.")
+    ap.add_argument("--rebuild", type=int, default=None, metavar="SEED", help="Build reference seed SEED from "
+                    "scratch here (~25 min) and say whether it is the recorded build, an earlier rebuild or a new one.")
     args = ap.parse_args()
+    if args.rebuild is not None:
+        print(rebuild(args.rebuild))
+        return
     items = [c for c in plan() if args.only is None or c.id in args.only]
     if args.only and len(items) != len(args.only):
         raise SystemExit(f"unknown id among {args.only}; see --list")

@@ -281,3 +281,39 @@ def test_a_rebuild_s_cells_pair_within_it_and_are_compared_cell_by_cell_with_oth
     assert "Rebuild aaaa1111… (Intel(R) Xeon(R); `benchmarks/results/study/sibling-aaaa1111/`)" in sib
     assert "| normal-full-ref0-ft0 | recorded | 38 of 40 | 0.250 → 0.300 | 0 | 2 | 0.5 | 0.020 → 0.020 | – → – | 0.280 → 0.270 | – → – |" in sib
     assert f"| {sppft.id} | aaaa1111 | 39 of 40 | 0.000 → 0.025 | 0 | 1 | 1 |" in sib  # no recorded cell: the earlier rebuild's
+
+
+def test_a_rebuild_from_scratch_says_which_known_build_it_is(tmp_path, monkeypatch, tiny_model_dir, capsys):
+    """`--rebuild SEED` answers whether machines of one CPU round alike: a from-scratch build identical to an earlier
+    rebuild is kept with it (`rebuilt_identically`, with this machine's CPU); a cached build is never built over."""
+    import shutil
+
+    import auditor.io.models as models
+    import auditor.workflows.reference as reference
+    from auditor.training.trainer import training_versions
+
+    build, weights = tmp_path / "ref", {"bytes": None}
+
+    def build_reference(cfg):  # the same weights every time, as one machine's rounding would give
+        shutil.copytree(tiny_model_dir, build)
+        (build / "safety_audit.json").write_text(json.dumps({"versions": training_versions()}))
+        if weights["bytes"] is not None:
+            next(build.glob("*.safetensors")).write_bytes(weights["bytes"])
+
+    monkeypatch.setattr(models, "reference_dir", lambda seed=0: build)
+    monkeypatch.setattr(reference, "build_reference", build_reference)
+    monkeypatch.setattr(study, "REFERENCES", tmp_path / "references.json")
+    assert "now its recorded build" in study.rebuild(0)
+    with pytest.raises(SystemExit, match="already in .*move it aside"):
+        study.rebuild(0)
+    shutil.rmtree(build)
+    assert study.rebuild(0).endswith("the recorded build")
+    assert len(json.loads(study.REFERENCES.read_text())["0"]["rebuilt_identically"]) == 1
+    w = next(tiny_model_dir.glob("*.safetensors")).read_bytes()
+    weights["bytes"] = w[:-1] + bytes([w[-1] ^ 1])  # this machine rounds otherwise
+    for expect in ("another build", "the rebuild of "):
+        shutil.rmtree(build)
+        assert expect in study.rebuild(0)
+    record = json.loads(study.REFERENCES.read_text())["0"]
+    (other,) = record["not_reproduced"]
+    assert other["rebuilt_identically"][0]["cpu_id"] == study.cpu_id() and len(record["rebuilt_identically"]) == 1
