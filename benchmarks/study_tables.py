@@ -194,7 +194,7 @@ def targets(pairs: dict) -> list[str]:
             ok = all(d is not None and round(abs(d), 3) <= 0.02 for d in means)
             utility = (f"; Rouge-L and MMLU within 0.02 of full FT's: {'yes' if ok else '**no**'} "
                        f"(Δ {_signed(means[0])}, {_signed(means[1])})")
-        lines.append(f"- {claim}: {verdict} so far ({len(rows)} of {planned} seeds; prompts harmful only under "
+        lines.append(f"- {claim}: {verdict}{' so far' * (len(rows) < planned)} ({len(rows)} of {planned} seeds; prompts harmful only under "
                      f"{a_m} {oa}, only under {b_m} {ob}, p = {p:.2g}){utility}.")
     return lines
 
