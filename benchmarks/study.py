@@ -16,7 +16,7 @@ paired tests); a re-run skips finished cells, so the grid runs in pieces over da
     python benchmarks/study.py --rebuild 2    # seed 2 from scratch here: the recorded build, an earlier rebuild, or new?
 
 A rebuild of a seed on a fresh machine is, so far, always another build (rounding: seed 2 on an Intel Xeon and on a
-second AMD EPYC, seed 0 on a third AMD EPYC: each gave one), so a grid cell pairs only with cells of its own build: study_tables takes each comparison's two
+second AMD EPYC, seed 0 on a third AMD EPYC: each gave one; seed 2 again on a CPU of the second's id: a third), so a grid cell pairs only with cells of its own build: study_tables takes each comparison's two
 cells from the recorded build when it has both, else from one rebuild that has both (docs/METHOD.md §1.5).
 
 Never beside a benchmark: it takes both cores for hours.
