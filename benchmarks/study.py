@@ -260,8 +260,7 @@ def _reference(seed: int, sibling: bool = False) -> tuple[Path, str]:
         tried = known[str(seed)].setdefault("not_reproduced", [])
         same = [t for t in tried if t["sha256"] == sha]
         if not same:  # kept beside the build it failed to reproduce
-            tried.append({"sha256": sha, "versions": versions, "cpu": cpu_info(), "cpu_id": cpu_id(),
-                          "data_sha256": _data_digests(ref_dir), "date": time.strftime("%Y-%m-%d")})
+            tried.append({"sha256": sha, **_this_machine(versions), "data_sha256": _data_digests(ref_dir)})
             REFERENCES.write_text(json.dumps(known, indent=2) + "\n")
         elif built:  # an earlier rebuild, made again from scratch here: which machines round alike
             _note_rebuilt(known, same[0], versions)
@@ -282,9 +281,13 @@ def _reference(seed: int, sibling: bool = False) -> tuple[Path, str]:
 def _note_rebuilt(known: dict, build: dict, versions: dict) -> None:
     """A build made again from scratch came out identical: the machine is kept with it (`rebuilt_identically`), so
     the record says which CPUs round alike, not only which do not."""
-    build.setdefault("rebuilt_identically", []).append({"versions": versions, "cpu": cpu_info(), "cpu_id": cpu_id(),
-                                                        "date": time.strftime("%Y-%m-%d")})
+    build.setdefault("rebuilt_identically", []).append(_this_machine(versions))
     REFERENCES.write_text(json.dumps(known, indent=2) + "\n")
+
+
+def _this_machine(versions: dict) -> dict:
+    """What a build made here is kept with: the packages, the CPU (and what tells CPUs of one name apart), the day."""
+    return {"versions": versions, "cpu": cpu_info(), "cpu_id": cpu_id(), "date": time.strftime("%Y-%m-%d")}
 
 
 def rebuild(seed: int) -> str:

@@ -220,7 +220,8 @@ def test_each_target_gets_its_verdict_from_the_pooled_test(tmp_path, monkeypatch
     _plant(tmp_path, study.Cell("implicit", "sppft"), [i < 10 for i in range(40)], 0.25, 0.23, 0.25)
     _plant(tmp_path, study.Cell("normal", "freeze-block"), [i < 2 for i in range(40)], 0.05)  # 2 vs 0: not significant
     lines = study_tables.targets(study_tables.paired(study_tables._load()))
-    assert "**holds** so far (2 of 3 seeds" in lines[0]
+    assert lines[0].startswith("- SPPFT's R_h below full fine-tuning's on D_N: **holds** so far (2 of 3 seeds")
+    assert "only under sppft 0, only under full 12, p = 0.00049); Rouge-L and MMLU within 0.02 of full FT's: yes" in lines[0]
     _plant(tmp_path, study.Cell("normal", "full", ft_seed=2), [i < 6 for i in range(40)], 0.15, 0.28, 0.25)
     _plant(tmp_path, study.Cell("normal", "sppft", ft_seed=2), [False] * 40, 0.0, 0.27, 0.24)
     lines = study_tables.targets(study_tables.paired(study_tables._load()))  # every planned seed run: a final verdict
