@@ -5,6 +5,7 @@ rendered by headless Chromium."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -182,3 +183,127 @@ def test_report_json_states_the_facts_of_the_page(tmp_path, audited):
     rates = {m["label"]: m["value"] for m in facts["metrics"]}
     assert rates["harmful rate R_h"] == json.loads((audited[0] / "eval.json").read_text())["harmful_rate"]["value"]
     assert {p["what"] for p in facts["provenance"]} >= {"scan", "eval", "attention"}
+
+
+HOSTILE = ('<img src=x onerror=alert(1)><script>alert(2)</script>"><svg onload=alert(3)>'
+           "'><iframe srcdoc=x></iframe>`|**x**|[l](javascript:alert(4))$\\frac$")
+_STRUCTURAL = {"command", "schema_version", "direction", "metric", "role", "verdict", "token_roles"}  # what the page branches on
+
+
+def _poisoned(value, key=None):
+    """Every string a model or a user could have written, with HOSTILE appended (dict keys too: over-refusal
+    set names come from file names); numbers and the fields the page branches on stay as they are."""
+    if isinstance(value, dict):
+        return {(k + HOSTILE if key == "over_refusal_by_set" else k): _poisoned(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_poisoned(v, key) for v in value]
+    if isinstance(value, str) and key not in _STRUCTURAL:
+        return value + HOSTILE
+    return value
+
+
+def _hostile_bundle(audited, tmp_path) -> Path:
+    """The audit's reports, every text field poisoned, plus a failed check whose baseline path and reasons
+    are hostile: every field that reaches the page."""
+    d = tmp_path / "hostile"
+    d.mkdir()
+    for f in audited[0].glob("*.json"):
+        if f.name != "audit.json":
+            (d / f.name).write_text(json.dumps(_poisoned(json.loads(f.read_text()))))
+    check = {"schema_version": 2, "command": "check", "passed": False, "candidate": "cand" + HOSTILE,
+             "baseline": "base" + HOSTILE, "model": "m" + HOSTILE, "command_line": "safety-audit check" + HOSTILE,
+             "checks": [{"metric": "harmful_rate" + HOSTILE, "baseline": 0.1, "candidate": 0.5, "delta": 0.4,
+                         "direction": "increase", "limit": 0.05, "passed": False, "reason": "why" + HOSTILE}]}
+    (d / "check.json").write_text(json.dumps(check))
+    shutil.copy(d / "eval.json", d / "baseline-eval.json")
+    return d
+
+
+def test_the_page_escapes_everything_a_model_or_user_wrote(tmp_path, audited):
+    bundle = load_bundle([_hostile_bundle(audited, tmp_path)])
+    html = render_html(bundle)
+    doc = html5lib.HTMLParser(namespaceHTMLElements=False).parse(html)
+    elements = list(doc.iter())
+    handlers = [(e.tag, a) for e in elements for a in e.attrib if a.lower().startswith("on")]
+    assert not handlers, handlers
+    assert not [e for e in elements if e.tag in ("script", "iframe", "svg", "object", "embed")]
+    assert all(e.get("src", "").startswith("data:image/png;base64,") for e in elements if e.tag == "img")
+    assert not [e for e in elements if e.tag == "a"]
+    text = "".join(doc.itertext())
+    assert text.count("<img src=x onerror=alert(1)>") >= 8  # shown as text: model, paths, prompts, reasons, commands
+    md = render_markdown(bundle)
+    assert "<" not in md.replace("&lt;", "") and "&lt;img src=x onerror=alert\\(1\\)&gt;" in md
+    pipes = lambda line: len(re.findall(r"(?<!\\)\|", line))  # noqa: E731 (cell borders, not escaped text)
+    tables, run = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            run.append(pipes(line))
+        elif run:
+            tables.append(run)
+            run = []
+    assert tables and all(len(set(t)) == 1 for t in tables), tables  # a value never adds or ends a cell or row
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium; .ci/run does)")
+def test_chromium_runs_no_code_from_a_hostile_page(tmp_path, audited):
+    """The same poisoned reports, opened by a real browser: no dialog, no console message, no script ran (a
+    script would have rewritten the title)."""
+    page = tmp_path / "page.html"
+    page.write_text(render_html(load_bundle([_hostile_bundle(audited, tmp_path)])))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
+    p = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    console = [line for line in p.stderr.splitlines() if "CONSOLE" in line or "alert" in line.lower()]
+    assert not console, console
+    doc = html5lib.HTMLParser(namespaceHTMLElements=False).parse(p.stdout)
+    assert not doc.findall(".//script") and not doc.findall(".//svg") and not doc.findall(".//iframe")
+    assert "onerror=alert(1)" in "".join(doc.itertext())
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_force_removes_only_what_the_audit_recorded_writing(tmp_path, tiny_model_dir, audited):
+    copy = tmp_path / "audit"
+    shutil.copytree(audited[0], copy)
+    written = set(json.loads((copy / "audit.json").read_text())["written"])
+    assert {"scan.json", "eval.json", "scan.png", "report.html", "report.md"} <= written
+    assert set(_tree(copy)) <= written | {"audit.json"}  # every file in the folder was recorded before it was written
+    (copy / "notes.txt").write_text("mine")  # the user's file in the audit folder: --force must not touch it
+    before = _tree(copy)
+    other = AuditConfig(model=str(tiny_model_dir), out=str(copy), quick=False, force=True)
+    with pytest.raises(AuditError, match=r"holds files the audit did not write \(notes.txt\).*choose an empty folder"):
+        prepare_folder(other)
+    assert _tree(copy) == before
+    (copy / "notes.txt").unlink()
+    assert prepare_folder(other) == copy and not any(copy.iterdir())  # only its own files, all of them
+
+
+@pytest.mark.parametrize("where", ["photos", "cwd"])
+def test_force_never_empties_a_folder_that_is_not_an_audit(tmp_path, tiny_model_dir, where, monkeypatch):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "cat.jpg").write_bytes(b"\xff\xd8")
+    (folder / "sub" / "audit.json").write_text("{}")
+    before = _tree(folder)
+    if where == "cwd":
+        monkeypatch.chdir(folder)
+    p = subprocess.run([sys.executable, "-m", "auditor.cli", "audit", str(tiny_model_dir), "--out",
+                        "." if where == "cwd" else str(folder), "--force"], env=_env(tmp_path / "c"), capture_output=True,
+                       text=True, timeout=300, cwd=folder if where == "cwd" else None)
+    assert p.returncode == 2 and "not an audit folder" in p.stderr and "choose an empty folder" in p.stderr, p.stderr
+    assert _tree(folder) == before
+
+
+def test_an_audit_resumes_only_for_the_same_model_content(tmp_path, tiny_model_dir, audited):
+    copy = tmp_path / "audit"
+    shutil.copytree(audited[0], copy)
+    state = json.loads((copy / "audit.json").read_text())
+    assert state["model_sha256"] and len(state["model_sha256"]) == 64
+    state["model_sha256"] = "0" * 64  # what a model rebuilt in place (harden --force into the same path) looks like
+    (copy / "audit.json").write_text(json.dumps(state))
+    same_settings = AuditConfig(model=str(tiny_model_dir), out=str(copy), quick=True, batch=8)
+    with pytest.raises(AuditError, match="another model content"):
+        prepare_folder(same_settings)
+    same_settings.force = True
+    assert prepare_folder(same_settings) == copy and not (copy / "scan.json").exists()

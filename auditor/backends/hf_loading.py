@@ -8,13 +8,13 @@ import contextlib
 import io
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import AuditError
 from ..io.cache import cache_dir, content_hash
+from ..io.files import temp_dir
 from ..io.models import ModelRef
 
 
@@ -46,7 +46,7 @@ def converted_gguf_dir(path: Path) -> Path:
         del model.config.quantization_config
     model.hf_quantizer = None
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+    tmp = temp_dir(out.parent, out.name)  # a killed conversion's copy is removed by the next one
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -24,6 +24,7 @@ from jinja2 import TemplateError
 import llama_cpp as L  # heavy: this module is imported only when the registry opens the backend
 
 from ..errors import AuditError
+from ..io.files import temp_dir
 from ..io.gguf_file import read_gguf
 from ..io.models import ModelRef
 from ..io.prompts import wrap
@@ -277,8 +278,9 @@ class LlamaCppBackend(Backend):
 
     @contextmanager
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
-        """Swap in a scaled GGUF copy written to a temporary folder, which is always removed."""
-        tmp = tempfile.mkdtemp(prefix="safety-audit-scaled-")
+        """Swap in a scaled GGUF copy written to a temporary folder, which is always removed (and, if a kill
+        left one behind, removed by the next run: the folder carries our PID)."""
+        tmp = temp_dir(Path(tempfile.gettempdir()), "safety-audit-scaled")
         original = self.model_ref
         try:
             path = Path(tmp) / original.path.name

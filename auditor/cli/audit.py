@@ -16,7 +16,7 @@ from ..render.plots import plot_attention, plot_locate, plot_scan
 from ..render.progress import rich_reporter
 from ..render.tables import attention_table
 from ..workflows.attention import AttentionConfig, run_attention
-from ..workflows.audit import AuditConfig, run_audit
+from ..workflows.audit import AuditConfig, record_written, run_audit
 from .common import (check_outputs, emit, force_opt, json_opt, opt, placement_options, quiet_opt, range_option, stdout,
                      threads_opt)
 
@@ -73,12 +73,14 @@ def audit(model, quiet, json_path, **kw):
     continues where it stopped when re-run. Exit 0 pass (or no baseline), 1 regression, 2 bad input."""
     def plots(name, report, out: Path):
         if name in PLOTS:
+            record_written(out, [f"{name}.png"])  # before writing it: a later --force may remove only what is recorded
             PLOTS[name](report, out / f"{name}.png", force=True)
 
     with rich_reporter(err, quiet) as rep:
         result = run_audit(AuditConfig(model=model, **kw), rep, plots)
     out = Path(result["folder"])
     bundle = load_bundle([out])
+    record_written(out, ["report.html", "report.md"])
     write_page(render_html(bundle), out / "report.html", force=True)
     write_page(render_markdown(bundle), out / "report.md", force=True)
     summary = {"schema_version": 2, "command": "audit", **result,

@@ -13,7 +13,7 @@ from rich.console import Console
 from ..backends.devices import DTYPE_CHOICES
 from ..core.refusal import CLASSIFIERS, RENAMED
 from ..io.config import default_of, help_of
-from ..io.files import check_writable, write_json
+from ..io.files import check_distinct, check_writable, write_json
 from ..render.commandline import err, layer_range
 
 
@@ -62,7 +62,8 @@ def placement_options(config: type):
 
 
 def check_outputs(force: bool, *paths) -> None:
-    """Refuse existing outputs before the long part, not after it."""
+    """Refuse existing outputs, and two outputs on one file, before the long part, not after it."""
+    check_distinct(*paths)
     for p in paths:
         if p and p != "-":
             check_writable(p, force)

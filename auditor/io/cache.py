@@ -118,12 +118,17 @@ class Journal:
         line = (json.dumps(row) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            if not self._repaired:  # once: a line cut by an earlier kill is closed so ours stays whole (checked per
-                self._repaired = True  # append, another writer's line in flight would look cut)
+            if not self._repaired:  # a line cut by an earlier kill or a full disk is closed so ours stays whole
+                self._repaired = True  # (checked once per opening: another writer's line in flight would look cut)
                 if os.fstat(fd).st_size and not self._ends_with_newline():
                     line = b"\n" + line
-            os.write(fd, line)
+            view = memoryview(line)
+            while view:  # os.write may write less than asked (a signal, a nearly full disk): write the rest
+                view = view[os.write(fd, view):]
             os.fsync(fd)
+        except OSError:
+            self._repaired = False  # whatever was cut is closed off before the next line
+            raise
         finally:
             os.close(fd)
 

@@ -1,18 +1,29 @@
-"""Safe outputs: written atomically (temp file + rename), never overwriting without force, with the
-permissions an ordinary file write would give (mkstemp's 0600 would hide CI artifacts from others)."""
+"""Safe outputs. Every file is written to a temp file beside it, fsynced, and published under its final name
+in one step that never replaces a file it was not told to (`--force`): the existence check happens at the
+rename itself (renameat2 RENAME_NOREPLACE, else a hard link), not minutes earlier. A folder is swapped in
+with one RENAME_EXCHANGE, so a kill never leaves the user without it. Temp files and folders carry the
+writer's PID, so a later run removes those whose writer has died (and no one else's). Modes are what an
+ordinary write would give (mkstemp's 0600 would hide CI artifacts from others).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from ..errors import AuditError
+
+_RENAME_NOREPLACE, _RENAME_EXCHANGE, _AT_FDCWD = 1, 2, -100
+_STALE = re.compile(r"\.p(\d+)\.")  # the writer's PID inside a temp name: '.NAME.p1234.xxxx.tmp'
 
 
 def check_writable(path: str | os.PathLike, force: bool) -> Path:
@@ -27,22 +38,45 @@ def check_writable(path: str | os.PathLike, force: bool) -> Path:
     return p
 
 
+def check_distinct(*paths) -> None:
+    """Two outputs of one command on the same file would lose one at the end of the run: refuse up front."""
+    seen: set[str] = set()
+    for path in paths:
+        if path and path != "-":
+            key = os.path.realpath(path)
+            if key in seen:
+                raise AuditError("two outputs of this command name the same file", path)
+            seen.add(key)
+
+
 @contextmanager
 def exclusive(path: Path, what: str):
     """Hold an advisory lock (flock on a hidden '.NAME.lock' beside `path`) for the block: a second writer of
-    the same output fails at once, instead of interleaving its checkpoints with the first one's."""
+    the same output fails at once, instead of interleaving its checkpoints with the first one's. The holder
+    removes the lock file when done; a process that opened the old file just before must not think it holds
+    the lock, so after locking we check that the file we locked is still the one at the path (inode)."""
     lock = path.with_name(f".{path.name}.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise AuditError(f"another {what} is writing this output now", path) from None
+    for _ in range(100):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AuditError(f"another {what} is writing this output now", path) from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # we locked a file its holder had already removed: take the new one
+    else:
+        raise AuditError(f"could not take the lock of this output ({lock.name} keeps changing)", path)
     try:
         yield
     finally:
         with suppress(FileNotFoundError):
-            os.unlink(lock)  # while still held: a waiting writer never locks a file that is being removed
+            os.unlink(lock)  # while still held: whoever opened it meanwhile sees the inode change and retries
         os.close(fd)
 
 
@@ -67,18 +101,109 @@ def default_mode(path: Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], force: bool = False) -> Path:
-    """Call write(tmp_path) then rename tmp over `path`; nothing is left half-written."""
-    p = check_writable(path, force)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
+# -- temp names that say who wrote them ---------------------------------------------------------------------
+def temp_prefix(name: str) -> str:
+    """The prefix of this process's temp files for `name`; see clean_stale."""
+    return f".{name}.p{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
-        write(Path(tmp))
-        default_mode(Path(tmp))
-        os.replace(tmp, p)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive, and not ours to judge
+    return True
+
+
+def clean_stale(folder: Path, prefix: str) -> list[Path]:
+    """Remove temp files and folders under `folder` named `prefix` + '.pPID.' whose writer PID is dead: what a
+    killed run of ours left (a model copy, a half-written report). Never anything without that mark."""
+    removed = []
+    with suppress(OSError):
+        for entry in folder.iterdir():
+            m = _STALE.match(entry.name, len(prefix)) if entry.name.startswith(prefix) else None
+            if m and not _alive(int(m.group(1))):
+                with suppress(OSError):
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                    removed.append(entry)
+    return removed
+
+
+def temp_dir(folder: Path, name: str) -> Path:
+    """A temp folder for `name` in `folder`, marked with our PID; stale ones of dead writers go first."""
+    clean_stale(folder, f".{name}")
+    return Path(tempfile.mkdtemp(dir=folder, prefix=temp_prefix(name), suffix=".tmp"))
+
+
+# -- publishing -------------------------------------------------------------------------------------------------
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """Linux renameat2; False where the C library or the filesystem does not offer it (then we fall back)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _publish_new(tmp: Path, dst: Path) -> None:
+    """rename tmp to dst only if dst does not exist, decided atomically by the kernel."""
+    try:
+        if _renameat2(tmp, dst, _RENAME_NOREPLACE):
+            return
+        try:
+            os.link(tmp, dst)  # fails if dst exists
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EXDEV):
+                raise
+            if dst.exists():  # a filesystem without hard links either: the last check, just before the rename
+                raise FileExistsError(dst) from None
+            os.replace(tmp, dst)
+            return
+        os.unlink(tmp)
+    except FileExistsError:
+        raise AuditError("output exists (it appeared while this ran; use --force to overwrite)", dst) from None
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EROFS):  # pseudo-filesystems cannot sync: nothing to lose there
+            raise
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], force: bool = False) -> Path:
+    """Call write(tmp_path), fsync it, then publish it as `path` (replacing only with `force`) and fsync the
+    folder: after a power cut the file is either whole under its name or absent, never empty."""
+    p = check_writable(path, force)
+    clean_stale(p.parent, f".{p.name}")
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=temp_prefix(p.name), suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        default_mode(tmp)
+        _fsync(tmp)
+        if force:
+            os.replace(tmp, p)
+        else:
+            _publish_new(tmp, p)
+        _fsync(p.parent, directory=True)
+    finally:
+        with suppress(FileNotFoundError):
+            tmp.unlink()
     return p
 
 
@@ -86,18 +211,49 @@ def write_json(path: str | os.PathLike, data: dict, force: bool = False) -> Path
     return atomic_write(path, lambda t: t.write_text(json.dumps(data, indent=2) + "\n"), force)
 
 
-def replace_dir(tmp: Path, out: Path, force: bool) -> None:
-    """Move a finished folder into place; an existing one is swapped out only with `force`."""
+# -- folders a command owns -----------------------------------------------------------------------------------
+def _our_temp(name: str) -> bool:
+    return name.startswith(".") and bool(_STALE.search(name)) and name.endswith((".tmp", ".old"))
+
+
+def foreign_files(folder: Path, ours: Iterable[str]) -> list[str]:
+    """What `folder` holds besides the files a command recorded as its own (with their hidden lock files, and
+    temp files of ours): what --force must never delete."""
+    own = set(ours)
+    own |= {str(Path(f).with_name(f".{Path(f).name}.lock")) for f in own}
+    return sorted(rel for p in folder.rglob("*") if not p.is_dir()
+                  for rel in [str(p.relative_to(folder))] if rel not in own and not _our_temp(p.name))
+
+
+def refuse_foreign(folder: Path, ours: Iterable[str], what: str) -> None:
+    extra = foreign_files(folder, ours)
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise AuditError(f"output folder holds files {what} did not write ({extra[0]}{more}); --force replaces only "
+                         "its own: choose an empty folder", folder)
+
+
+def replace_dir(tmp: Path, out: Path, force: bool, ours: Callable[[Path], Iterable[str]] | None = None) -> None:
+    """Move a finished folder into place. An existing one is swapped out only with `force`, and only if every
+    file in it is one `ours(out)` names (what the command recorded having written there); the swap is one
+    atomic exchange where the filesystem offers it, so `out` always exists."""
     for root, dirs, files in os.walk(tmp):
         default_mode(Path(root), directory=True)
         for f in files:
             default_mode(Path(root) / f)
-    if out.exists():
-        if not force:
-            raise AuditError("output folder exists (use --force to replace it)", out)
-        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    if not out.exists():
+        try:
+            if not _renameat2(tmp, out, _RENAME_NOREPLACE):
+                os.rename(tmp, out)  # an empty folder at `out` would be replaced; a non-empty one fails
+        except FileExistsError:
+            raise AuditError("output folder appeared while this ran (use --force to replace it)", out) from None
+        return
+    if not force:
+        raise AuditError("output folder exists (use --force to replace it)", out)
+    refuse_foreign(out, ours(out) if ours else (), "safety-audit")
+    if _renameat2(tmp, out, _RENAME_EXCHANGE):  # tmp now holds the old folder, removed by the caller's cleanup
+        return
+    trash = out.with_name(f"{temp_prefix(out.name)}old")  # .NAME.pPID.old
+    os.replace(out, trash)
+    os.replace(tmp, out)
+    shutil.rmtree(trash, ignore_errors=True)

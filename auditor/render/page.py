@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader
 
 from ..errors import AuditError
 from ..io.files import atomic_write
@@ -129,9 +130,26 @@ def page_facts(bundle: Bundle) -> dict:
             "attention": ctx["attention_summary"], "provenance": ctx["provenance"]}
 
 
-def _env() -> Environment:
-    env = Environment(loader=PackageLoader("auditor.render", "templates"), autoescape=select_autoescape(["html"]),
-                      trim_blocks=True, lstrip_blocks=True)
+_MARKDOWN_ACTIVE = re.compile(r"([\\`*{}\[\]<>()#+!|~])")  # not "_": intraword (R_h, file_name) it is text
+
+
+def markdown_text(value) -> str:
+    """A value as inert markdown text: HTML entities for & < > (model cards render inline HTML), every
+    character markdown acts on backslash-escaped, line breaks folded (a newline would end a table row)."""
+    if value is None:
+        return ""
+    text = str(value).replace("&", "&amp;").replace("\r", " ").replace("\n", " ")
+    return _MARKDOWN_ACTIVE.sub(lambda m: {"<": "&lt;", ">": "&gt;"}.get(m.group(1), "\\" + m.group(1)), text)
+
+
+def _env(kind: str) -> Environment:
+    """Everything a model or a user wrote (prompts, paths, names, command lines, responses) is data: the HTML
+    page autoescapes every value (on for the whole environment: jinja's select_autoescape decides by the
+    template's file name, and 'report.html.j2' ends in .j2, which left the page unescaped), and the markdown
+    section passes every value through markdown_text. Template literals are not values and stay markup."""
+    markdown = kind == "md"
+    env = Environment(loader=PackageLoader("auditor.render", "templates"), autoescape=not markdown,
+                      finalize=markdown_text if markdown else None, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
     env.filters["ci"] = lambda c, d=3: "" if not c else f"{c[0]:.{d}f}–{c[1]:.{d}f}"
     env.filters["rng"] = lambda r: "none" if not r else f"{r[0]}–{r[1]}"
@@ -142,11 +160,11 @@ def render_html(bundle: Bundle) -> str:
     ctx = page_context(bundle)
     figures = {"scan": scan_figure, "locate": locate_figure, "attention": attention_figure}
     ctx["plots"] = {k: _png(f(bundle.reports[k])) for k, f in figures.items() if k in bundle.reports}
-    return _env().get_template("report.html.j2").render(**ctx)
+    return _env("html").get_template("report.html.j2").render(**ctx)
 
 
 def render_markdown(bundle: Bundle) -> str:
-    return _env().get_template("report.md.j2").render(**page_context(bundle))
+    return _env("md").get_template("report.md.j2").render(**page_context(bundle))
 
 
 def write_page(text: str, path: str | Path, force: bool) -> Path:

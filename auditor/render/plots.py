@@ -11,6 +11,9 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    # a model path, prompt or token is text, never mathtext: "$\\foo$" in a prompt would otherwise be parsed
+    # (and fail at savefig with a traceback) or drawn as a formula
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

@@ -11,13 +11,12 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..io.files import replace_dir
+from ..io.files import replace_dir, temp_dir
 from .data import Collator, answer_loss
 
 
@@ -113,17 +112,28 @@ def training_versions() -> dict:
     return v
 
 
+def recorded_files(folder: Path) -> list[str]:
+    """The files a harden (or reference) run recorded writing into its model folder: what --force may replace."""
+    try:
+        files = json.loads((folder / "safety_audit.json").read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+
 def write_model_folder(out: Path, model, tok, report: dict, force: bool, extra_files=None) -> None:
-    """Write to a temporary sibling, then rename: a crash never leaves a half-written model folder. The
-    saved config is an inference config (`use_cache` back on: training turned it off)."""
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    """Write to a temporary sibling, then swap it in: a crash never leaves a half-written model folder. The
+    saved config is an inference config (`use_cache` back on: training turned it off). The report lists the
+    folder's files, so a later --force replaces this folder only while it holds nothing else."""
+    tmp = temp_dir(out.parent, out.name)
     try:
         model.config.use_cache = True
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         if extra_files:
             extra_files(tmp)
+        report["files"] = sorted([str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()] + ["safety_audit.json"])
         (tmp / "safety_audit.json").write_text(json.dumps(report, indent=2) + "\n")
-        replace_dir(tmp, out, force)
+        replace_dir(tmp, out, force, recorded_files)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -11,14 +11,15 @@ The caller draws the plots and the page (`on_step`): workflows stay below render
 from __future__ import annotations
 
 import json
-import shutil
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..errors import AuditError
 from ..io.config import setting
-from ..io.files import check_folder_writable, write_json
+from ..io.files import check_folder_writable, refuse_foreign, write_json
+from ..io.models import resolve_model
 from ..io.reports import ReportHeader
 from . import gate
 from .attention import AttentionConfig, run_attention
@@ -30,6 +31,7 @@ from .scan import ScanConfig, run_scan
 
 STEPS = ("scan", "locate", "eval", "attention", "check")
 STATE = "audit.json"
+JOURNAL = "locate.journal.jsonl"
 BASELINE_COPY = "baseline-eval.json"
 # --quick: what bounds a few-minute audit of a 135M model on 2 cores
 QUICK = {"bootstrap": 200, "locate_limit": 40, "eval_limit": 24}
@@ -43,16 +45,43 @@ class AuditConfig(ModelOptions):
     quick: bool = setting(False, f"Bounded prompt counts (bootstrap {QUICK['bootstrap']}, locate {QUICK['locate_limit']} "
                                  f"D_o prompts, eval {QUICK['eval_limit']} per set): minutes on a 135M model.")
     limits: dict | None = setting(None, "check thresholds (option names of `check`), e.g. {'max_harmful_increase': 0.02}.")
-    force: bool = setting(False, "Start over in a folder that holds an audit with other settings (or other files).")
+    force: bool = setting(False, "Start over in a folder that holds an audit of other settings or another model: "
+                                 "removes only the files that audit wrote (a folder with anything else is refused).")
 
 
 def _settings(cfg: AuditConfig) -> dict:
-    """What determines the results: a folder is resumed only under the same settings."""
+    """What determines the results: a folder is resumed only under the same settings (and model content)."""
     return {k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "threads")}
 
 
+def _model_content(cfg: AuditConfig) -> str | None:
+    """The model's SHA-256: a folder is resumed only for the same weights, not the same path (a model
+    rebuilt in place by `harden --force` is another model). None for a served model: it has no file."""
+    if cfg.backend == "openai":
+        return None
+    return resolve_model(cfg.model).content_hash()
+
+
+def _read_state(out: Path) -> dict | None:
+    try:
+        state = json.loads((out / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and state.get("command") == "audit" else None
+
+
+def _written(state: dict) -> list[str]:
+    files = state.get("written")
+    return [f for f in files if isinstance(f, str) and "/" not in f and f not in ("", ".", "..")] \
+        if isinstance(files, list) else []
+
+
 def prepare_folder(cfg: AuditConfig) -> Path:
-    """Create or reopen the audit folder; refuse one that holds something else, before anything loads."""
+    """Create or reopen the audit folder; refuse one that holds something else, before anything loads.
+
+    --force starts over in a folder that holds an audit of other settings or another model, by removing the
+    files that audit recorded writing (audit.json's `written`) and nothing else: a folder that holds any other
+    file is refused, --force or not."""
     if not cfg.out:
         raise AuditError("--out DIR is required")
     out = Path(cfg.out)
@@ -60,25 +89,42 @@ def prepare_folder(cfg: AuditConfig) -> Path:
         raise AuditError("output path is a file, not a folder", out)
     if not out.parent.exists():
         raise AuditError("output's parent folder does not exist", out.parent)
-    state = out / STATE
     if out.is_dir() and any(out.iterdir()):
-        try:
-            same = json.loads(state.read_text()).get("settings") == json.loads(json.dumps(_settings(cfg)))
-        except (OSError, json.JSONDecodeError, AttributeError):
-            same = False
-        if not same and not cfg.force:
-            why = "holds an audit with other settings" if state.exists() else "exists and is not an audit folder"
+        state = _read_state(out)
+        if state is None:
+            raise AuditError("output folder exists and is not an audit folder (choose an empty folder: --force "
+                             "replaces only an audit's own files)", out)
+        settings = json.loads(json.dumps(_settings(cfg)))
+        why = ("holds an audit with other settings" if state.get("settings") != settings else
+               "holds an audit of another model content (same path, other weights)"
+               if state.get("model_sha256") != _model_content(cfg) else None)
+        if why and not cfg.force:
             raise AuditError(f"output folder {why} (use --force to start over)", out)
-        if not same:
-            shutil.rmtree(out)
+        if why:
+            own = [STATE, *_written(state)]
+            refuse_foreign(out, own, "the audit")
+            for name in own:
+                with suppress(FileNotFoundError):
+                    (out / name).unlink()
     out.mkdir(exist_ok=True)
     check_folder_writable(out)
     return out
 
 
-def _save_state(out: Path, cfg: AuditConfig, steps: dict) -> None:
+def _save_state(out: Path, cfg: AuditConfig, steps: dict, written: list[str] | None = None) -> None:
     header = asdict(ReportHeader("audit", cfg.model, None, cfg.backend))
-    write_json(out / STATE, {**header, "settings": _settings(cfg), "steps": steps}, force=True)
+    state = _read_state(out) or {}
+    files = sorted(set(_written(state)) | set(written or ()))
+    write_json(out / STATE, {**header, "settings": _settings(cfg), "model_sha256": _model_content(cfg), "steps": steps,
+                             "written": files}, force=True)
+
+
+def record_written(out: Path, names: list[str]) -> None:
+    """Note files a caller wrote into the audit folder (plots, the page): --force may replace them later."""
+    state = _read_state(out)
+    if state is not None:
+        state["written"] = sorted(set(_written(state)) | set(names))
+        write_json(out / STATE, state, force=True)
 
 
 def _model_options(cfg: AuditConfig) -> dict:
@@ -97,7 +143,8 @@ def _locate_start(out: Path) -> str | None:
 def run_audit(cfg: AuditConfig, reporter: Reporter | None = None,
               on_step: Callable[[str, dict, Path], None] | None = None) -> dict:
     """Run (or finish) every step; returns audit.json's content. `on_step(name, report, folder)` after each
-    step, finished now or earlier (the CLI draws its plot there)."""
+    step, finished now or earlier (the CLI draws its plot there, recording it first with `record_written`).
+    Every file is recorded in audit.json before it is written, so --force can later remove exactly those."""
     reporter = reporter or Silent()
     baseline = gate.load_eval(cfg.baseline) if cfg.baseline else None
     out = prepare_folder(cfg)
@@ -105,12 +152,13 @@ def run_audit(cfg: AuditConfig, reporter: Reporter | None = None,
         steps = json.loads((out / STATE).read_text()).get("steps", {})
     except (OSError, json.JSONDecodeError):
         steps = {}
+    _save_state(out, cfg, steps, [BASELINE_COPY, JOURNAL] if baseline is not None else [JOURNAL])  # before writing them
     if baseline is not None:
         write_json(out / BASELINE_COPY, baseline, force=True)
     mo, q = _model_options(cfg), cfg.quick
     runners = {
         "scan": lambda: run_scan(ScanConfig(**mo, contrast=cfg.base, **({"bootstrap": QUICK["bootstrap"]} if q else {})), reporter),
-        "locate": lambda: run_locate(LocateConfig(**mo, from_scan=str(out / "scan.json"), journal=str(out / "locate.journal.jsonl"),
+        "locate": lambda: run_locate(LocateConfig(**mo, from_scan=str(out / "scan.json"), journal=str(out / JOURNAL),
                                                   **({"limit": QUICK["locate_limit"]} if q else {})), reporter),
         "eval": lambda: (gate.evaluate_like(cfg.model, baseline, reporter=reporter) if baseline is not None else
                          run_eval(EvalConfig(**mo, limit=QUICK["eval_limit"] if q else None), reporter)),
@@ -132,6 +180,7 @@ def run_audit(cfg: AuditConfig, reporter: Reporter | None = None,
                 continue
             reporter.status(f"audit: {name}")
             report = runners[name]()
+            _save_state(out, cfg, steps, [path.name])
             write_json(path, report, force=True)
             steps[name] = "done"
             _save_state(out, cfg, steps)
