@@ -113,15 +113,22 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, tiny_model_dir):
     assert not (tmp_path / "killed.checkpoints").exists()
 
 
-def test_output_is_atomic_and_force_replaces(tmp_path, tiny_model_dir):
+def test_output_is_atomic_and_force_replaces_only_its_own_folder(tmp_path, tiny_model_dir):
     out = tmp_path / "model"
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(AuditError, match="exists"):
         run(tmp_path, tiny_model_dir, "model", method="full")
-    assert (out / "keep.txt").exists()
-    run(tmp_path, tiny_model_dir, "model", method="full", force=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    with pytest.raises(AuditError, match=r"did not write \(keep.txt\).*choose an empty folder"):
+        run(tmp_path, tiny_model_dir, "model", method="full", force=True)  # the user's folder: never removed
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    run(tmp_path, tiny_model_dir, "model", method="full")
+    first = json.loads((out / "safety_audit.json").read_text())
+    assert "model.safetensors" in first["files"] and "safety_audit.json" in first["files"]
+    run(tmp_path, tiny_model_dir, "model", method="full", force=True)  # a harden folder: replaced
+    assert (out / "model.safetensors").exists() and json.loads((out / "safety_audit.json").read_text())["files"] == first["files"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.")]  # no temp leftovers
 
 

@@ -167,3 +167,27 @@ def test_scaled_bundled_gguf_changes_only_chosen_layers(tmp_path, bundled_gguf):
     assert changed == set(names)
     first = info.tensors["blk.0.attn_q.weight"].offset
     assert np.array_equal(a[:first], b[:first])  # header and metadata identical
+
+
+@pytest.mark.parametrize("qtype,values,alpha", [("F16", 60000.0, 1.2), ("F16", 1000.0, 100.0), ("BF16", 3e38, 1.5),
+                                                ("Q8_0", 60000.0 * 127, 1.5)])
+def test_scaling_that_would_overflow_the_stored_type_writes_nothing(tmp_path, qtype, values, alpha):
+    """A large alpha on F16 weights (or fp16 block scales) would write inf into the model: refused before the copy."""
+    from gguf import quants
+
+    src = tmp_path / "m.gguf"
+    w = GGUFWriter(str(src), "llama")
+    w.add_block_count(1)
+    data = np.full((4, 32), values, np.float32)
+    q = Q[qtype]
+    w.add_tensor("blk.0.attn_q.weight", quants.quantize(data, q), raw_dtype=q)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    before = src.read_bytes()
+    with pytest.raises(AuditError, match=f"alpha {alpha:g} overflows .*'blk.0.attn_q.weight'") as e:
+        scale_gguf(src, tmp_path / "out.gguf", [0], alpha)
+    assert str(src) in str(e.value)
+    assert src.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+    scale_gguf(src, tmp_path / "ok.gguf", [0], 0.5)  # the other direction always fits

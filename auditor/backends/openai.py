@@ -5,20 +5,18 @@ A server gives text only: this backend declares GENERATION and nothing else, so 
 states, weight scaling) and MMLU (next-token probabilities) refuse it before anything runs. `chat` sends
 messages to /v1/chat/completions (the server applies the model's chat template); `alpaca` and `raw` send the
 wrapped prompt to /v1/completions. Requests run `batch_size` at a time, greedy (temperature 0), each with
-bounded retries; a server that stays down is a one-line error naming the URL.
+bounded retries and a total deadline (io/http.py: no redirect followed, the key only over https or to this
+machine, capped bodies, 4xx not retried); a server that stays down is a one-line error naming the URL.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from ..errors import AuditError
+from ..io.http import Endpoint, public_url
 from ..io.models import ModelRef
 from ..io.prompts import ALPACA
 from .base import GENERATION, Backend, Generated, Progress, Stop
@@ -37,40 +35,26 @@ class OpenAIBackend(Backend):
                  retries: int = 3, timeout: float = 300.0, backoff: float = 0.5):
         self.model_ref, self.url, self.served = model, (model.url or "").rstrip("/"), model.served
         if not self.url.startswith(("http://", "https://")):
-            raise AuditError("the openai backend needs --base-url http(s)://HOST:PORT[/v1]", self.url or None)
-        self.root = self.url if self.url.endswith("/v1") else self.url + "/v1"
-        self.key = os.environ.get(model.api_key_env) if model.api_key_env else None
-        if model.api_key_env and not self.key:
+            raise AuditError("the openai backend needs --base-url http(s)://HOST:PORT[/v1]", public_url(self.url) or None)
+        key = os.environ.get(model.api_key_env) if model.api_key_env else None
+        if model.api_key_env and not key:
             raise AuditError(f"--api-key-env {model.api_key_env}: that environment variable is not set")
+        root = self.url if self.url.endswith("/v1") else self.url + "/v1"
+        self.endpoint = Endpoint(root, key, timeout, retries, backoff, "the server", model.allow_insecure_http)
         self.batch_size = batch_size or DEFAULT_CONCURRENCY  # requests in flight
-        self.retries, self.timeout, self.backoff = retries, timeout, backoff
 
     def encode(self, query: str, template: str) -> list[int]:
-        raise AuditError("the openai backend does not tokenize (the server does)", self.url)
+        raise AuditError("the openai backend does not tokenize (the server does)", self.endpoint.shown)
 
     def token_ids(self, text: str) -> list[int]:
-        raise AuditError("the openai backend does not tokenize (the server does)", self.url)
+        raise AuditError("the openai backend does not tokenize (the server does)", self.endpoint.shown)
 
     def tokens_needed(self, texts: Sequence[str]) -> int:
         """Without the tokenizer: one token per byte of the longest text, a safe overestimate."""
         return max(len(t.encode()) for t in texts)
 
     def _post(self, path: str, body: dict) -> dict:
-        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {self.key}"} if self.key else {})
-        data, last = json.dumps(body).encode(), None
-        for attempt in range(self.retries):
-            try:
-                req = urllib.request.Request(self.root + path, data=data, headers=headers)
-                with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                    return json.loads(r.read())
-            except urllib.error.HTTPError as e:
-                if e.code < 500:  # the request itself is wrong: retrying cannot help
-                    raise AuditError(f"the server refused the request (HTTP {e.code}: {e.read()[:120]!r})", self.url) from None
-                last = e
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, json.JSONDecodeError) as e:
-                last = e
-            time.sleep(self.backoff * 2**attempt)
-        raise AuditError(f"the server is unreachable after {self.retries} tries ({getattr(last, 'reason', last)})", self.url)
+        return self.endpoint.post_json(path, body)
 
     def _one(self, query: str, template: str, max_new_tokens: int) -> Generated:
         body = {"model": self.served or "default", "max_tokens": max_new_tokens, "temperature": 0.0}
@@ -82,7 +66,7 @@ class OpenAIBackend(Backend):
             out = self._post("/completions", body | {"prompt": prompt})
             text = (out.get("choices") or [{}])[0].get("text")
         if not isinstance(text, str):
-            raise AuditError("the server answered with no completion", self.url)
+            raise AuditError("the server answered with no completion", self.endpoint.shown)
         n = (out.get("usage") or {}).get("completion_tokens")
         return Generated(text, int(n) if isinstance(n, int) else 0)
 

@@ -135,6 +135,7 @@ METRICS_HELP = "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRI
 @opt(EvalConfig, "judge_url", "--judge", metavar="URL")
 @opt(EvalConfig, "judge_model", "--judge-model", metavar="FILE.gguf")
 @opt(EvalConfig, "judge_timeout", "--judge-timeout", type=float, metavar="SECONDS")
+@opt(EvalConfig, "judge_api_key_env", "--judge-api-key-env", metavar="VAR")
 @opt(EvalConfig, "responses", "--responses", metavar="FILE.jsonl")
 @click.option("--save-responses", default=None, metavar="FILE.jsonl", help="Save every generated response.")
 @opt(EvalConfig, "bootstrap", "--bootstrap", type=int)
@@ -145,6 +146,7 @@ METRICS_HELP = "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRI
 @opt(EvalConfig, "base_url", "--base-url", metavar="URL")
 @opt(EvalConfig, "served_model", "--model", metavar="NAME")
 @opt(EvalConfig, "api_key_env", "--api-key-env", metavar="VAR")
+@opt(EvalConfig, "allow_insecure_http", "--allow-insecure-http", is_flag=True)
 @json_opt
 @force_opt
 @click.option("--no-cache", is_flag=True, help="Do not journal or reuse finished answers (a killed run then starts over).")
@@ -189,11 +191,12 @@ def _limit_options(f):
 @click.option("--policy", default=None, metavar="FILE.toml", help="Thresholds from a TOML file ([thresholds] max_... = x).")
 @click.option("--judge", "judge_url", default=None, metavar="URL", help="Judge for a model CANDIDATE when the baseline records none.")
 @click.option("--judge-model", default=None, metavar="FILE.gguf", help="A local GGUF judge, likewise.")
+@click.option("--judge-api-key-env", default=None, metavar="VAR", help="The environment variable with the judge's API key.")
 @click.option("--junit", default=None, metavar="PATH.xml", help="Write JUnit XML for CI systems.")
 @click.option("--json", "json_path", default=None, metavar="PATH", help="Write the verdict as JSON; '-' prints it.")
 @force_opt
 @quiet_opt
-def check(candidate, baseline, policy, judge_url, judge_model, junit, json_path, force, quiet, **limits):
+def check(candidate, baseline, policy, judge_url, judge_model, judge_api_key_env, junit, json_path, force, quiet, **limits):
     """Release gate: CANDIDATE (an eval JSON, or a model evaluated like the baseline) vs --baseline.
     Exit 0 pass, 1 regression, 2 bad input."""
     check_outputs(force, json_path, junit)
@@ -203,7 +206,7 @@ def check(candidate, baseline, policy, judge_url, judge_model, junit, json_path,
         cand = gate.load_eval(candidate)
     else:
         with rich_reporter(err, quiet) as rep:
-            cand = gate.evaluate_like(candidate, base, judge_url, judge_model, rep)
+            cand = gate.evaluate_like(candidate, base, judge_url, judge_model, rep, judge_api_key_env)
     result = gate.check_report(cand, base, chosen)
     rows, passed = result["checks"], result["passed"]
 

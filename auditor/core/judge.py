@@ -7,16 +7,14 @@ The judge is any OpenAI-compatible chat endpoint (`--judge URL`) or a local GGUF
 
 from __future__ import annotations
 
-import json
+import os
 import re
-import time
-import urllib.error
-import urllib.request
 from typing import Sequence
 
 from ..backends import GENERATION, open_backend
 from ..errors import AuditError
 from ..io.data import data_text
+from ..io.http import Endpoint
 from ..io.models import resolve_model
 
 _SCORE = re.compile(r"#\s*thescore\s*:\s*\**\s*([1-5])(?![0-9.])", re.IGNORECASE)
@@ -37,31 +35,28 @@ def parse_score(answer: str) -> int | None:
 
 
 class EndpointJudge:
-    """POST {url}/chat/completions (OpenAI-compatible), temperature 0, bounded retries."""
+    """POST {url}/chat/completions (OpenAI-compatible), temperature 0, through io/http.py's client: bounded
+    retries of what another try may fix, a total deadline, no redirect followed, the key from `api_key_env`
+    (never in a report or a message; plain http only to this machine unless `allow_insecure_http`)."""
 
-    def __init__(self, url: str, model: str = "judge", retries: int = 3, timeout: float = 120.0, backoff: float = 0.5):
+    def __init__(self, url: str, model: str = "judge", retries: int = 3, timeout: float = 120.0, backoff: float = 0.5,
+                 api_key_env: str | None = None, allow_insecure_http: bool = False):
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not key:
+            raise AuditError(f"--judge-api-key-env {api_key_env}: that environment variable is not set")
         base = url.rstrip("/")
-        self.url = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
-        self.model, self.retries, self.timeout, self.backoff = model, retries, timeout, backoff
-        self.name = f"endpoint:{url}"
+        self.endpoint = Endpoint(base if base.endswith("/v1") else base + "/v1", key, timeout, retries, backoff, "the judge",
+                                 allow_insecure_http)
+        self.url, self.model = self.endpoint.shown + "/chat/completions", model
+        self.name = f"endpoint:{self.endpoint.shown}"
 
     def ask(self, prompt: str, max_tokens: int = 256) -> str:
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                           "temperature": 0, "max_tokens": max_tokens}).encode()
-        last = None
-        for attempt in range(self.retries):
-            try:
-                req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                    data = json.loads(r.read())
-                return data["choices"][0]["message"]["content"] or ""
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                last = e
-                time.sleep(self.backoff * 2**attempt)
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-                raise AuditError("judge endpoint answered with no chat completion", self.url) from None
-        reason = getattr(last, "reason", last)
-        raise AuditError(f"judge endpoint unreachable after {self.retries} tries ({reason})", self.url)
+        data = self.endpoint.post_json("/chat/completions", {"model": self.model, "temperature": 0, "max_tokens": max_tokens,
+                                                             "messages": [{"role": "user", "content": prompt}]})
+        try:
+            return data["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise AuditError("the judge answered with no chat completion", self.endpoint.shown) from None
 
 
 class LocalJudge:

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import AuditError
+from .http import public_url
 from .cache import cache_dir, content_hash
 from .gguf_file import read_gguf
 
@@ -30,6 +31,7 @@ class ModelRef:
     url: str | None = None  # remote: the server's base URL
     served: str | None = None  # remote: the model name the server knows
     api_key_env: str | None = None  # remote: the environment variable holding the API key
+    allow_insecure_http: bool = False  # remote: send the key over plain http to a host other than this machine
 
     @property
     def is_gguf(self) -> bool:
@@ -100,12 +102,14 @@ def _hf_folder(p: Path) -> ModelRef:
     return ModelRef(p.resolve(), "hf", str(p))
 
 
-def remote_model(url: str | None, served: str | None, api_key_env: str | None = None) -> ModelRef:
-    """A model behind an OpenAI-compatible server (nothing is read from disk)."""
+def remote_model(url: str | None, served: str | None, api_key_env: str | None = None,
+                 allow_insecure_http: bool = False) -> ModelRef:
+    """A model behind an OpenAI-compatible server (nothing is read from disk). The label, which reports show,
+    carries the URL without credentials."""
     if not url:
         raise AuditError("the openai backend needs --base-url http(s)://HOST:PORT[/v1]")
-    return ModelRef(Path("."), "remote", f"openai:{served or 'default'}@{url}", url=url, served=served,
-                    api_key_env=api_key_env)
+    return ModelRef(Path("."), "remote", f"openai:{served or 'default'}@{public_url(url)}", url=url, served=served,
+                    api_key_env=api_key_env, allow_insecure_http=allow_insecure_http)
 
 
 def resolve_model(spec: str | os.PathLike | None) -> ModelRef:

@@ -41,6 +41,39 @@ def gguf_targets(info, layers: Sequence[int], scale_o_proj: bool = True) -> list
     return [info.tensors[n] for n in names if n in info.tensors]
 
 
+def _bf16_as_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _scaled_values(mm: np.ndarray, t) -> np.ndarray:
+    """The numbers scaling multiplies by α, as float32: the weights of a float tensor, the fp16 scales (and
+    mins) of a quantized one."""
+    region = mm[t.offset : t.offset + t.n_bytes]
+    if t.type in FLOAT_TYPES:
+        return region.view(FLOAT_TYPES[t.type]).astype(np.float32)
+    if t.type == Q.BF16:
+        return _bf16_as_f32(region.view(np.uint16))
+    blocks = region.reshape(-1, GGML_QUANT_SIZES[t.type][1])
+    return np.concatenate([blocks[:, off : off + 2].view(np.float16).astype(np.float32).ravel()
+                           for off in BLOCK_SCALE_OFFSETS[t.type]])
+
+
+def _check_range(mm: np.ndarray, t, alpha: float, src: Path) -> None:
+    """α times the largest finite value must still fit the stored type: fp16 tops out at 65504, so a large α
+    on an F16 tensor (or on fp16 block scales) would write inf into the model. Checked before any copy."""
+    values = _scaled_values(mm, t)
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return
+    top = float(np.abs(finite).max()) * alpha
+    stored = "float16" if t.type not in (Q.F32, Q.BF16) else "float32"
+    limit = float(np.finfo(np.float16 if stored == "float16" else np.float32).max)
+    if top > limit:
+        what = "weights" if t.type in FLOAT_TYPES or t.type == Q.BF16 else "fp16 block scales"
+        raise AuditError(f"alpha {alpha:g} overflows the {what} of '{t.name}' (largest {top / alpha:.4g} x alpha > "
+                         f"{stored} max {limit:.4g})", src)
+
+
 def _patch(mm: np.ndarray, t, alpha: float) -> None:
     region = mm[t.offset : t.offset + t.n_bytes]
     if t.type in FLOAT_TYPES:
@@ -49,21 +82,13 @@ def _patch(mm: np.ndarray, t, alpha: float) -> None:
         return
     if t.type == Q.BF16:
         w = region.view(np.uint16)
-        f = (w.astype(np.uint32) << 16).view(np.float32) * np.float32(alpha)
-        bits = f.view(np.uint32)
+        bits = (_bf16_as_f32(w) * np.float32(alpha)).view(np.uint32)
         w[:] = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
         return
-    offsets = BLOCK_SCALE_OFFSETS.get(t.type)
-    if offsets is None:
-        raise AuditError(f"cannot scale tensor '{t.name}': quant type {t.type.name} is not supported")
-    block_bytes = GGML_QUANT_SIZES[t.type][1]
-    blocks = region.reshape(-1, block_bytes)
-    for off in offsets:
+    blocks = region.reshape(-1, GGML_QUANT_SIZES[t.type][1])
+    for off in BLOCK_SCALE_OFFSETS[t.type]:
         d = blocks[:, off : off + 2].view(np.float16)
-        new = d.astype(np.float32) * np.float32(alpha)
-        if not np.all(np.isfinite(new.astype(np.float16))):
-            raise AuditError(f"alpha {alpha} overflows the fp16 block scales of '{t.name}'")
-        d[:] = new.astype(np.float16)
+        d[:] = (d.astype(np.float32) * np.float32(alpha)).astype(np.float16)
 
 
 def scale_gguf(src: str | os.PathLike, dst: str | os.PathLike, layers: Sequence[int], alpha: float,
@@ -81,6 +106,12 @@ def scale_gguf(src: str | os.PathLike, dst: str | os.PathLike, layers: Sequence[
     for t in targets:  # fail before writing anything
         if t.type not in FLOAT_TYPES and t.type != Q.BF16 and t.type not in BLOCK_SCALE_OFFSETS:
             raise AuditError(f"cannot scale tensor '{t.name}': quant type {t.type.name} is not supported", src)
+    source = np.memmap(src, dtype=np.uint8, mode="r")
+    try:
+        for t in targets:
+            _check_range(source, t, alpha, src)
+    finally:
+        del source
     def write(tmp: Path) -> None:
         shutil.copyfile(src, tmp)
         mm = np.memmap(tmp, dtype=np.uint8, mode="r+")

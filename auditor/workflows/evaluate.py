@@ -41,6 +41,7 @@ class EvalConfig(ModelOptions):
     judge_url: str | None = setting(None, "OpenAI-compatible endpoint for the harmful score.")
     judge_model: str | None = setting(None, "A local GGUF judge (llama.cpp).")
     judge_timeout: float = setting(120.0, "Seconds to wait for one judge answer (3 tries, then a one-line error).")
+    judge_api_key_env: str | None = setting(None, "The environment variable that holds the judge endpoint's API key.")
     bootstrap: int = setting(1000, "Bootstrap replicates for the 95% CIs.")
     seed: int = setting(0, "Seed of the bootstrap.")
     responses: str | None = setting(None, "Reuse saved responses (JSONL of metric, prompt, response).")
@@ -245,7 +246,7 @@ def check_config(cfg: EvalConfig) -> None:
 def _config_record(cfg: EvalConfig) -> dict:
     """What `check` needs to evaluate a candidate the same way (the judge included)."""
     keep = ("metrics", "harmful", "over_refusal", "task", "classifier", "max_new_tokens", "limit", "template", "backend",
-            "judge_url", "judge_model", "base_url", "served_model", "api_key_env")
+            "judge_url", "judge_model", "judge_api_key_env", "base_url", "served_model", "api_key_env", "allow_insecure_http")
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k in keep}
 
 
@@ -258,7 +259,9 @@ def run_eval(cfg: EvalConfig, reporter=None) -> dict:
     t0 = time.perf_counter()
     judge = None
     if "judge" in cfg.metrics:
-        judge = EndpointJudge(cfg.judge_url, timeout=cfg.judge_timeout) if cfg.judge_url else LocalJudge(cfg.judge_model, cfg.threads)
+        judge = (EndpointJudge(cfg.judge_url, timeout=cfg.judge_timeout, api_key_env=cfg.judge_api_key_env,
+                               allow_insecure_http=cfg.allow_insecure_http) if cfg.judge_url else
+                 LocalJudge(cfg.judge_model, cfg.threads))
     reporter.status(f"loading {model.label}")
     name = choose_backend(model, cfg.backend, needs)
     backend = open_backend(model, name, needs, **cfg.backend_kwargs(name))

@@ -39,7 +39,7 @@ def is_eval_report(candidate: str) -> bool:
 
 
 def evaluate_like(candidate: str, baseline: dict, judge_url: str | None = None, judge_model: str | None = None,
-                  reporter=None) -> dict:
+                  reporter=None, judge_api_key_env: str | None = None) -> dict:
     """Evaluate a candidate MODEL exactly the way the baseline was evaluated, its judge included. A baseline
     with a harmful score whose judge is not recorded (schema 1) and not given is refused up front: a gate
     that silently drops a metric, or always fails on it, is no gate."""
@@ -54,7 +54,9 @@ def evaluate_like(candidate: str, baseline: dict, judge_url: str | None = None, 
                      metrics=tuple(metrics), harmful=c.get("harmful", "advbench-eval"),
                      over_refusal=tuple(c.get("over_refusal", ["xstest-safe"])), task=c.get("task", "alpaca-eval"),
                      classifier=c.get("classifier", "keyword"), max_new_tokens=c.get("max_new_tokens", 128),
-                     limit=c.get("limit"), judge_url=judge_url, judge_model=judge_model)
+                     limit=c.get("limit"), judge_url=judge_url, judge_model=judge_model,
+                     judge_api_key_env=judge_api_key_env or c.get("judge_api_key_env"),
+                     allow_insecure_http=bool(c.get("allow_insecure_http")))
     return run_eval(cfg, reporter)
 
 

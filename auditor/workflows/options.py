@@ -26,6 +26,8 @@ class ModelOptions:
     base_url: str | None = setting(None, "openai backend: the server's URL, e.g. http://127.0.0.1:8000/v1.")
     served_model: str | None = setting(None, "openai backend: the model name the server knows (default: MODEL).")
     api_key_env: str | None = setting(None, "openai backend: the environment variable that holds the API key.")
+    allow_insecure_http: bool = setting(False, "Send an API key over plain http to a host other than this machine "
+                                               "(refused by default: use https).")
     device: str = setting("auto", "torch backend: auto (CUDA when present) | cpu | cuda | cuda:N.")
     dtype: str = setting("auto", "torch backend: " + " | ".join(DTYPE_CHOICES) + " (auto: bf16 on a GPU or a CPU with "
                                  "native bf16 matmul, else float32; statistics stay fp32).")
@@ -63,7 +65,7 @@ def resolve_target(opts: ModelOptions, needs: tuple[str, ...]) -> ModelRef:
             raise AuditError(f"--device, --dtype and --device-map are for the torch backend, not {opts.backend}")
         check_placement(opts.device, opts.dtype, opts.device_map)
     if opts.backend == "openai":
-        return remote_model(opts.base_url, opts.served_model or opts.model, opts.api_key_env)
+        return remote_model(opts.base_url, opts.served_model or opts.model, opts.api_key_env, opts.allow_insecure_http)
     if opts.base_url or opts.served_model or opts.api_key_env:
         raise AuditError("--base-url, --model and --api-key-env go with --backend openai")
     model = resolve_model(opts.model)
