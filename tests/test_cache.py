@@ -50,17 +50,13 @@ def test_states_in_another_precision_are_never_reused(tmp_path, tiny_model_dir):
 
 def test_a_gpu_or_a_device_map_never_shares_the_cpus_keys(monkeypatch):
     """A GPU's kernels round differently from the CPU's, enough to flip a greedy verdict: its scan, locate and
-    eval keys are its own (named by the card); CPU float32 eval keys are exactly what they were, so journals
-    already on disk still resume."""
+    eval keys are its own (named by the card); CPU float32 keys carry no precision entry."""
     from auditor.core.refusal import OpeningClassifier
-    from auditor.io.cache import sha256_json
     from auditor.workflows.evaluate import EvalConfig, _journal_key
     from auditor.workflows.options import ModelOptions
 
     clf = OpeningClassifier()
-    cpu = EvalConfig(dtype="float32", device="cpu")
-    old = sha256_json(["h", "torch", "chat", clf.describe(), cpu.max_new_tokens, "float32", "cpu"])[:24]
-    assert _journal_key(cpu, "h", "torch", "chat", clf) == old
+    assert ModelOptions(dtype="float32", device="cpu").precision_key("torch") == []
     assert ModelOptions(dtype="float32", device="cpu", device_map="auto").precision_key("torch") == ["device_map=auto"]
     auto = EvalConfig(dtype="float32", device="auto")
     on_cpu = _journal_key(auto, "h", "torch", "chat", clf)
@@ -136,3 +132,59 @@ def test_two_writers_never_tear_lines(tmp_path):
         p.join()
     lines = path.read_text().splitlines()
     assert len(lines) == 400 and all(json.loads(line)["pad"] == "x" * 300 for line in lines)
+
+
+def _keys(monkeypatch, change: str):
+    """The eval journal key and the locate count key, with one ingredient changed (or none)."""
+    import auditor.workflows.evaluate as ev
+    import auditor.workflows.locate as lo
+    from auditor.core.refusal import KeywordClassifier, OpeningClassifier
+    from auditor.workflows.evaluate import EvalConfig, _journal_key
+    from auditor.workflows.locate import LocateConfig, count_key
+
+    phrases = KeywordClassifier().phrases
+    kw = KeywordClassifier(max_new_tokens=32 if change == "tokens" else 16,
+                           phrases=[*phrases[:-1], phrases[-1] + " indeed"] if change == "phrase" else phrases)
+    if change == "library":
+        for module in (ev, lo):
+            monkeypatch.setattr(module, "library_version", lambda b: "99.0")
+    template = "chat" if change == "template" else "alpaca"
+    model = "b" * 64 if change == "model" else "a" * 64
+    classifier = OpeningClassifier() if change == "classifier" else kw
+    e = _journal_key(EvalConfig(template=template, max_new_tokens=64 if change == "tokens" else 128), model, "llama",
+                     template, classifier)
+    loc = count_key(LocateConfig(template=template), model, "llama", classifier, ["p1", "p2"])
+    monkeypatch.undo()
+    return e, loc
+
+
+@pytest.mark.parametrize("change", ["phrase", "library", "tokens", "template", "model", "classifier"])
+def test_every_ingredient_of_a_verdict_is_in_its_journal_keys(monkeypatch, change):
+    """Same phrase count, other content; another llama.cpp; another token budget...: each one means new
+    answers, so a resumed eval or locate must recompute, not read the old journal."""
+    same = _keys(monkeypatch, "none")
+    assert same == _keys(monkeypatch, "none")
+    other = _keys(monkeypatch, change)
+    assert other[0] != same[0] and other[1] != same[1]
+
+
+def test_the_distillation_journal_is_keyed_by_the_token_budget(tmp_path, monkeypatch):
+    """The reference build's self-distilled answers: another --distill-tokens must not reuse them."""
+    from auditor.workflows import reference
+
+    calls = []
+
+    class Fake:
+        def generate(self, prompts, template, max_new_tokens):
+            calls.append(max_new_tokens)
+            return [f"{p} answered in {max_new_tokens}" for p in prompts]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(reference, "open_backend", lambda *a, **kw: Fake())
+    base, journal = resolve_model(None), tmp_path / "distilled.jsonl"
+    assert reference.distill(base, ["a", "b"], journal, 64) == {"a": "a answered in 64", "b": "b answered in 64"}
+    assert reference.distill(base, ["a", "b"], journal, 64) == {"a": "a answered in 64", "b": "b answered in 64"}
+    assert calls == [64]  # resumed from the journal
+    assert reference.distill(base, ["a", "b"], journal, 96)["a"] == "a answered in 96" and calls == [64, 96]

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 
 from auditor.cli import main
 from conftest import write_lines
+from test_gguf_file import ARCH, LAYERS, F32_4x4, _kv, _nested, raw_gguf
 
 
 @dataclass
@@ -39,6 +40,9 @@ class Env:
     refused_url: str
     hung_url: str
     garbage_url: str
+    redirect_url: str
+    unauthorized_url: str
+    flood_url: str
 
     def file(self, name: str, data: bytes | str) -> Path:
         p = self.inp / name
@@ -94,15 +98,27 @@ def _folder(env: Env, name: str, drop=(), config: str | None = None, extra: dict
 ESCAPE = "{{ ''.__class__.__mro__[1].__subclasses__() }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
-def _escaping_template(env: Env) -> Path:
-    """A chat template that tries to reach Python's object graph from Jinja (a sandbox escape)."""
-    d = _folder(env, "escape")
+def _escaping_template(env: Env, template: str = ESCAPE, name: str = "escape") -> Path:
+    """A chat template that tries to reach Python's object graph from Jinja (a sandbox escape), or another
+    hostile one: an exception that is no TemplateError, 10 GB in one expression, a loop that never ends."""
+    d = _folder(env, name)
     cfg = json.loads((d / "tokenizer_config.json").read_text())
-    cfg["chat_template"] = ESCAPE
+    cfg["chat_template"] = template
     (d / "tokenizer_config.json").write_text(json.dumps(cfg))
     for f in d.glob("chat_template.*"):
-        f.write_text(ESCAPE)
+        f.write_text(template)
     return d
+
+
+HOSTILE_TEMPLATES = {  # what a model file's chat template can do inside Jinja's sandbox
+    "division by zero": "{{ 1/0 }}",
+    "10 GB string": "{{ 'x' * 10**10 }}",
+    "endless loop": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "output flood": "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}",
+    "syntax error": "{% if %}",
+    "undefined call": "{{ nothing() }}",
+    "recursion": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+}
 
 
 def _pickled_folder(env: Env) -> Path:
@@ -150,6 +166,8 @@ CASES = [
     ("scan malformed config.json", lambda e: ["scan", str(_folder(e, "badcfg", config="{not json"))], "badcfg", "config.json"),
     ("scan tokenizer missing", lambda e: ["scan", str(_folder(e, "notok", drop=("tokenizer*", "special_tokens_map.json")))], "notok", "tokenizer"),
     ("scan chat template escaping the sandbox", lambda e: ["scan", str(_escaping_template(e)), "--template", "chat"], "escape", "chat template"),
+    *[(f"scan chat template {what}", lambda e, t=t: ["scan", str(_escaping_template(e, t, "hostile")), "--template", "chat"],
+       "hostile", "chat template") for what, t in HOSTILE_TEMPLATES.items()],
     ("scan missing model", lambda e: ["scan", str(e.inp / "nowhere.gguf")], "nowhere.gguf", "not found"),
     ("locate zero-byte gguf", lambda e: ["locate", str(e.file("z.gguf", b"")), "--start", "1-2"], "z.gguf", "GGUF"),
     ("eval wrong magic", lambda e: ["eval", str(e.file("m.gguf", b"NOPE" + bytes(100)))], "m.gguf", "magic"),
@@ -222,6 +240,42 @@ CASES = [
      "not an audit folder"),
     ("audit baseline not JSON", lambda e: ["audit", M, "--out", str(e.out / "a"), "--baseline", str(e.file("b.json", "nope"))], "b.json", "JSON"),
     ("report of a folder without reports", lambda e: ["report", str(_folder_with(e, "empty", "notes.txt"))], "empty", "no safety-audit report"),
+    # -- round 2: hostile files, servers and folders -----------------------------------------------------------------
+    ("scan gguf alignment zero", lambda e: ["scan", str(raw_gguf(e.inp / "a0.gguf", [ARCH, LAYERS, _kv("general.alignment", 4, bytes(4))]))],
+     "a0.gguf", "alignment"),
+    ("scan gguf alignment a string", lambda e: ["scan", str(raw_gguf(e.inp / "as.gguf", [ARCH, LAYERS, _kv("general.alignment", 8, b"\x02" + bytes(7) + b"32")]))],
+     "as.gguf", "alignment"),
+    ("scan gguf block_count a string", lambda e: ["scan", str(raw_gguf(e.inp / "bc.gguf", [ARCH, _kv("llama.block_count", 8, b"\x03" + bytes(7) + b"abc")]))],
+     "bc.gguf", "block_count"),
+    ("scan gguf string of 2^60 bytes", lambda e: ["scan", str(raw_gguf(e.inp / "s60.gguf", [ARCH, LAYERS, _kv("x.s", 8, (1 << 60).to_bytes(8, "little"))]))],
+     "s60.gguf", "past the end"),
+    ("scan gguf arrays nested 1000 deep", lambda e: ["scan", str(raw_gguf(e.inp / "deepa.gguf", [ARCH, LAYERS, _kv("x.n", 9, _nested(1000))]))],
+     "deepa.gguf", "nested"),
+    ("scan gguf duplicate tensors", lambda e: ["scan", str(raw_gguf(e.inp / "dup.gguf", tensors=[F32_4x4, F32_4x4[:3] + (64,)]))], "dup.gguf", "twice"),
+    ("scan gguf overlapping tensors", lambda e: ["scan", str(raw_gguf(e.inp / "ovl.gguf", tensors=[F32_4x4, ("blk.0.attn_k.weight", (4, 4), 0, 32)], data=256))],
+     "ovl.gguf", "overlap"),
+    ("locate alpha overflowing the fp16 scales", lambda e: ["locate", str(e.gguf), "--start", "1-2", "--alpha", "1e6", "--limit", "1",
+                                                           "--classifier", "opening", "--json", str(e.out / "l.json")], "Q4_1.gguf", "overflows"),
+    ("eval --json and --save-responses on one file", lambda e: ["eval", M, "--json", str(e.out / "x.json"), "--save-responses",
+                                                                str(e.out / "x.json")], "x.json", "same file"),
+    ("locate --json and --plot on one file", lambda e: ["locate", M, "--start", "1-2", "--json", str(e.out / "x"), "--plot",
+                                                        str(e.out / "x")], "x", "same file"),
+    ("audit --force into a folder of other files", lambda e: ["audit", M, "--force", "--out", str(_folder_with(e, "mine", "thesis.tex"))],
+     "mine", "choose an empty folder"),
+    ("harden --force into a folder of other files", lambda e: ["harden", M, "--force", "--layers", "1-2", "--max-steps", "1", "--rows", "4",
+                                                               "--out", str(_folder_with(e, "work", "notes.md"))], "work", "choose an empty folder"),
+    ("eval openai key over plain http to another host", lambda e: ["eval", "--backend", "openai", "--base-url", "http://10.9.8.7:8000/v1",
+                                                                   "--model", "m", "--api-key-env", "MATRIX_KEY", "--metrics", "harmful",
+                                                                   "--limit", "1"], "10.9.8.7", "plain http"),
+    ("eval openai server redirects elsewhere", lambda e: ["eval", "--backend", "openai", "--base-url", e.redirect_url, "--model", "m",
+                                                          "--api-key-env", "MATRIX_KEY", "--metrics", "harmful", "--limit", "1"],
+     "127.0.0.1", "redirected"),
+    ("eval judge answers 401", lambda e: ["eval", M, "--metrics", "judge", "--judge", e.unauthorized_url, "--judge-api-key-env", "MATRIX_KEY",
+                                          "--limit", "1", "--max-new-tokens", "2"], "127.0.0.1", "HTTP 401"),
+    ("eval judge floods 50 MB", lambda e: ["eval", M, "--metrics", "judge", "--judge", e.flood_url, "--limit", "1", "--max-new-tokens", "2"],
+     "127.0.0.1", "MB"),
+    ("eval judge key variable unset", lambda e: ["eval", M, "--metrics", "judge", "--judge", e.garbage_url, "--judge-api-key-env",
+                                                 "NO_SUCH_VARIABLE_HERE", "--limit", "1"], "", "--judge-api-key-env"),
     ("report --html into a missing folder", lambda e: ["report", str(e.eval_json), "--html", str(e.out / "no" / "r.html")], "no", "folder"),
 ]
 
@@ -250,10 +304,20 @@ def servers():
     hung.listen(8)  # accepts into the backlog, never reads or answers
 
     class Garbage(http.server.BaseHTTPRequestHandler):
+        """/ garbage, /redirect a 302 to another port, /unauthorized a 401, /flood a 50 MB answer."""
+
         def do_POST(self):
-            body = b"<html>definitely not JSON"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status, headers, body = 200, {}, b"<html>definitely not JSON"
+            if self.path.startswith("/redirect"):
+                status, headers, body = 302, {"Location": f"http://127.0.0.1:{refused.getsockname()[1]}/steal"}, b""
+            elif self.path.startswith("/unauthorized"):
+                status, body = 401, b'{"error": "bad key"}'
+            elif self.path.startswith("/flood"):
+                headers, body = {"Content-Length": str(50 << 20)}, b"{" * (1 << 16)
+            self.send_response(status)
+            for k, v in ({"Content-Length": str(len(body))} | headers).items():
+                self.send_header(k, v)
             self.end_headers()
             self.wfile.write(body)
 
@@ -261,9 +325,11 @@ def servers():
             pass
 
     garbage = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbage)
+    garbage.daemon_threads = True
     threading.Thread(target=garbage.serve_forever, daemon=True).start()
     urls = [f"http://127.0.0.1:{s.getsockname()[1]}/v1" for s in (refused, hung)]
-    yield urls + [f"http://127.0.0.1:{garbage.server_address[1]}/v1"]
+    g = f"http://127.0.0.1:{garbage.server_address[1]}"
+    yield urls + [f"{g}/v1", f"{g}/redirect/v1", f"{g}/unauthorized/v1", f"{g}/flood/v1"]
     garbage.shutdown()
     refused.close()
     hung.close()
@@ -280,6 +346,8 @@ def test_failure_matrix(name, make_args, path_part, message, tmp_path, tiny_mode
     env = Env(tmp_path / "in", tmp_path / "out", tiny_model_dir, bundled_gguf, eval_report, *servers)
     env.inp.mkdir()
     env.out.mkdir()
+    monkeypatch.setenv("SAFETY_AUDIT_TEMPLATE_SECONDS", "3")  # a template that never ends is cut after 3 s
+    monkeypatch.setenv("MATRIX_KEY", "sk-matrix-secret")
     args = [str(tiny_model_dir) if a == M else a for a in make_args(env)]
     if name.endswith("full disk"):
         (env.out / "full").mkdir()
@@ -308,6 +376,7 @@ def test_failure_matrix(name, make_args, path_part, message, tmp_path, tiny_mode
     assert _digest(env.inp) == before_in, f"{name}: an input file changed"
     assert _digest(env.out) == before_out, f"{name}: output left behind: {set(_digest(env.out)) - set(before_out)}"
     assert not (tmp_path / "UNPICKLED").exists(), f"{name}: a pickle was loaded"
+    assert "sk-matrix-secret" not in r.output + r.stderr, f"{name}: the API key was printed"
 
 
 def test_the_matrix_is_big_and_covers_every_command():
@@ -327,17 +396,23 @@ def test_check_regression_is_exit_1_not_2(eval_report, tmp_path):
 
 
 @pytest.mark.model
-def test_llama_chat_template_escape_is_one_line_error(bundled_gguf):
-    """llama.cpp side: the GGUF's template runs in llama-cpp-python's sandbox; what it raises is our error."""
+def test_llama_chat_template_escape_is_one_line_error(bundled_gguf, monkeypatch):
+    """llama.cpp side: the GGUF's template runs in llama-cpp-python's sandbox, inside the bounded child; what
+    it raises, exhausts or never finishes is our one-line error naming the file, and the process lives on."""
     from auditor.backends import open_backend
     from auditor.errors import AuditError
     from auditor.io.models import resolve_model
 
+    monkeypatch.setenv("SAFETY_AUDIT_TEMPLATE_SECONDS", "3")
     b = open_backend(resolve_model(str(bundled_gguf)), "llama", threads=1)
     try:
-        b.chat_template = ESCAPE
-        with pytest.raises(AuditError, match="chat template cannot be rendered") as e:
-            b.encode("hi", "chat")
-        assert str(bundled_gguf) in str(e.value)
+        for template in (ESCAPE, *HOSTILE_TEMPLATES.values()):
+            b.chat_template = template
+            with pytest.raises(AuditError, match="chat template cannot be rendered") as e:
+                b.encode("hi", "chat")
+            assert str(bundled_gguf) in str(e.value)
+            b.close_chat()  # the next template in a new child
+        b.chat_template = "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"
+        assert b.render_chat("hi") == "<hi>"
     finally:
         b.close()

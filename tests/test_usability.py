@@ -173,3 +173,22 @@ def test_error_messages_with_brackets_print_verbatim(tmp_path, tiny_model_dir):
     """A path or URL with [..] in it is text, not rich markup (v0.1 crashed on '[/v1]' in a message)."""
     r = run(["scan", str(tiny_model_dir), "--normal", str(tmp_path / "a[/b]c.txt")])
     assert r.exit_code == 2 and "a[/b]c.txt" in r.output and "Traceback" not in r.output
+
+
+def test_piped_logs_never_break_a_line(tmp_path, tiny_model_dir):
+    """CI logs: stderr is a pipe; rich used to wrap at 80 columns, splitting a long model path over lines."""
+    import shutil
+    import subprocess
+    import sys
+
+    deep = tmp_path / ("a-rather-long-folder-name-for-models-" * 4) / "tiny-model-with-a-long-name"
+    shutil.copytree(tiny_model_dir, deep)
+    p = subprocess.run([sys.executable, "-m", "auditor.cli", "scan", str(deep), "--bootstrap", "0", "--json",
+                        str(tmp_path / "s.json")], capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "SAFETY_AUDIT_CACHE": str(tmp_path / "cache"), "COLUMNS": ""})
+    assert p.returncode == 0, p.stderr
+    loading = [line for line in p.stderr.splitlines() if line.startswith("loading ")]
+    assert loading and str(deep) in loading[0], p.stderr  # the whole path on its one line
+    gone = subprocess.run([sys.executable, "-m", "auditor.cli", "scan", str(deep / "nothing-here.gguf")],
+                          capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1 and str(deep) in gone.stderr

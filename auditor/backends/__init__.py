@@ -67,6 +67,18 @@ def choose_backend(model: ModelRef, backend: str = "auto", needs: tuple[str, ...
 KIND_NAMES = {"gguf": "a .gguf file", "hf": "a Hugging Face model folder", "remote": "a server (--base-url)"}
 
 
+def library_version(backend: str) -> str:
+    """The version of the library that computes a backend's numbers, for cache and journal keys: another
+    llama.cpp or transformers may tokenize, round or decode greedily to other text."""
+    from importlib.metadata import version
+
+    if backend == "llama":
+        return version("llama_cpp_python")
+    if backend == "torch":
+        return version("transformers")
+    return backend  # a server: its model label (URL, served name) is in the key; its version is not ours to see
+
+
 def check_capabilities(backend: str, needs: tuple[str, ...]) -> None:
     """Refuse a backend that cannot do what the command needs, before anything is resolved or loaded."""
     spec = REGISTRY.get(backend)

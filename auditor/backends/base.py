@@ -14,6 +14,7 @@ from typing import Callable, ClassVar, ContextManager, Sequence
 import torch
 
 from ..errors import AuditError
+from ..io.bounded import BoundedRenderer
 from ..io.models import ModelRef
 
 Progress = Callable[[int], None]  # called with the number of prompts just finished
@@ -102,6 +103,10 @@ class Backend(abc.ABC):
         """Context manager: the chosen layers' linear maps scaled by alpha; the model restored on exit."""
         raise self.unable(WEIGHT_SCALING)
 
+    def check_scaling(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True) -> None:
+        """Raise what `scaled` would raise for these layers and alpha (an overflow), changing nothing."""
+        raise self.unable(WEIGHT_SCALING)
+
     @property
     def in_flight(self) -> int:
         """How many prompts the backend works on at once (callers size their chunks by it)."""
@@ -112,7 +117,14 @@ class Backend(abc.ABC):
         return max(len(self.token_ids(t)) for t in texts)
 
     def close(self) -> None:
-        """Free the model (idempotent)."""
+        """Free the model (idempotent). Subclasses that free more call this too."""
+        self.close_chat()
+
+    def close_chat(self) -> None:
+        """End the chat template's child process (a new one starts on the next rendering)."""
+        worker = self.__dict__.pop("_chat_worker", None)
+        if worker is not None:
+            worker.close()
 
     # -- helpers every backend shares ---------------------------------------------------------------
     def require(self, *capabilities: str) -> None:
@@ -124,12 +136,15 @@ class Backend(abc.ABC):
         where = self.model_ref.path if self.model_ref else None
         return AuditError(f"the {self.name} backend has no {capability} capability", where)
 
-    def chat_failed(self, e: Exception) -> AuditError:
-        """A model's chat template is untrusted code run in Jinja's sandbox: anything it raises (a sandbox
-        escape attempt included) is the model file's problem, reported as one line."""
-        where = self.model_ref.path if self.model_ref else None
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        return AuditError(f"the model's chat template cannot be rendered ({type(e).__name__}: {first})", where)
+    def bounded_chat(self, query: str, render: Callable[[str], str]) -> str:
+        """A model's chat template is untrusted code: `render(query)` runs in a capped child process (io/bounded.py:
+        memory, time and output bounded), started on first use and kept for the backend's life; anything it
+        raises, a sandbox escape attempt included, is the model file's problem, reported as one line."""
+        worker = self.__dict__.get("_chat_worker")
+        if worker is None:
+            where = self.model_ref.path if self.model_ref else None
+            worker = self.__dict__["_chat_worker"] = BoundedRenderer(render, "the model's chat template", where)
+        return worker(query)
 
     def no_chat_template(self) -> AuditError:
         where = self.model_ref.path if self.model_ref else None

@@ -14,13 +14,12 @@ import inspect
 from typing import Sequence
 
 import torch
-from jinja2 import TemplateError
 from transformers import StoppingCriteria
 
 from ..io.models import ModelRef
 from ..io.prompts import wrap
 from ..weights.layers import decoder_layers
-from ..weights.scaling import scaled
+from ..weights.scaling import check_scaling, scaled
 from .base import ATTENTION, CAPABILITIES, Attention, Backend, Generated, Progress, Stop, prefix_groups
 from .devices import resolve_device, resolve_dtype
 from .hf_loading import load_causal_lm, quiet_transformers
@@ -60,11 +59,8 @@ class TorchBackend(Backend):
     def render_chat(self, query: str) -> str:
         if not self.chat_template:
             raise self.no_chat_template()
-        try:
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True)
-        except TemplateError as e:
-            raise self.chat_failed(e) from None
+        return self.bounded_chat(query, lambda q: self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True))
 
     def encode(self, query: str, template: str) -> list[int]:
         text = wrap(query, template, self.render_chat)
@@ -230,6 +226,9 @@ class TorchBackend(Backend):
 
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
         return scaled(self.model, layers, alpha, scale_o_proj)
+
+    def check_scaling(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True) -> None:
+        check_scaling(self.model, layers, alpha, scale_o_proj)
 
 
 class _StopRows(StoppingCriteria):

@@ -19,7 +19,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from jinja2 import TemplateError
 
 import llama_cpp as L  # heavy: this module is imported only when the registry opens the backend
 
@@ -28,7 +27,7 @@ from ..io.files import temp_dir
 from ..io.gguf_file import read_gguf
 from ..io.models import ModelRef
 from ..io.prompts import wrap
-from ..weights.gguf_scaling import scale_gguf
+from ..weights.gguf_scaling import check_gguf_scaling, scale_gguf
 from .base import CAPABILITIES, Backend, Generated, Progress, Stop, prefix_groups
 from .llama_batching import BatchedDecoder, piece_fn
 
@@ -163,15 +162,15 @@ class LlamaCppBackend(Backend):
             raise self.no_chat_template()
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        try:  # llama-cpp-python renders in Jinja's ImmutableSandboxedEnvironment
-            fmt = Jinja2ChatFormatter(
-                template=self.chat_template,
-                eos_token=self._token_text(L.llama_vocab_eos(self._vocab)),
-                bos_token=self._token_text(L.llama_vocab_bos(self._vocab)),
-            )
-            return fmt(messages=[{"role": "user", "content": query}]).prompt
-        except TemplateError as e:
-            raise self.chat_failed(e) from None
+        eos, bos = (self._token_text(L.llama_vocab_eos(self._vocab)), self._token_text(L.llama_vocab_bos(self._vocab)))
+        compiled = {}
+
+        def render(q: str) -> str:  # runs in the bounded child: compiling the template happens there too
+            if "fmt" not in compiled:  # llama-cpp-python renders in Jinja's ImmutableSandboxedEnvironment
+                compiled["fmt"] = Jinja2ChatFormatter(template=self.chat_template, eos_token=eos, bos_token=bos)
+            return compiled["fmt"](messages=[{"role": "user", "content": q}]).prompt
+
+        return self.bounded_chat(query, render)
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         raw = text.encode("utf-8")
@@ -291,7 +290,11 @@ class LlamaCppBackend(Backend):
             self._load(original.path)
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def check_scaling(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True) -> None:
+        check_gguf_scaling(self.model_ref.path, layers, alpha, scale_o_proj)
+
     def close(self) -> None:
+        super().close()
         if getattr(self, "_gen", None):
             self._gen.close()
         self._gen = None

@@ -18,8 +18,9 @@ from ..render.commandline import err, layer_range
 
 
 def stdout() -> Console:
-    """stdout console; piped or logged output gets 160 columns, not rich's 80 (it cut every scan column)."""
-    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
+    """stdout console; piped or logged output gets 160 columns for tables, not rich's 80 (it cut every scan
+    column), and plain lines are never broken (soft_wrap)."""
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160, soft_wrap=True)
 
 
 def opt(config: type, name: str, *decls: str, **kw):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..errors import AuditError
+from ..io.cache import sha256_json
 from ..io.data import data_lines
 
 RENAMED = {"prefix": "keyword", "probe": "opening"}  # old names, still accepted
@@ -44,7 +45,8 @@ class KeywordClassifier:
         return [self.is_refusal(t) for t in texts]
 
     def describe(self) -> dict:
-        return {"name": self.name, "max_new_tokens": self.max_new_tokens, "phrases": len(self.phrases)}
+        return {"name": self.name, "max_new_tokens": self.max_new_tokens, "phrases": len(self.phrases),
+                "sha256": sha256_json(self.phrases)}  # its identity: editing a phrase re-evaluates
 
 
 @dataclass
@@ -71,7 +73,8 @@ class OpeningClassifier:
         return [self.is_refusal(t) for t in texts]
 
     def describe(self) -> dict:
-        return {"name": self.name, "rule": "greedy answer opens with a refusal opening", "starts": len(self.starts)}
+        return {"name": self.name, "rule": "greedy answer opens with a refusal opening", "starts": len(self.starts),
+                "sha256": sha256_json(self.starts)}
 
 
 CLASSIFIERS = {"keyword": (KeywordClassifier, "refusal keywords anywhere in the greedy answer (the paper's)"),

@@ -16,7 +16,9 @@ from rich.markup import escape
 from ..errors import AuditError
 from ..io.reports import set_command_line
 
-err = Console(stderr=True)
+# soft_wrap: rich would break a long line at 80 columns when stderr is a pipe (a CI log), splitting a model path
+# over three lines; a line is printed whole and the terminal or log viewer wraps it, if anything
+err = Console(stderr=True, soft_wrap=True)
 
 
 def layer_range(value: str | None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..io.bounded import BoundedRenderer
 from ..io.prompts import ALPACA, ALPACA_INPUT, task_query
 from .attacks import advbench_train
 
@@ -15,13 +16,23 @@ REFUSALS = ("I cannot help with that request.", "I'm sorry, but I can't assist w
 class SFTData(torch.utils.data.Dataset):
     """Alpaca-template prompt + answer + EOS, cut at `cutoff` tokens; loss only on the answer."""
 
-    def __init__(self, rows, tokenizer, template: str, cutoff: int):
+    def __init__(self, rows, tokenizer, template: str, cutoff: int, model_path=None):
         self.items = []
         eos = tokenizer.eos_token or ""
+        chat = BoundedRenderer(lambda q: tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                                        add_generation_prompt=True),
+                               "the model's chat template", model_path) if template == "chat" else None
+        try:
+            self._build(rows, tokenizer, template, cutoff, eos, chat)
+        finally:
+            if chat is not None:
+                chat.close()
+
+    def _build(self, rows, tokenizer, template, cutoff, eos, chat) -> None:
+        """The chat template is the model's untrusted code: rendered in a bounded child (io/bounded.py)."""
         for r in rows:
             if template == "chat":
-                prompt = tokenizer.apply_chat_template([{"role": "user", "content": task_query(r)}], tokenize=False,
-                                                       add_generation_prompt=True)
+                prompt = chat(task_query(r))
                 p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             else:
                 prompt = ALPACA_INPUT.format(q=r["instruction"], i=r["input"]) if r.get("input") else ALPACA.format(q=r["instruction"])

@@ -91,6 +91,27 @@ def _patch(mm: np.ndarray, t, alpha: float) -> None:
         d[:] = (d.astype(np.float32) * np.float32(alpha)).astype(np.float16)
 
 
+def check_gguf_targets(src: Path, targets: list, alpha: float) -> None:
+    """Every target's type can be scaled, and α times its largest value fits that type: before any copy."""
+    for t in targets:
+        if t.type not in FLOAT_TYPES and t.type != Q.BF16 and t.type not in BLOCK_SCALE_OFFSETS:
+            raise AuditError(f"cannot scale tensor '{t.name}': quant type {t.type.name} is not supported", src)
+    source = np.memmap(src, dtype=np.uint8, mode="r")
+    try:
+        for t in targets:
+            _check_range(source, t, alpha, src)
+    finally:
+        del source
+
+
+def check_gguf_scaling(src: str | os.PathLike, layers: Sequence[int], alpha: float, scale_o_proj: bool = True) -> None:
+    """What scale_gguf would refuse for these layers and α, without writing anything (locate checks its α on
+    every layer up front, not after the baseline count)."""
+    info = read_gguf(src)
+    check_alpha(alpha)
+    check_gguf_targets(Path(src), gguf_targets(info, layers, scale_o_proj), alpha)
+
+
 def scale_gguf(src: str | os.PathLike, dst: str | os.PathLike, layers: Sequence[int], alpha: float,
                scale_o_proj: bool = True, force: bool = False) -> list[str]:
     """Write dst = src with the chosen layers' linear weights scaled by alpha; returns the tensor names."""
@@ -103,15 +124,7 @@ def scale_gguf(src: str | os.PathLike, dst: str | os.PathLike, layers: Sequence[
     targets = gguf_targets(info, layers, scale_o_proj)
     if not targets:
         raise AuditError("no linear-map tensors found in the chosen layers", src)
-    for t in targets:  # fail before writing anything
-        if t.type not in FLOAT_TYPES and t.type != Q.BF16 and t.type not in BLOCK_SCALE_OFFSETS:
-            raise AuditError(f"cannot scale tensor '{t.name}': quant type {t.type.name} is not supported", src)
-    source = np.memmap(src, dtype=np.uint8, mode="r")
-    try:
-        for t in targets:
-            _check_range(source, t, alpha, src)
-    finally:
-        del source
+    check_gguf_targets(src, targets, alpha)
     def write(tmp: Path) -> None:
         shutil.copyfile(src, tmp)
         mm = np.memmap(tmp, dtype=np.uint8, mode="r+")

@@ -41,11 +41,23 @@ def scale_(tensors: list[torch.Tensor], alpha: float) -> str:
     return "torch"
 
 
+def check_scaling(model: torch.nn.Module, layers: Sequence[int], alpha: float, scale_o_proj: bool = True) -> None:
+    """α times the largest weight must fit the weights' dtype (bf16/fp16 models overflow first): a scaled
+    model full of inf would count as a model that refuses nothing. Checked before any weight changes."""
+    check_alpha(alpha)
+    for name, p in scalable_parameters(model, layers, scale_o_proj):
+        top = float(p.detach().abs().max()) * alpha
+        limit = float(torch.finfo(p.dtype).max)
+        if top > limit:
+            raise AuditError(f"alpha {alpha:g} overflows the weights of '{name}' (largest {top / alpha:.4g} x alpha > "
+                             f"{str(p.dtype).removeprefix('torch.')} max {limit:.4g})")
+
+
 @contextmanager
 def scaled(model: torch.nn.Module, layers: Sequence[int], alpha: float, scale_o_proj: bool = True) -> Iterator[list[str]]:
     """Scale the chosen layers' linear weights by alpha inside the block; bit-exact restore afterwards."""
     check_range(layers, len(decoder_layers(model)))
-    check_alpha(alpha)
+    check_scaling(model, layers, alpha, scale_o_proj)
     params = scalable_parameters(model, layers, scale_o_proj)
     tensors = [p.data for _, p in params]
     with torch.no_grad():

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..backends import GENERATION, NEXT_TOKEN, Backend, choose_backend, open_backend
+from ..backends import GENERATION, NEXT_TOKEN, Backend, choose_backend, library_version, open_backend
 from ..core.judge import EndpointJudge, LocalJudge, score_responses
 from ..core.metrics import bootstrap_mean, mmlu_predictions, mmlu_rows, rouge_l
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
@@ -213,8 +213,10 @@ class EvalJournal:
 def _journal_key(cfg: EvalConfig, model_hash: str | None, backend: str, template: str, classifier) -> str | None:
     if not cfg.use_cache or model_hash is None:
         return None
-    return sha256_json([model_hash, backend, template, classifier.describe(), cfg.max_new_tokens, cfg.dtype,
-                        cfg.device, *cfg.precision_key(backend)])[:24]  # raw options kept: CPU fp32 keys unchanged
+    """Everything that determines an answer or a verdict: the model's content, the backend and its library's
+    version, the template, the classifier's content (its phrase list's hash), the token budget, the precision."""
+    return sha256_json([model_hash, backend, library_version(backend), template, classifier.describe(),
+                        cfg.max_new_tokens, cfg.dtype, cfg.device, *cfg.precision_key(backend)])[:24]
 
 
 def load_saved(path: str | None) -> dict:

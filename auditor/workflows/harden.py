@@ -23,7 +23,7 @@ from ..errors import AuditError
 from ..io.cache import sha256_json
 from ..io.gguf_export import export_gguf
 from ..io.config import setting
-from ..io.files import check_folder_writable, exclusive
+from ..io.files import check_folder_writable, exclusive, refuse_foreign
 from ..io.models import layer_count, resolve_model
 from ..io.reports import Report, ReportHeader, report_range
 from ..io.prompts import load_task_rows
@@ -32,7 +32,7 @@ from ..training.data import SFTData
 from ..training.memory import keep_freed_memory
 from ..training.methods import METHODS, MethodContext
 from ..training.trainer import (TrainOptions, progress_callback, build_trainer, last_checkpoint, plan_steps,
-                                training_arguments, training_versions, write_model_folder)
+                                recorded_files, training_arguments, training_versions, write_model_folder)
 from ..weights.layers import block_parameters, decoder_layers
 from .reporting import Silent
 
@@ -130,6 +130,8 @@ def check_config(cfg: HardenConfig) -> Path:
         raise AuditError("output path is a file, not a folder", out)
     if out.exists() and not cfg.force:
         raise AuditError("output folder exists (use --force to replace it)", out)
+    if out.exists():  # --force replaces a model folder this command wrote, nothing else: checked before training
+        refuse_foreign(out, recorded_files(out), "safety-audit")
     if not out.parent.exists():
         raise AuditError("output's parent folder does not exist", out.parent)
     check_folder_writable(out.parent)
@@ -190,7 +192,7 @@ def _run(cfg: HardenConfig, out: Path, reporter, callbacks, rows) -> dict:
         layer_range(cfg, stated)  # a bad range fails before the load, not after it
     model, tok = load_causal_lm(ref)
     n_layers = len(decoder_layers(model))
-    ctx = MethodContext(model, tok, SFTData(rows, tok, cfg.template, cfg.cutoff), layer_range(cfg, n_layers), n_layers,
+    ctx = MethodContext(model, tok, SFTData(rows, tok, cfg.template, cfg.cutoff, ref.path), layer_range(cfg, n_layers), n_layers,
                         cfg.template, cfg.cutoff, {"lisa_align_steps": cfg.lisa_align_steps, "lisa_task_steps": cfg.lisa_task_steps,
                          "lisa_rho": cfg.lisa_rho}, reporter.status)
     if len(ctx.data) == 0:

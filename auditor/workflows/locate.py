@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends import GENERATION, WEIGHT_SCALING, Backend, choose_backend, open_backend
+from ..backends import GENERATION, WEIGHT_SCALING, Backend, choose_backend, library_version, open_backend
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
 from ..core.stability import PairedCI, as_bits
 from ..core.search import SURVEY_ALPHA, choose_alpha, control_ranges, landscape, progressive_search, room_to_move, survey
@@ -258,6 +258,13 @@ def _stability(cfg: LocateConfig, n_layers: int, count, s: Search, ci, reporter)
 ALPHA_RULE = "step 0.05 from 1 until the count moves the paper's way (alpha > 1: up) by >= max(3, 5% of D_o)"
 
 
+def count_key(cfg, model_hash: str | None, backend: str, classifier, prompts: list[str]) -> str:
+    """What determines a refusal count: the model's content, the backend and its library's version, the
+    template, the classifier's content (its hash) and token budget, the prompts, the maps scaled, the precision."""
+    return sha256_json([model_hash, backend, library_version(backend), cfg.template, classifier.describe(), prompts,
+                        cfg.scale_o_proj, *cfg.precision_key(backend)])[:24]
+
+
 def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     reporter = reporter or Silent()
     check_config(cfg)
@@ -275,9 +282,10 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     name = choose_backend(model, cfg.backend, (GENERATION, WEIGHT_SCALING))
     backend = open_backend(model, name, (GENERATION, WEIGHT_SCALING), **cfg.backend_kwargs(name))
     try:
+        if cfg.alpha:  # an α the search may apply to any layer: refused now if it overflows, not after the counts
+            backend.check_scaling(range(backend.n_layers), cfg.alpha, cfg.scale_o_proj)
         model_hash = model.content_hash(backend.name)
-        key = sha256_json([model_hash, backend.name, cfg.template, classifier.describe(), prompts, cfg.scale_o_proj,
-                           *cfg.precision_key(backend.name)])[:24]
+        key = count_key(cfg, model_hash, backend.name, classifier, prompts)
         journal = CountJournal(Path(cfg.journal) if cfg.journal else cached_journal("locate", key), key)
         count = RefusalCounter(backend, prompts, classifier, cfg.template, cfg.scale_o_proj, journal, reporter)
         s = _search(cfg, backend, count, len(prompts), reporter)

@@ -29,7 +29,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends import GENERATION, open_backend
+from ..backends import GENERATION, choose_backend, library_version, open_backend
 from ..core.refusal import KeywordClassifier
 from ..errors import AuditError
 from ..io.cache import Journal, sha256_json
@@ -136,12 +136,14 @@ def distill(base: ModelRef, prompts: list[str], cache: Path, max_new_tokens: int
             reporter=None) -> dict[str, str]:
     """The base model's greedy chat answers to `prompts`, journaled as JSONL (a killed build resumes)."""
     journal = Journal(cache)
-    key = base.content_hash()  # the answers of exactly this base model, whatever its path or label
+    name = choose_backend(base, "auto", (GENERATION,))
+    # the answers of exactly this base model (whatever its path or label), token budget and backend library
+    key = sha256_json([base.content_hash(), max_new_tokens, name, library_version(name)])
     done = {r["prompt"]: r["response"] for r in journal.rows()
             if r.get("model") == key and isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str)}
     todo = [p for p in prompts if p not in done]
     if todo:
-        backend = open_backend(base, "auto", (GENERATION,), threads=threads)
+        backend = open_backend(base, name, (GENERATION,), threads=threads)
         if reporter:
             reporter.start("self-distilling benign answers", len(todo))
         try:

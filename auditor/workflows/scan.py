@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib.metadata import version
 
 import torch
 
-from ..backends import HIDDEN_STATES, choose_backend, open_backend
+from ..backends import HIDDEN_STATES, choose_backend, library_version, open_backend
 from ..backends.devices import resolve_device
 from ..core.gap import (GAP_DEFINITIONS, GapStats, RangeRule, bootstrap_weights, differential_range, gap_stats,
                         initial_range, pair_sample, paper_pair_sample, percentile_ci)
@@ -75,7 +74,7 @@ def _state_key(model: ModelRef, backend: str, template: str, prompts: PromptSet,
     """Everything that determines the states: the content of what the backend reads, its version, the
     template, the prompts and a non-fp32 precision. Not the path: a scaled copy or a retrained folder never
     hits its source's."""
-    versions = version("llama_cpp_python") if backend == "llama" else version("transformers")
+    versions = library_version(backend)
     return sha256_json([model.content_hash(backend), backend, template, versions, list(prompts.prompts), *precision])[:32]
 
 
