@@ -307,3 +307,28 @@ def test_an_audit_resumes_only_for_the_same_model_content(tmp_path, tiny_model_d
         prepare_folder(same_settings)
     same_settings.force = True
     assert prepare_folder(same_settings) == copy and not (copy / "scan.json").exists()
+
+
+def test_terminal_tables_show_hostile_strings_as_text(audited):
+    """Rich reads '[...]' as markup: a model path, a set name or a Llama-2 token '[/INST]' must show as text (a
+    stray closing tag used to raise MarkupError), and a terminal escape in a prompt or token must not reach
+    the terminal."""
+    import io
+
+    from rich.console import Console
+
+    from auditor.render import tables
+
+    payload = "[/INST][bold]x[/bold]\x1b]8;;http://evil\x1b\\\\link\x1b[2J"
+    poison = lambda v, key=None: (  # noqa: E731
+        {k: poison(x, k) for k, x in v.items()} if isinstance(v, dict) else [poison(x, key) for x in v]
+        if isinstance(v, list) else v + payload if isinstance(v, str) and key not in _STRUCTURAL else v)
+    shown = {}
+    for name, render in (("scan", tables.scan_table), ("eval", tables.eval_table), ("attention", tables.attention_table)):
+        report = poison(json.loads((audited[0] / f"{name}.json").read_text()))
+        out = io.StringIO()
+        Console(file=out, force_terminal=True, width=400).print(render(report))
+        shown[name] = out.getvalue()
+        assert "[/INST][bold]x[/bold]" in shown[name], name
+        assert "\x1b]8" not in shown[name] and "\x1b[2J" not in shown[name] and "\\x1b]8" in shown[name], name
+    assert shown["attention"].count("[/INST]") > 2  # prompts' tokens are in the table's cells too

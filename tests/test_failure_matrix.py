@@ -276,6 +276,18 @@ CASES = [
      "127.0.0.1", "MB"),
     ("eval judge key variable unset", lambda e: ["eval", M, "--metrics", "judge", "--judge", e.garbage_url, "--judge-api-key-env",
                                                  "NO_SUCH_VARIABLE_HERE", "--limit", "1"], "", "--judge-api-key-env"),
+    ("check baseline nested 100000 deep", lambda e: ["check", str(e.eval_json), "--baseline", str(e.file("deep.json", "[" * 100000 + "]" * 100000))],
+     "deep.json", "JSON"),
+    ("report of a report nested 100000 deep", lambda e: ["report", str(e.file("deep.json", '{"a": ' + "[" * 100000 + "]" * 100000 + "}"))],
+     "deep.json", "JSON"),
+    ("scan JSON prompts nested 100000 deep", lambda e: ["scan", M, "--normal", str(e.file("deep.json", "[" * 100000 + "]" * 100000))],
+     "deep.json", "nested"),
+    ("scan JSONL prompts nested 100000 deep", lambda e: ["scan", M, "--normal", str(e.file("deep.jsonl", "[" * 100000 + "]" * 100000 + "\n"))],
+     "deep.jsonl", "line 1"),
+    ("check policy nested 5000 deep", lambda e: ["check", str(e.eval_json), "--baseline", str(e.eval_json), "--policy",
+                                                 str(e.file("deep.toml", "a = " + "[" * 5000 + "1" + "]" * 5000 + "\n"))], "deep.toml", "policy"),
+    ("scan a model path with a newline", lambda e: ["scan", str(e.inp / "two\nlines.gguf")], "two\\nlines.gguf", "not found"),
+    ("scan a model path with markup", lambda e: ["scan", str(e.inp / "[/INST][bold]x.gguf")], "[/INST][bold]x.gguf", "not found"),
     ("report --html into a missing folder", lambda e: ["report", str(e.eval_json), "--html", str(e.out / "no" / "r.html")], "no", "folder"),
 ]
 

@@ -143,17 +143,18 @@ def test_distillation_resumes_from_its_cache(tiny_model_dir, tmp_path):
     """A killed build keeps its distilled answers: only the missing prompts are generated, a cut line is
     ended and regenerated, answers of another base model are not reused."""
     from auditor.io.models import resolve_model
-    from auditor.workflows.reference import distill
+    from auditor.workflows.reference import distill, distill_key
 
     base = resolve_model(str(tiny_model_dir))
     prompts = borderline_prompts()[:5]
     cache = tmp_path / "distilled.jsonl"
-    lines = [json.dumps({"model": base.content_hash(), "prompt": p, "response": f"kept {i}"}) for i, p in enumerate(prompts[:3])]
-    lines.append(json.dumps({"model": "other", "prompt": prompts[3], "response": "not mine"}))
-    cache.write_text("\n".join(lines) + "\n" + '{"model": "' + base.content_hash() + '", "prompt": "' + prompts[4][:10])
+    key = distill_key(base, 3)
+    lines = [json.dumps({"model": key, "prompt": p, "response": f"kept {i}"}) for i, p in enumerate(prompts[:3])]
+    lines.append(json.dumps({"model": distill_key(base, 4), "prompt": prompts[3], "response": "another budget's"}))
+    cache.write_text("\n".join(lines) + "\n" + '{"model": "' + key + '", "prompt": "' + prompts[4][:10])
     out = distill(base, prompts, cache, max_new_tokens=3)
     assert [out[p] for p in prompts[:3]] == ["kept 0", "kept 1", "kept 2"]
-    assert out[prompts[3]] != "not mine" and prompts[4] in out
+    assert out[prompts[3]] != "another budget's" and prompts[4] in out
     rows = [json.loads(x) for x in cache.read_text().splitlines()[5:]]
     assert [r["prompt"] for r in rows] == prompts[3:]  # appended after the repaired line
 

@@ -140,14 +140,17 @@ def test_stale_temp_files_of_dead_runs_are_cleaned_and_no_one_elses(tmp_path):
     stale_dir = tmp_path / f".safety-audit-scaled.p{dead}.x.tmp"
     live = tmp_path / f".scan.json.p{alive}.def.tmp"
     user = tmp_path / ".scan.json.p12.notes"  # not a temp name of ours
-    other = tmp_path / f".report.json.p{dead}.ghi.tmp"  # another output's: cleaned when that one is written
+    other = tmp_path / f".report.json.p{dead}.ghi.tmp"  # another output's temp, its writer dead: ours to clean too
     for f in (stale, live, user, other):
         f.write_text("x")
     stale_dir.mkdir()
     (stale_dir / "model.gguf").write_bytes(b"GGUF" + bytes(100))
     atomic_write(tmp_path / "scan.json", lambda t: t.write_text("{}"))
-    assert not stale.exists() and live.exists() and user.exists() and other.exists()
-    assert clean_stale(tmp_path, ".safety-audit-scaled") == [stale_dir] and not stale_dir.exists()
+    assert not stale.exists() and live.exists() and user.exists() and not other.exists()
+    assert not stale_dir.exists()  # a dead locate's scaled model copy: any write into the folder removes it
+    again = tmp_path / f".safety-audit-scaled.p{dead}.y.tmp"
+    again.mkdir()
+    assert clean_stale(tmp_path, ".safety-audit-scaled") == [again] and not again.exists()
     assert temp_prefix("x") == f".x.p{os.getpid()}."
 
 

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from ..backends import BACKEND_CHOICES
 from ..io.prompts import TEMPLATES
-from ..render.commandline import err
+from ..render.commandline import err, one_line
 from ..render.page import load_bundle, page_facts, render_html, render_markdown, write_page
 from ..render.plots import plot_attention, plot_locate, plot_scan
 from ..render.progress import rich_reporter
@@ -91,7 +92,7 @@ def audit(model, quiet, json_path, **kw):
         for step, state in r["steps"].items():
             console.print(f"{step:10} {state}", highlight=False)
         verdict = {None: "no baseline: no verdict", True: "[green]PASS[/green]", False: "[red]REGRESSION[/red]"}
-        console.print(f"{verdict[r['passed']]}  ·  {out / 'report.html'}")
+        console.print(f"{verdict[r['passed']]}  ·  {escape(one_line(str(out / 'report.html')))}")
 
     emit(summary, json_path, None, True, render)
     sys.exit(1 if result["passed"] is False else 0)

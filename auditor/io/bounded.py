@@ -11,6 +11,7 @@ A pipe round trip costs tens of microseconds: negligible beside the forward pass
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import resource
@@ -35,7 +36,21 @@ def _vm_size() -> int:
     return 0
 
 
-def _serve(fn: Callable[[str], str], conn, headroom: int) -> None:
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this child when its parent dies (a parent killed by -9 cannot end it otherwise, and the
+    orphan would hold the parent's stdout open, so whoever waits for that output would wait forever)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _serve(fn: Callable[[str], str], conn, parent_end, parent_pid: int, headroom: int) -> None:
+    _die_with_parent()
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(0)
+    parent_end.close()  # else our own copy of the parent's end would keep the pipe open: no EOF when it dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
     vm = _vm_size()
     if vm:
@@ -78,7 +93,7 @@ class BoundedRenderer:
     def _start(self) -> None:
         ctx = multiprocessing.get_context("fork")  # inherit the loaded tokenizer and renderer: nothing pickled
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(self.fn, child, self.headroom), daemon=True)
+        self._proc = ctx.Process(target=_serve, args=(self.fn, child, self._conn, os.getpid(), self.headroom), daemon=True)
         self._proc.start()
         child.close()
 

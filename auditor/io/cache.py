@@ -107,7 +107,7 @@ class Journal:
         for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue  # a line cut by a kill
             if isinstance(row, dict):
                 yield row

@@ -23,7 +23,6 @@ from typing import Callable, Iterable
 from ..errors import AuditError
 
 _RENAME_NOREPLACE, _RENAME_EXCHANGE, _AT_FDCWD = 1, 2, -100
-_STALE = re.compile(r"\.p(\d+)\.")  # the writer's PID inside a temp name: '.NAME.p1234.xxxx.tmp'
 
 
 def check_writable(path: str | os.PathLike, force: bool) -> Path:
@@ -119,13 +118,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(folder: Path, prefix: str) -> list[Path]:
-    """Remove temp files and folders under `folder` named `prefix` + '.pPID.' whose writer PID is dead: what a
-    killed run of ours left (a model copy, a half-written report). Never anything without that mark."""
+_OUR_TEMP = re.compile(r"^\..+\.p(\d+)\.[^/]*(\.tmp|\.old)$")
+
+
+def clean_stale(folder: Path, prefix: str = ".") -> list[Path]:
+    """Remove temp files and folders under `folder` named `prefix`…'.pPID.'…'.tmp' whose writer PID is dead:
+    what a killed run of ours left (a model copy, a half-written report). Never anything without that mark."""
     removed = []
     with suppress(OSError):
         for entry in folder.iterdir():
-            m = _STALE.match(entry.name, len(prefix)) if entry.name.startswith(prefix) else None
+            m = _OUR_TEMP.match(entry.name) if entry.name.startswith(prefix) else None
             if m and not _alive(int(m.group(1))):
                 with suppress(OSError):
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
@@ -188,7 +190,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], force: 
     """Call write(tmp_path), fsync it, then publish it as `path` (replacing only with `force`) and fsync the
     folder: after a power cut the file is either whole under its name or absent, never empty."""
     p = check_writable(path, force)
-    clean_stale(p.parent, f".{p.name}")
+    clean_stale(p.parent)  # what killed runs of ours left in this folder, whichever output they were writing
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=temp_prefix(p.name), suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp)
@@ -213,7 +215,7 @@ def write_json(path: str | os.PathLike, data: dict, force: bool = False) -> Path
 
 # -- folders a command owns -----------------------------------------------------------------------------------
 def _our_temp(name: str) -> bool:
-    return name.startswith(".") and bool(_STALE.search(name)) and name.endswith((".tmp", ".old"))
+    return bool(_OUR_TEMP.match(name))
 
 
 def foreign_files(folder: Path, ours: Iterable[str]) -> list[str]:
@@ -253,7 +255,7 @@ def replace_dir(tmp: Path, out: Path, force: bool, ours: Callable[[Path], Iterab
     refuse_foreign(out, ours(out) if ours else (), "safety-audit")
     if _renameat2(tmp, out, _RENAME_EXCHANGE):  # tmp now holds the old folder, removed by the caller's cleanup
         return
-    trash = out.with_name(f"{temp_prefix(out.name)}old")  # .NAME.pPID.old
+    trash = out.with_name(f"{temp_prefix(out.name)}swap.old")  # a temp name of ours: clean_stale removes it if we die
     os.replace(out, trash)
     os.replace(tmp, out)
     shutil.rmtree(trash, ignore_errors=True)

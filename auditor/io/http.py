@@ -144,7 +144,7 @@ class Endpoint:
                 raise _Retry(message)
             try:
                 return json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise _Retry("the answer is not JSON") from None
         except AuditError:
             raise

@@ -58,7 +58,7 @@ def layer_count(ref: ModelRef) -> int | None:
         return read_gguf(ref.path).n_layers
     try:
         cfg = json.loads((ref.torch_source() / "config.json").read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, json.JSONDecodeError, RecursionError, UnicodeDecodeError):
         return None
     cfg = cfg.get("text_config") or cfg
     n = cfg.get("num_hidden_layers", cfg.get("n_layer"))
@@ -95,7 +95,7 @@ def _hf_folder(p: Path) -> ModelRef:
         raise AuditError("not a Hugging Face model folder (no config.json)", p)
     try:
         json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, RecursionError, UnicodeDecodeError):
         raise AuditError("malformed config.json", cfg) from None
     if not list(p.glob("*.safetensors")):
         raise AuditError("model folder has no .safetensors weights (pickled weights are not loaded)", p)

@@ -72,7 +72,7 @@ def jsonl_rows(text: str, path: Path) -> list:
         if line.strip():
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise AuditError(f"malformed JSON on line {n}", path) from None
     return rows
 
@@ -120,6 +120,8 @@ def load_prompts(spec: str | Path) -> PromptSet:
             raise AuditError(f"unsupported prompt file type '{suffix}' (use .txt, .csv, .json, .jsonl)", path)
     except json.JSONDecodeError as e:
         raise AuditError(f"malformed JSON (line {e.lineno})", path) from None
+    except RecursionError:
+        raise AuditError("malformed JSON (nested too deeply)", path) from None
     except csv.Error as e:
         raise AuditError(f"malformed CSV ({e})", path) from None
     prompts = [p.strip() for p in prompts if p and p.strip()]
@@ -185,6 +187,8 @@ def load_task_rows(spec: str | Path = "alpaca-eval") -> list[dict]:
             rows = json.loads(text)
     except json.JSONDecodeError as e:
         raise AuditError(f"malformed JSON (line {e.lineno})", path) from None
+    except RecursionError:
+        raise AuditError("malformed JSON (nested too deeply)", path) from None
     except csv.Error as e:
         raise AuditError(f"malformed CSV ({e})", path) from None
     if not isinstance(rows, list) or not rows:

@@ -71,7 +71,7 @@ def read_report(path: str | Path, what: str = "report") -> dict:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AuditError(f"{what} not found", p) from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, json.JSONDecodeError, RecursionError, UnicodeDecodeError):
         raise AuditError(f"malformed JSON {what}", p) from None
     if not isinstance(data, dict):
         raise AuditError(f"not a safety-audit {what}", p)
@@ -90,7 +90,7 @@ def report_range(path: str | Path) -> tuple[int, int]:
     try:
         rep = json.loads(p.read_text())
         rng = rep.get("safety_layers") or rep.get("initial_range")
-    except (OSError, json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+    except (OSError, json.JSONDecodeError, RecursionError, AttributeError, UnicodeDecodeError):
         raise AuditError("not a readable locate/scan report", p) from None
     if not rng:
         raise AuditError("the report has no safety_layers or initial_range", p)

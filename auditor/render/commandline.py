@@ -60,13 +60,21 @@ class AuditGroup(click.Group):
             self._fail(str(e), 2)
         except OSError as e:  # a full disk, a read-only folder, a vanished file: the problem and the path
             self._fail(f"{e.strerror or type(e).__name__}: {e.filename}" if e.filename else str(e) or type(e).__name__, 2)
+        except RecursionError:  # a file nested deeper than any reader here names itself; this is the backstop
+            self._fail("an input is nested too deeply to read", 2)
         except KeyboardInterrupt:
             self._fail(f"interrupted; {RESUME.get(ctx.invoked_subcommand, 'run the same command again')}", 130)
 
     @staticmethod
     def _fail(message: str, code: int):
-        err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False, soft_wrap=True)
         sys.exit(code)
+
+
+def one_line(text: str) -> str:
+    """A message as one printable line: a newline or a terminal escape inside a file name, a tensor name or
+    a server's answer is shown escaped (\\n, \\x1b), never obeyed by the terminal or split over lines."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 RESUME = {  # what a Ctrl-C keeps, and how to continue (kill/resume tests in tests/test_resume.py)

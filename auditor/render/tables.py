@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import functools
+
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from ..workflows.gate import LABELS, THRESHOLDS
+from .commandline import one_line
+
+
+def _inert(value):
+    """Every string of a report as plain text for rich: its markup escaped (a model path or a Llama-2 token
+    '[/INST]' is text, not a style tag, and a stray closing tag no error) and control characters shown, not
+    sent to the terminal. Numbers, and the strings the tables branch on, are unchanged by it."""
+    if isinstance(value, str):
+        return escape(one_line(value))
+    if isinstance(value, dict):
+        return {k: _inert(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_inert(v) for v in value)
+    return value
+
+
+def _reports_as_text(render):
+    """Decorator: the table function sees its arguments with every string made inert (_inert)."""
+    @functools.wraps(render)
+    def wrapper(*args, **kw):
+        return render(*(_inert(a) for a in args), **{k: v if k == "console" else _inert(v) for k, v in kw.items()})
+    return wrapper
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
@@ -26,6 +51,7 @@ def sparkline(values: list[float]) -> str:
     return "".join(_BLOCKS[1 + round((v - lo) / span * (len(_BLOCKS) - 2))] for v in values)
 
 
+@_reports_as_text
 def scan_table(report: dict) -> Table:
     rng = report["initial_range"]
     diff = {d["layer"]: d for d in report.get("differential") or []}
@@ -73,10 +99,11 @@ def print_scan(report: dict, console: Console | None = None) -> None:
     c = report.get("contrast")
     if c:
         r = c["initial_range"]
-        console.print(f"contrast {c['model']} ({c['backend']}): initial range "
-                      + (f"{r[0]}–{r[1]}" if r else "none"))
+        console.print(f"contrast {one_line(c['model'])} ({c['backend']}): initial range "
+                      + (f"{r[0]}–{r[1]}" if r else "none"), markup=False)
 
 
+@_reports_as_text
 def locate_table(report: dict) -> Table:
     a = report["alpha"]
     title = (f"{report['model']} · {report['backend']} · α = {a:g} · classifier {report['classifier']['name']} · "
@@ -113,6 +140,7 @@ def _span(ci, signed: bool = False) -> str:
     return f"{f(ci[0])} … {f(ci[1])}"
 
 
+@_reports_as_text
 def stability_table(report: dict) -> Table | None:
     """locate --starts/--resamples: where each start's searches ended, and the recommendation."""
     st = report.get("stability")
@@ -130,6 +158,7 @@ def stability_table(report: dict) -> Table | None:
     return t
 
 
+@_reports_as_text
 def eval_table(report: dict) -> Table:
     limit = f"first {report['limit']} prompts per set" if report.get("limit") else "full sets"
     t = Table(title=f"{report['model']} · {report['backend']} · template {report['template']} · classifier "
@@ -157,6 +186,7 @@ def _metric_rows(report: dict):
         yield LABELS[m], v, f"{v['judge']}; unparseable {v['unparseable']}" if m == "harmful_score" else v.get("set", "")
 
 
+@_reports_as_text
 def harden_table(r: dict, out) -> Table:
     t = Table(title=f"harden · {r['method']}{' + LoRA' if r['lora'] else ''} · {r['input_model']} → {out}", show_header=False)
     t.add_column(style="bold")
@@ -169,6 +199,7 @@ def harden_table(r: dict, out) -> Table:
     return t
 
 
+@_reports_as_text
 def check_table(result: dict, rows: list[dict]) -> Table:
     t = Table(title=f"check {result['candidate']} against {result['baseline']}", header_style="bold")
     for col in ("metric", "baseline", "candidate", "Δ", "limit", "verdict"):
@@ -181,6 +212,7 @@ def check_table(result: dict, rows: list[dict]) -> Table:
     return t
 
 
+@_reports_as_text
 def compare_table(names: list[str], rows: list[tuple[str, list[str]]], settings: list[str] | None = None) -> Table:
     t = Table(title="safety-audit compare", header_style="bold")
     t.add_column("metric")
@@ -191,6 +223,7 @@ def compare_table(names: list[str], rows: list[tuple[str, list[str]]], settings:
     return t
 
 
+@_reports_as_text
 def paired_table(names: list[str], rows: list[dict], classifier: str) -> Table:
     t = Table(title=f"paired: {names[0]} (A) vs {names[1]} (B) · {classifier} classifier · exact McNemar",
               caption="p < 0.05: the two models refuse different prompts more often than chance allows", header_style="bold")
@@ -218,6 +251,7 @@ def doctor_table(info: dict) -> Table:
     return t
 
 
+@_reports_as_text
 def attention_table(r: dict) -> Table:
     """Per layer, for each prompt: the share of the final token's attention on content words and on the
     template, and the prompt's most attended word (the template's tokens take most of the attention everywhere)."""

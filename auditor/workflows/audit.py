@@ -65,7 +65,7 @@ def _model_content(cfg: AuditConfig) -> str | None:
 def _read_state(out: Path) -> dict | None:
     try:
         state = json.loads((out / STATE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return state if isinstance(state, dict) and state.get("command") == "audit" else None
 
@@ -150,7 +150,7 @@ def run_audit(cfg: AuditConfig, reporter: Reporter | None = None,
     out = prepare_folder(cfg)
     try:
         steps = json.loads((out / STATE).read_text()).get("steps", {})
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, RecursionError):
         steps = {}
     _save_state(out, cfg, steps, [BASELINE_COPY, JOURNAL] if baseline is not None else [JOURNAL])  # before writing them
     if baseline is not None:

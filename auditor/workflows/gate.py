@@ -65,7 +65,7 @@ def load_policy(path: str | Path) -> dict:
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text())
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (OSError, tomllib.TOMLDecodeError, RecursionError, UnicodeDecodeError) as e:
         raise AuditError(f"malformed policy file ({type(e).__name__})", p) from None
     th = data.get("thresholds", data)
     known = {opt for opt, _, _ in THRESHOLDS.values()}

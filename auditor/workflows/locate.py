@@ -122,7 +122,7 @@ def _start_range(cfg: LocateConfig, reporter) -> tuple[tuple[int, int], str]:
         try:
             rep = json.loads(p.read_text())
             rng, diff = rep["initial_range"], rep.get("differential_range")
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (OSError, json.JSONDecodeError, RecursionError, KeyError, TypeError, AttributeError):
             raise AuditError("not a readable scan report (JSON with initial_range)", p) from None
         if rng:
             return (int(rng[0]), int(rng[1])), f"scan report {p}"

@@ -132,13 +132,18 @@ def training_rows(distilled: dict[str, str], seed: int = 0, benign_rows: int | N
     return rows, manifest
 
 
+def distill_key(base: ModelRef, max_new_tokens: int) -> str:
+    """The answers of exactly this base model (whatever its path or label), token budget and backend library."""
+    name = choose_backend(base, "auto", (GENERATION,))
+    return sha256_json([base.content_hash(), max_new_tokens, name, library_version(name)])
+
+
 def distill(base: ModelRef, prompts: list[str], cache: Path, max_new_tokens: int, threads=None,
             reporter=None) -> dict[str, str]:
     """The base model's greedy chat answers to `prompts`, journaled as JSONL (a killed build resumes)."""
     journal = Journal(cache)
     name = choose_backend(base, "auto", (GENERATION,))
-    # the answers of exactly this base model (whatever its path or label), token budget and backend library
-    key = sha256_json([base.content_hash(), max_new_tokens, name, library_version(name)])
+    key = distill_key(base, max_new_tokens)
     done = {r["prompt"]: r["response"] for r in journal.rows()
             if r.get("model") == key and isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str)}
     todo = [p for p in prompts if p not in done]
