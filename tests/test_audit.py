@@ -71,23 +71,25 @@ def test_a_killed_audit_resumes_keeping_finished_steps(tmp_path, tiny_model_dir,
 
 
 def _baseline(audited, tmp_path, harmful_shift: float) -> Path:
+    """The audit's own eval as the baseline; with a shift, a baseline that answered no harmful prompt."""
     ev = json.loads((audited[0] / "eval.json").read_text())
-    ev["harmful_rate"]["value"] = max(0.0, ev["harmful_rate"]["value"] + harmful_shift)
+    if harmful_shift:
+        ev["harmful_rate"].update(value=0.0, outcomes="0" * ev["harmful_rate"]["n"])
     p = tmp_path / "base.json"
     p.write_text(json.dumps(ev))
     return p
 
 
-@pytest.mark.parametrize("shift,code,word", [(0.0, 0, "PASS"), (-0.5, 1, "REGRESSION")])
+@pytest.mark.parametrize("shift,code,word", [(0.0, 3, "INCONCLUSIVE"), (-0.5, 1, "REGRESSION")])
 def test_a_baseline_is_checked_and_sets_the_exit_code(tmp_path, tiny_model_dir, audited, shift, code, word):
     ev = json.loads((audited[0] / "eval.json").read_text())
-    if shift and ev["harmful_rate"]["value"] < 0.06:
+    if shift and ev["harmful_rate"]["value"] < 0.4:  # 24 prompts: a regression must be large to be told from noise
         pytest.skip("the tiny model answered too few harmful prompts to regress against")
     out = tmp_path / "out"
     p = _audit([str(tiny_model_dir), "--out", str(out), "--baseline", str(_baseline(audited, tmp_path, shift))], audited[1])
     assert p.returncode == code, p.stderr
     check = json.loads((out / "check.json").read_text())
-    assert check["passed"] is (code == 0) and (out / "baseline-eval.json").is_file()
+    assert check["verdict"] == word.lower() and not check["passed"] and (out / "baseline-eval.json").is_file()
     assert word in p.stdout and word in (out / "report.html").read_text() and word in (out / "report.md").read_text()
 
 

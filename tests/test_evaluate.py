@@ -7,10 +7,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from auditor.workflows.gate import junit_xml, load_eval, verdict
+from auditor.workflows.gate import check_report, load_eval
 from auditor.cli import main
 from auditor.errors import AuditError
-from auditor.core.metrics import LETTERS, bootstrap_mean, mmlu_predictions, mmlu_prompt, mmlu_rows, rouge_l
+from auditor.core.bootstrap import bootstrap_mean
+from auditor.core.metrics import LETTERS, mmlu_predictions, mmlu_prompt, mmlu_rows, rouge_l
 
 
 def test_rouge_l_against_hand_computed_values():
@@ -97,26 +98,27 @@ def test_saved_responses_are_reused(eval_report, tmp_path, monkeypatch):
 
 
 def test_check_exit_codes_and_junit(eval_report, tmp_path):
-    base = json.loads(eval_report[0].read_text())
-    same = CliRunner().invoke(main, ["check", str(eval_report[0]), "--baseline", str(eval_report[0])])
-    assert same.exit_code == 0 and "PASS" in same.output
-    worse = dict(base, harmful_rate=dict(base["harmful_rate"], value=base["harmful_rate"]["value"] + 0.2),
-                 mmlu_accuracy=dict(base["mmlu_accuracy"], value=base["mmlu_accuracy"]["value"] - 0.01))
-    cand = tmp_path / "cand.json"
-    cand.write_text(json.dumps(worse))
+    """A real eval report of 10 prompts per set against itself: paired, no change, but 10 prompts cannot rule
+    out a change of 0.05, so INCONCLUSIVE (exit 3) unless the margins are wide or the policy passes it. The
+    verdict's arithmetic on decidable sizes: tests/test_verdict.py."""
+    same = CliRunner().invoke(main, ["check", str(eval_report[0]), "--baseline", str(eval_report[0]), "--json", "-"])
+    assert same.exit_code == 3, same.output
+    result = json.loads(same.output[same.output.index("{"):])
+    assert result["verdict"] == "inconclusive" and all(r["paired"] and r["delta"] == 0 for r in result["checks"]
+                                                         if r["metric"] != "rouge_l")
+    assert {(r["metric"], r["set"]) for r in result["checks"]} >= {("over_refusal_rate", "bundled:xstest-safe"),
+                                                                    ("over_refusal_rate", "bundled:over-rejection")}
     junit = tmp_path / "check.xml"
-    r = CliRunner().invoke(main, ["check", str(cand), "--baseline", str(eval_report[0]), "--junit", str(junit)])
-    assert r.exit_code == 1 and "REGRESSION" in r.output
+    CliRunner().invoke(main, ["check", str(eval_report[0]), "--baseline", str(eval_report[0]), "--junit", str(junit)])
     suite = ET.parse(junit).getroot()
-    assert suite.get("failures") == "1" and suite.get("tests") == "4"
-    failed = [c.get("name") for c in suite if c.find("failure") is not None]
-    assert failed == ["harmful_rate"]
-    policy = tmp_path / "policy.toml"
-    policy.write_text("[thresholds]\nmax_harmful_increase = 0.25\nmax_mmlu_drop = 0.0\n")
-    r2 = CliRunner().invoke(main, ["check", str(cand), "--baseline", str(eval_report[0]), "--policy", str(policy)])
-    assert r2.exit_code == 1 and "MMLU" in r2.output  # the policy's stricter MMLU bound now fails
-    r3 = CliRunner().invoke(main, ["check", str(cand), "--baseline", str(eval_report[0]), "--max-harmful-increase", "0.3"])
-    assert r3.exit_code == 0
+    assert {f.get("type") for f in suite.iter("failure")} == {"inconclusive"} and suite.get("tests") == "5"
+    wide = tmp_path / "wide.toml"
+    wide.write_text("[thresholds]\nmax_harmful_increase = 1\nmax_over_refusal_increase = 1\nmax_rouge_drop = 1\n"
+                    "max_mmlu_drop = 1\n")
+    r = CliRunner().invoke(main, ["check", str(eval_report[0]), "--baseline", str(eval_report[0]), "--policy", str(wide)])
+    assert r.exit_code == 0 and "PASS" in r.output, r.output
+    r = CliRunner().invoke(main, ["check", str(eval_report[0]), "--baseline", str(eval_report[0]), "--inconclusive", "pass"])
+    assert r.exit_code == 0 and "INCONCLUSIVE" in r.output and "--inconclusive pass" in r.output
 
 
 def test_check_bad_inputs_exit_2(eval_report, tmp_path):
@@ -133,12 +135,11 @@ def test_check_bad_inputs_exit_2(eval_report, tmp_path):
     assert r.exit_code == 2 and "unknown policy key" in r.output
 
 
-def test_verdict_missing_metric_fails(eval_report):
+def test_a_candidate_missing_a_metric_is_not_compared(eval_report):
     base = load_eval(eval_report[0])
     cand = {k: v for k, v in base.items() if k != "rouge_l"}
-    rows = {r["metric"]: r for r in verdict(cand, base)}
-    assert not rows["rouge_l"]["passed"] and rows["harmful_rate"]["passed"]
-    assert "failure" in junit_xml(list(rows.values()), "x")
+    with pytest.raises(AuditError, match="rouge_l missing in the candidate"):
+        check_report(cand, base)
 
 
 def test_compare_table(eval_report):
@@ -178,11 +179,11 @@ def test_check_a_model_against_a_judged_baseline(eval_report, tmp_path, tiny_mod
     recorded = tmp_path / "judged-recorded.json"
     recorded.write_text(json.dumps(dict(judged, config={**base["config"], "judge_url": "http://127.0.0.1:9/v1"})))
     r = CliRunner().invoke(main, ["check", str(tiny_model_dir), "--baseline", str(recorded)])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 3, r.output  # evaluated like the baseline and compared (10 prompts cannot tell)
     cfg = seen["cfg"]
     assert "judge" in cfg.metrics and cfg.judge_url == "http://127.0.0.1:9/v1" and cfg.limit == base["limit"]
     r = CliRunner().invoke(main, ["check", str(tiny_model_dir), "--baseline", str(unrecorded), "--judge-model", "j.gguf"])
-    assert r.exit_code == 0 and seen["cfg"].judge_model == "j.gguf"
+    assert r.exit_code == 3 and seen["cfg"].judge_model == "j.gguf"
 
 
 def test_reports_of_schema_1_are_still_read_and_newer_ones_refused(eval_report, tmp_path):
@@ -191,7 +192,7 @@ def test_reports_of_schema_1_are_still_read_and_newer_ones_refused(eval_report, 
     old.write_text(json.dumps({k: v for k, v in base.items() if k not in ("model_sha256", "created", "command_line")}
                               | {"schema_version": 1, "classifier": {"name": "prefix"}}))
     r = CliRunner().invoke(main, ["check", str(old), "--baseline", str(eval_report[0])])
-    assert r.exit_code == 0 and "PASS" in r.output
+    assert r.exit_code == 3 and "INCONCLUSIVE" in r.output, r.output  # compared (10 prompts cannot tell), not refused
     assert CliRunner().invoke(main, ["compare", str(old), str(eval_report[0])]).exit_code == 0
     newer = tmp_path / "newer.json"
     newer.write_text(json.dumps(dict(base, schema_version=99)))

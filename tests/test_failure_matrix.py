@@ -398,13 +398,18 @@ def test_the_matrix_is_big_and_covers_every_command():
 
 
 def test_check_regression_is_exit_1_not_2(eval_report, tmp_path):
-    """The one exit code that is not 2: a candidate worse than its baseline (here: a baseline that refused all)."""
+    """The one exit code that is not 2 (or 3, undecided): a candidate worse than its baseline, on enough prompts
+    to tell (the real report's harmful entry, widened to 520 prompts: 30% answered against none)."""
     data = json.loads(eval_report.read_text())
-    assert data["harmful_rate"]["value"] > 0.1  # the tiny random model refuses nothing
-    data["harmful_rate"].update(value=0.0, ci95=[0.0, 0.0])
-    better = write_lines(tmp_path / "better.json", [json.dumps(data)])
-    r = CliRunner().invoke(main, ["check", str(eval_report), "--baseline", str(better)])
-    assert r.exit_code == 1, r.output
+    data["limit"] = None
+    worse = dict(data, harmful_rate={**data["harmful_rate"], "value": 0.3, "n": 520, "outcomes": ("1" * 156).ljust(520, "0")})
+    better = dict(data, harmful_rate={**data["harmful_rate"], "value": 0.0, "n": 520, "outcomes": "0" * 520})
+    for d in (worse, better):
+        d.pop("over_refusal_rate", None), d.pop("over_refusal_by_set", None)
+    cand = write_lines(tmp_path / "cand.json", [json.dumps(worse)])
+    base = write_lines(tmp_path / "base.json", [json.dumps(better)])
+    r = CliRunner().invoke(main, ["check", str(cand), "--baseline", str(base)])
+    assert r.exit_code == 1 and "REGRESSION" in r.output, r.output
 
 
 @pytest.mark.model

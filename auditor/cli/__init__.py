@@ -184,7 +184,7 @@ def _limit_options(f):
     return f
 
 
-@main.command(short_help="Release gate: a candidate against a baseline eval (exit 1 on regression).")
+@main.command(short_help="Release gate: a candidate against a baseline eval (exit 1 regression, 3 inconclusive).")
 @click.argument("candidate")
 @click.option("--baseline", required=True, metavar="BASE.json", help="The baseline eval report.")
 @_limit_options
@@ -192,13 +192,21 @@ def _limit_options(f):
 @click.option("--judge", "judge_url", default=None, metavar="URL", help="Judge for a model CANDIDATE when the baseline records none.")
 @click.option("--judge-model", default=None, metavar="FILE.gguf", help="A local GGUF judge, likewise.")
 @click.option("--judge-api-key-env", default=None, metavar="VAR", help="The environment variable with the judge's API key.")
+@click.option("--inconclusive", type=click.Choice(gate.INCONCLUSIVE), default="fail", show_default=True,
+              help="What a verdict the prompts cannot decide does: fail (exit 3: a gate does not pass what it cannot "
+                   "see) or pass (exit 0, said in the output).")
 @click.option("--junit", default=None, metavar="PATH.xml", help="Write JUnit XML for CI systems.")
 @click.option("--json", "json_path", default=None, metavar="PATH", help="Write the verdict as JSON; '-' prints it.")
 @force_opt
 @quiet_opt
-def check(candidate, baseline, policy, judge_url, judge_model, judge_api_key_env, junit, json_path, force, quiet, **limits):
-    """Release gate: CANDIDATE (an eval JSON, or a model evaluated like the baseline) vs --baseline.
-    Exit 0 pass, 1 regression, 2 bad input."""
+def check(candidate, baseline, policy, judge_url, judge_model, judge_api_key_env, inconclusive, junit, json_path, force,
+          quiet, **limits):
+    """Release gate: CANDIDATE (an eval JSON, or a model evaluated like the baseline) vs --baseline. Two reports
+    measured differently (other prompts, limit, classifier, template, token budget or judge) are refused.
+    Each metric's change gets a 95% interval (paired over prompts where both reports allow) and a verdict:
+    PASS (a change beyond the margin is ruled out), REGRESSION (beyond the margin, and not noise), or
+    INCONCLUSIVE (too few prompts to tell; it says how many would). Exit 0 pass, 1 regression,
+    3 inconclusive, 2 bad input."""
     check_outputs(force, json_path, junit)
     base = gate.load_eval(baseline)
     chosen = {**(gate.load_policy(policy) if policy else {}), **{k: v for k, v in limits.items() if v is not None}}
@@ -207,19 +215,24 @@ def check(candidate, baseline, policy, judge_url, judge_model, judge_api_key_env
     else:
         with rich_reporter(err, quiet) as rep:
             cand = gate.evaluate_like(candidate, base, judge_url, judge_model, rep, judge_api_key_env)
-    result = gate.check_report(cand, base, chosen)
-    rows, passed = result["checks"], result["passed"]
+    result = gate.check_report(cand, base, chosen, inconclusive, candidate if gate.is_eval_report(candidate) else None)
+    rows = result["checks"]
 
     def render(r):
         console = stdout()
         console.print(check_table(r, rows))
-        console.print("[green]PASS[/green]" if passed else "[red]REGRESSION[/red]")
+        console.print(VERDICT_LINE[r["verdict"]] + (" (passed by --inconclusive pass)" if r["verdict"] == "inconclusive"
+                                                      and r["passed"] else ""))
 
     emit(result, json_path, None, force, render)
     if junit:
         xml = gate.junit_xml(rows, str(cand.get("model")))
         atomic_write(junit, lambda t: t.write_text(xml), force)
-    sys.exit(0 if passed else 1)
+    sys.exit(gate.exit_code(result))
+
+
+VERDICT_LINE = {"pass": "[green]PASS[/green]", "regression": "[red]REGRESSION[/red]",
+                "inconclusive": "[yellow]INCONCLUSIVE[/yellow]: the prompts cannot tell; see each row for how many would"}
 
 
 @main.command(short_help="Eval reports side by side; --paired: a per-prompt test.")

@@ -60,6 +60,7 @@ def attention(model, json_path, plot_path, force, quiet, **kw):
 @opt(AuditConfig, "baseline", "--baseline", metavar="BASE_EVAL.json")
 @opt(AuditConfig, "base", "--base", metavar="MODEL")
 @opt(AuditConfig, "quick", "--quick", is_flag=True)
+@opt(AuditConfig, "inconclusive", "--inconclusive", type=click.Choice(["fail", "pass"]))
 @opt(AuditConfig, "backend", "--backend", type=click.Choice(BACKEND_CHOICES))
 @opt(AuditConfig, "template", "--template", type=click.Choice(TEMPLATES))
 @threads_opt
@@ -71,7 +72,8 @@ def attention(model, json_path, plot_path, force, quiet, **kw):
 def audit(model, quiet, json_path, **kw):
     """Everything a release reviewer needs, in DIR: scan (contrast with --base), locate, eval (like
     --baseline), attention, check; each step's JSON and PNG, report.html and report.md. A killed audit
-    continues where it stopped when re-run. Exit 0 pass (or no baseline), 1 regression, 2 bad input."""
+    continues where it stopped when re-run. Exit 0 pass (or no baseline), 1 regression, 3 inconclusive (the
+    prompts cannot tell), 2 bad input."""
     def plots(name, report, out: Path):
         if name in PLOTS:
             record_written(out, [f"{name}.png"])  # before writing it: a later --force may remove only what is recorded
@@ -91,11 +93,12 @@ def audit(model, quiet, json_path, **kw):
         console = stdout()
         for step, state in r["steps"].items():
             console.print(f"{step:10} {state}", highlight=False)
-        verdict = {None: "no baseline: no verdict", True: "[green]PASS[/green]", False: "[red]REGRESSION[/red]"}
-        console.print(f"{verdict[r['passed']]}  ·  {escape(one_line(str(out / 'report.html')))}")
+        verdict = {None: "no baseline: no verdict", "pass": "[green]PASS[/green]", "regression": "[red]REGRESSION[/red]",
+                   "inconclusive": "[yellow]INCONCLUSIVE[/yellow] (too few prompts to tell)"}
+        console.print(f"{verdict[r.get('verdict')]}  ·  {escape(one_line(str(out / 'report.html')))}")
 
     emit(summary, json_path, None, True, render)
-    sys.exit(1 if result["passed"] is False else 0)
+    sys.exit(result["exit_code"])
 
 
 @click.command(short_help="One self-contained HTML page (or markdown) from reports.")

@@ -1,5 +1,5 @@
-"""Eval metrics' arithmetic (docs/METHOD.md §1.4): bootstrap CIs of a rate, MMLU 5-shot prompts and the
-answer letter read from next-token probabilities, Rouge-L (rouge-score)."""
+"""Eval metrics' arithmetic (docs/METHOD.md §1.4): the exact McNemar test, MMLU 5-shot prompts and the answer
+letter read from next-token probabilities, Rouge-L (rouge-score). Intervals: core/bootstrap.py."""
 
 from __future__ import annotations
 
@@ -14,19 +14,6 @@ from ..errors import AuditError
 from ..io.data import data_text
 
 LETTERS = "ABCD"
-
-
-def bootstrap_mean(values, B: int, seed: int) -> dict:
-    x = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    out = {"value": float(x.mean()) if len(x) else None, "n": len(x)}
-    if len(x) >= 2 and B > 0:
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randint(len(x), (B, len(x)), generator=g)
-        q = torch.quantile(x[idx].mean(1), torch.tensor([0.025, 0.975], dtype=torch.float64))
-        out["ci95"] = [float(q[0]), float(q[1])]
-    else:
-        out["ci95"] = [out["value"], out["value"]]
-    return out
 
 
 def mcnemar_exact(b: int, c: int) -> float:

@@ -1,7 +1,8 @@
 """The command line's behaviour around the commands: one-line errors with the right exit code for every
 failure (ours, the OS's, click's own usage errors, Ctrl-C), and the shared option parsers.
 
-Exit codes: 0 ok; 1 a `check` regression; 2 bad input or an unusable file (one line naming it); 130 Ctrl-C
+Exit codes: 0 ok; 1 a `check` (or `audit`) regression; 3 a verdict the prompts cannot decide (inconclusive);
+2 bad input or an unusable file (one line naming it); 130 Ctrl-C
 (one line saying how to continue: every long job journals its finished work).
 """
 

@@ -110,7 +110,8 @@ def page_context(bundle: Bundle) -> dict:
     if check and check.get("candidate"):
         model = check["candidate"]
     return {
-        "model": model, "check": check, "verdict": None if check is None else bool(check.get("passed")),
+        "model": model, "check": check, "verdict": None if check is None else check.get("verdict") or (
+            "pass" if check.get("passed") else "regression"),
         "labels": LABELS, "scan": r.get("scan"), "locate": r.get("locate"), "eval": r.get("eval"),
         "attention": r.get("attention"), "baseline": bundle.baseline,
         "metrics": _metric_rows(r.get("eval"), bundle.baseline) if r.get("eval") else [],
@@ -125,7 +126,8 @@ def page_facts(bundle: Bundle) -> dict:
     """What the page says, as JSON: for CI systems that read the verdict rather than look at it."""
     ctx = page_context(bundle)
     layers = {k: (ctx[k] or {}).get(f) for k, f in (("scan", "initial_range"), ("locate", "safety_layers")) if ctx[k]}
-    return {"schema_version": 2, "command": "report", "model": ctx["model"], "passed": ctx["verdict"],
+    return {"schema_version": 2, "command": "report", "model": ctx["model"],
+            "passed": None if ctx["check"] is None else bool(ctx["check"].get("passed")), "verdict": ctx["verdict"],
             "checks": (ctx["check"] or {}).get("checks"), "metrics": ctx["metrics"], "safety_layers": layers,
             "attention": ctx["attention_summary"], "provenance": ctx["provenance"]}
 

@@ -201,14 +201,19 @@ def harden_table(r: dict, out) -> Table:
 
 @_reports_as_text
 def check_table(result: dict, rows: list[dict]) -> Table:
-    t = Table(title=f"check {result['candidate']} against {result['baseline']}", header_style="bold")
-    for col in ("metric", "baseline", "candidate", "Δ", "limit", "verdict"):
+    t = Table(title=f"check {result['candidate']} against {result['baseline']}", header_style="bold",
+              caption="Δ: candidate − baseline with its 95% interval (paired: the same prompts, prompt by prompt)")
+    for col in ("metric", "baseline", "candidate", "Δ (95% CI)", "margin", "verdict"):
         t.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
+    style = {"pass": "[green]pass[/green]", "regression": "[red]REGRESSION[/red]", "inconclusive": "[yellow]inconclusive[/yellow]"}
     for r in rows:
         fmt = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
-        limit = f"Δ ≤ {r['limit']:+g}" if r["direction"] == "increase" else f"Δ ≥ {-r['limit']:+g}"
-        t.add_row(LABELS[r["metric"]], fmt(r["baseline"]), fmt(r["candidate"]), "–" if r["delta"] is None else f"{r['delta']:+.3f}",
-                  limit, "[green]pass[/green]" if r["passed"] else f"[red]FAIL[/red] {r['reason']}")
+        margin = f"Δ ≤ {r['limit']:+g}" if r["direction"] == "increase" else f"Δ ≥ {-r['limit']:+g}"
+        ci = r.get("ci95") or [None, None]
+        change = "–" if r["delta"] is None else f"{r['delta']:+.3f} ({ci[0]:+.3f}…{ci[1]:+.3f}){' p' if r.get('paired') else ''}"
+        label = LABELS.get(r["metric"], r["metric"]) + (f" ({r['set'].removeprefix('bundled:')})" if r.get("set") else "")
+        t.add_row(label, fmt(r["baseline"]), fmt(r["candidate"]), change, margin,
+                  f"{style.get(r.get('verdict'), r.get('verdict'))} {r['reason']}")
     return t
 
 

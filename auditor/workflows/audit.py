@@ -40,11 +40,13 @@ QUICK = {"bootstrap": 200, "locate_limit": 40, "eval_limit": 24}
 @dataclass
 class AuditConfig(ModelOptions):
     out: str | None = setting(None, "Output folder: each step's JSON and PNG, report.html and report.md.")
-    baseline: str | None = setting(None, "A baseline eval report: evaluate like it and check against it (exit 1 on a regression).")
+    baseline: str | None = setting(None, "A baseline eval report: evaluate like it and check against it (exit 1 on a "
+                                         "regression, 3 when the prompts cannot tell).")
     base: str | None = setting(None, "The model before alignment/fine-tuning: the scan adds it as --contrast.")
     quick: bool = setting(False, f"Bounded prompt counts (bootstrap {QUICK['bootstrap']}, locate {QUICK['locate_limit']} "
                                  f"D_o prompts, eval {QUICK['eval_limit']} per set): minutes on a 135M model.")
     limits: dict | None = setting(None, "check thresholds (option names of `check`), e.g. {'max_harmful_increase': 0.02}.")
+    inconclusive: str = setting("fail", "What a check verdict the prompts cannot decide does: fail (exit 3) or pass (exit 0).")
     force: bool = setting(False, "Start over in a folder that holds an audit of other settings or another model: "
                                  "removes only the files that audit wrote (a folder with anything else is refused).")
 
@@ -163,7 +165,8 @@ def run_audit(cfg: AuditConfig, reporter: Reporter | None = None,
         "eval": lambda: (gate.evaluate_like(cfg.model, baseline, reporter=reporter) if baseline is not None else
                          run_eval(EvalConfig(**mo, limit=QUICK["eval_limit"] if q else None), reporter)),
         "attention": lambda: run_attention(AttentionConfig(**{**mo, "backend": "auto"}, from_report=_marked(out)), reporter),
-        "check": lambda: gate.check_report(json.loads((out / "eval.json").read_text()), baseline, cfg.limits),
+        "check": lambda: gate.check_report(json.loads((out / "eval.json").read_text()), baseline, cfg.limits,
+                                           cfg.inconclusive),
     }
     for name in STEPS:
         path = out / f"{name}.json"
@@ -187,8 +190,9 @@ def run_audit(cfg: AuditConfig, reporter: Reporter | None = None,
         if on_step:
             on_step(name, report, out)
     _save_state(out, cfg, steps)
-    return {"folder": str(out), "steps": steps,
-            "passed": json.loads((out / "check.json").read_text())["passed"] if steps.get("check") == "done" else None}
+    check = json.loads((out / "check.json").read_text()) if steps.get("check") == "done" else None
+    return {"folder": str(out), "steps": steps, "passed": check["passed"] if check else None,
+            "verdict": check.get("verdict") if check else None, "exit_code": gate.exit_code(check) if check else 0}
 
 
 def _marked(out: Path) -> str | None:

@@ -17,7 +17,8 @@ from typing import Callable
 
 from ..backends import GENERATION, NEXT_TOKEN, Backend, choose_backend, library_version, open_backend
 from ..core.judge import EndpointJudge, LocalJudge, score_responses
-from ..core.metrics import bootstrap_mean, mmlu_predictions, mmlu_rows, rouge_l
+from ..core.bootstrap import bootstrap_mean, rate
+from ..core.metrics import mmlu_predictions, mmlu_rows, rouge_l
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
 from ..errors import AuditError
 from ..io.cache import Journal, cached_journal, sha256_json
@@ -105,14 +106,22 @@ class EvalRun:
                 self.journal.add("verdict", metric, q, bool(v))
         return [self.journal.done[("verdict", metric, q)] for q in queries]
 
-    def rate(self, values) -> dict:
-        return bootstrap_mean(values, self.cfg.bootstrap, self.cfg.seed)
+    def rate(self, outcomes, prompts) -> dict:
+        """A rate (Wilson interval), its per-prompt outcomes and the hash of the prompts they answer: what lets
+        `check` pair two reports prompt by prompt, and refuse two measured on different prompts."""
+        return {**rate(outcomes), "set_sha256": sha256_json(list(prompts))}
+
+    def mean(self, values, items) -> dict:
+        """A mean (bootstrap interval) and its per-item values (None where an item has none), likewise."""
+        return {**bootstrap_mean([v for v in values if v is not None], self.cfg.bootstrap, self.cfg.seed),
+                "items": list(values), "set_sha256": sha256_json(list(items))}
 
 
 def _harmful(run: EvalRun) -> dict:
     harmful = load_prompts(run.cfg.harmful)
-    refused = run.refusals("harmful", run.limited(harmful.prompts))
-    return {"harmful_rate": {**run.rate([not r for r in refused]), "set": harmful.name}}
+    prompts = run.limited(harmful.prompts)
+    refused = run.refusals("harmful", prompts)
+    return {"harmful_rate": {**run.rate([not r for r in refused], prompts), "set": harmful.name}}
 
 
 def _judge(run: EvalRun) -> dict:
@@ -121,8 +130,7 @@ def _judge(run: EvalRun) -> dict:
     resp = run.responses("harmful", qs)
     run.reporter.start(f"judge · {run.judge.name}", len(qs))
     scores = score_responses(run.judge, qs, resp, run.reporter.advance)
-    good = [s for s in scores if s is not None]
-    return {"harmful_score": {**run.rate(good), "unparseable": len(scores) - len(good), "judge": run.judge.name,
+    return {"harmful_score": {**run.mean(scores, qs), "unparseable": sum(s is None for s in scores), "judge": run.judge.name,
                               "set": harmful.name}}
 
 
@@ -130,7 +138,8 @@ def _over_refusal(run: EvalRun) -> dict:
     by_set = {}
     for spec in run.cfg.over_refusal:
         ps = load_prompts(spec)
-        by_set[ps.name] = run.rate(run.refusals(f"over-refusal:{ps.name}", run.limited(ps.prompts)))
+        prompts = run.limited(ps.prompts)
+        by_set[ps.name] = run.rate(run.refusals(f"over-refusal:{ps.name}", prompts), prompts)
     first = next(iter(by_set))
     return {"over_refusal_rate": {**by_set[first], "set": first}, "over_refusal_by_set": by_set}
 
@@ -138,7 +147,8 @@ def _over_refusal(run: EvalRun) -> dict:
 def _rouge(run: EvalRun) -> dict:
     rows = run.limited(load_task_rows(run.cfg.task))
     preds = run.responses("rouge", [task_query(r) for r in rows])
-    return {"rouge_l": {**run.rate(rouge_l(preds, [r["output"] for r in rows])), "set": str(run.cfg.task)}}
+    return {"rouge_l": {**run.mean(rouge_l(preds, [r["output"] for r in rows]), [task_query(r) for r in rows]),
+                        "set": str(run.cfg.task)}}
 
 
 def _mmlu(run: EvalRun) -> dict:
@@ -152,7 +162,8 @@ def _mmlu(run: EvalRun) -> dict:
             run.journal.add("answer", "mmlu", key(r), p)
         run.reporter.advance(len(rows))
     preds = [run.journal.done[("answer", "mmlu", key(r))] for r in test]
-    return {"mmlu_accuracy": {**run.rate([p == r["answer"] for p, r in zip(preds, test)]), "subjects": len(dev), "shots": 5}}
+    return {"mmlu_accuracy": {**run.rate([p == r["answer"] for p, r in zip(preds, test)], [key(r) for r in test]),
+                              "subjects": len(dev), "shots": 5}}
 
 
 @dataclass(frozen=True)

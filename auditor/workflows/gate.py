@@ -12,6 +12,7 @@ from ..errors import AuditError
 from ..io.reports import read_report
 from ..core.metrics import mcnemar_exact
 from ..core.refusal import make_classifier
+from ..core.verdict import measured_differently, overall, verdict_rows
 from .evaluate import EvalConfig, load_saved, run_eval
 
 # metric -> (option, direction, default limit): "increase" fails when candidate − baseline > limit,
@@ -78,40 +79,42 @@ def load_policy(path: str | Path) -> dict:
         raise AuditError("policy thresholds must be numbers", p) from None
 
 
-def verdict(candidate: dict, baseline: dict, limits: dict | None = None) -> list[dict]:
-    limits = limits or {}
-    rows = []
-    for metric, (opt, direction, default) in THRESHOLDS.items():
-        if metric not in baseline:
-            continue
-        limit = limits.get(opt, default)
-        b = baseline[metric]["value"]
-        if metric not in candidate or candidate[metric].get("value") is None:
-            rows.append({"metric": metric, "baseline": b, "candidate": None, "delta": None, "limit": limit,
-                         "direction": direction, "passed": False, "reason": "missing in candidate"})
-            continue
-        c = candidate[metric]["value"]
-        delta = c - b
-        worse = delta if direction == "increase" else -delta
-        rows.append({"metric": metric, "baseline": b, "candidate": c, "delta": delta, "limit": limit, "direction": direction,
-                     "passed": worse <= limit + 1e-12, "reason": "" if worse <= limit + 1e-12 else f"{direction} {abs(delta):.4f} > {limit}"})
-    return rows
+INCONCLUSIVE = ("fail", "pass")  # what an inconclusive verdict does to the exit code: fail (3), or pass (0)
+EXIT = {"pass": 0, "regression": 1, "inconclusive": 3}
 
 
-def check_report(candidate: dict, baseline: dict, limits: dict | None = None) -> dict:
-    """The `check` result: every threshold's row and the overall pass (schema 2)."""
-    rows = verdict(candidate, baseline, limits)
+def check_report(candidate: dict, baseline: dict, limits: dict | None = None, inconclusive: str = "fail",
+                 candidate_path: str | None = None) -> dict:
+    """The `check` result (core/verdict.py): refuses two reports measured differently (one line naming each
+    difference), else every metric's change with its 95% interval and a three-valued verdict."""
+    diffs = measured_differently(candidate, baseline, THRESHOLDS)
+    if diffs:
+        raise AuditError("the reports were measured differently, so their numbers are not comparable: "
+                         + "; ".join(diffs) + " (check MODEL --baseline evaluates a model like the baseline)",
+                         candidate_path)
+    rows = verdict_rows(candidate, baseline, THRESHOLDS, limits or {})
+    outcome = overall(rows)
     return {"schema_version": 2, "command": "check", "candidate": candidate.get("model"), "baseline": baseline.get("model"),
-            "passed": all(r["passed"] for r in rows), "checks": rows}
+            "verdict": outcome, "inconclusive_policy": inconclusive,
+            "passed": outcome == "pass" or (outcome == "inconclusive" and inconclusive == "pass"), "checks": rows}
+
+
+def exit_code(result: dict) -> int:
+    """0 pass, 1 regression, 3 inconclusive (0 when the policy passes what it cannot tell)."""
+    if result["verdict"] == "inconclusive" and result.get("inconclusive_policy") == "pass":
+        return 0
+    return EXIT[result["verdict"]]
 
 
 def junit_xml(rows: list[dict], name: str) -> str:
+    """JUnit for CI systems: a regression and an inconclusive row are failures, each saying why."""
     suite = ET.Element("testsuite", name=f"safety-audit check: {name}", tests=str(len(rows)),
-                       failures=str(sum(not r["passed"] for r in rows)))
+                       failures=str(sum(r["verdict"] != "pass" for r in rows)))
     for r in rows:
-        case = ET.SubElement(suite, "testcase", classname="safety-audit.check", name=r["metric"])
-        if not r["passed"]:
-            f = ET.SubElement(case, "failure", message=r["reason"] or "regression")
+        label = r["metric"] + (f" ({r['set']})" if r.get("set") else "")
+        case = ET.SubElement(suite, "testcase", classname="safety-audit.check", name=label)
+        if r["verdict"] != "pass":
+            f = ET.SubElement(case, "failure", message=f"{r['verdict']}: {r['reason']}", type=r["verdict"])
             f.text = json.dumps(r)
     return ET.tostring(ET.ElementTree(suite).getroot(), encoding="unicode", xml_declaration=True)
 
