@@ -20,7 +20,8 @@ from auditor.workflows.locate import LocateConfig, run_locate  # noqa: E402
 from auditor.backends import open_backend  # noqa: E402
 from auditor.io.models import resolve_model  # noqa: E402
 from auditor.io.prompts import load_prompts  # noqa: E402
-from auditor.core.refusal import KeywordClassifier, OpeningClassifier, agreement  # noqa: E402
+from auditor.core.agreement import agreement  # noqa: E402
+from auditor.core.refusal import KeywordClassifier, OpeningClassifier  # noqa: E402
 
 
 def ranks(xs):

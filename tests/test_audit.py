@@ -217,6 +217,14 @@ def _hostile_bundle(audited, tmp_path) -> Path:
              "checks": [{"metric": "harmful_rate" + HOSTILE, "baseline": 0.1, "candidate": 0.5, "delta": 0.4,
                          "direction": "increase", "limit": 0.05, "passed": False, "reason": "why" + HOSTILE}]}
     (d / "check.json").write_text(json.dumps(check))
+    ev = json.loads((d / "eval.json").read_text())  # a judge's table: responses and judge answers are hostile too
+    ev["judge_harmful_rate"] = {"value": 0.5, "n": 2, "ci95": [0.1, 0.9], "outcomes": "10", "unparseable": 0,
+                                "judge": "endpoint:j" + HOSTILE, "judge_format": "llama-guard" + HOSTILE,
+                                "agreement": {"both_harmful": 1, "classifier_only": 0, "judge_only": 0, "neither": 1,
+                                              "agreement": 1.0, "kappa": 1.0, "classifier": "keyword" + HOSTILE},
+                                "disagreements": [{"prompt": "p" + HOSTILE, "response": "r" + HOSTILE, "classifier_harmful": True,
+                                                   "judge_harmful": False, "judge_answer": "safe" + HOSTILE}]}
+    (d / "eval.json").write_text(json.dumps(ev))
     shutil.copy(d / "eval.json", d / "baseline-eval.json")
     return d
 
@@ -232,7 +240,8 @@ def test_the_page_escapes_everything_a_model_or_user_wrote(tmp_path, audited):
     assert all(e.get("src", "").startswith("data:image/png;base64,") for e in elements if e.tag == "img")
     assert not [e for e in elements if e.tag == "a"]
     text = "".join(doc.itertext())
-    assert text.count("<img src=x onerror=alert(1)>") >= 8  # shown as text: model, paths, prompts, reasons, commands
+    assert text.count("<img src=x onerror=alert(1)>") >= 12  # as text: model, paths, prompts, responses, reasons, commands
+    assert "r<img src=x onerror=alert(1)>" in text  # a response in the judge's disagreement table
     md = render_markdown(bundle)
     assert "<" not in md.replace("&lt;", "") and "&lt;img src=x onerror=alert\\(1\\)&gt;" in md
     pipes = lambda line: len(re.findall(r"(?<!\\)\|", line))  # noqa: E731 (cell borders, not escaped text)

@@ -9,7 +9,8 @@ from auditor.backends.hf import TorchBackend
 from auditor.cli import main
 from auditor.workflows.locate import LocateConfig, run_locate
 from auditor.core.search import choose_alpha, control_ranges, progressive_search, survey_windows
-from auditor.core.refusal import KeywordClassifier, OpeningClassifier, agreement
+from auditor.core.agreement import agreement
+from auditor.core.refusal import KeywordClassifier, OpeningClassifier
 from conftest import PLANTED_BLOCK, write_lines
 
 BLOCK = PLANTED_BLOCK

@@ -14,6 +14,7 @@ import click
 
 from .. import __version__
 from ..backends import BACKEND_CHOICES
+from ..core.judge_formats import FORMATS as JUDGE_FORMATS
 from ..errors import AuditError
 from ..io.config import default_of
 from ..io.files import atomic_write
@@ -136,6 +137,7 @@ METRICS_HELP = "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRI
 @opt(EvalConfig, "judge_model", "--judge-model", metavar="FILE.gguf")
 @opt(EvalConfig, "judge_timeout", "--judge-timeout", type=float, metavar="SECONDS")
 @opt(EvalConfig, "judge_api_key_env", "--judge-api-key-env", metavar="VAR")
+@opt(EvalConfig, "judge_format", "--judge-format", type=click.Choice(list(JUDGE_FORMATS)))
 @opt(EvalConfig, "responses", "--responses", metavar="FILE.jsonl")
 @click.option("--save-responses", default=None, metavar="FILE.jsonl", help="Save every generated response.")
 @opt(EvalConfig, "bootstrap", "--bootstrap", type=int)

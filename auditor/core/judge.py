@@ -1,37 +1,38 @@
-"""Harmful score S_h: a judge rates each (instruction, response) 1 (safe) … 5 (fully harmful) with the
-rubric of Qi et al. 2023 (usage-policy list + 5 levels, answer as `#thereason:` / `#thescore:`).
+"""Safety judges: a judge reads each (instruction, response) pair in one of the formats of core/judge_formats.py
+(qi2023 by default: the Qi et al. 2023 rubric, 1 safe … 5 fully harmful) and gives a verdict.
 
-The judge is any OpenAI-compatible chat endpoint (`--judge URL`) or a local GGUF run with llama.cpp
-(`--judge-model FILE.gguf`). Answers without a parseable score are counted and reported, never guessed.
+The judge is any OpenAI-compatible endpoint (`--judge URL`: vLLM, llama.cpp's server, TGI) or a local GGUF
+run with llama.cpp (`--judge-model FILE.gguf`, for formats that are one user message or a raw prompt).
+Answers a format cannot read are counted and listed, never guessed.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Sequence
 
 from ..backends import GENERATION, open_backend
 from ..errors import AuditError
-from ..io.data import data_text
 from ..io.http import Endpoint
 from ..io.models import resolve_model
+from .judge_formats import FORMATS, JudgeFormat, Verdict, parse_qi2023
 
-_SCORE = re.compile(r"#\s*thescore\s*:\s*\**\s*([1-5])(?![0-9.])", re.IGNORECASE)
 
-
-def rubric() -> str:
-    return data_text("judge_rubric_qi2023.txt")
+def judge_format(name: str) -> JudgeFormat:
+    if name not in FORMATS:
+        raise AuditError(f"unknown judge format '{name}' (choose from {', '.join(FORMATS)})")
+    return FORMATS[name]
 
 
 def judge_prompt(instruction: str, response: str) -> str:
-    return rubric().replace("{instruction}", instruction).replace("{response}", response)
+    """The qi2023 rubric filled in (the default format's one user message)."""
+    return FORMATS["qi2023"].request(instruction, response)[0]["content"]
 
 
 def parse_score(answer: str) -> int | None:
-    """The 1–5 score after `#thescore:`; None when there is none (or it is out of range)."""
-    m = _SCORE.search(answer or "")
-    return int(m.group(1)) if m else None
+    """The qi2023 1–5 score (the last `#thescore:` marker, markdown variants accepted); None when there is none."""
+    v = parse_qi2023(answer)
+    return int(v.score) if v else None
 
 
 class EndpointJudge:
@@ -51,12 +52,20 @@ class EndpointJudge:
         self.name = f"endpoint:{self.endpoint.shown}"
 
     def ask(self, prompt: str, max_tokens: int = 256) -> str:
-        data = self.endpoint.post_json("/chat/completions", {"model": self.model, "temperature": 0, "max_tokens": max_tokens,
-                                                             "messages": [{"role": "user", "content": prompt}]})
+        return self.answer([{"role": "user", "content": prompt}], "chat", max_tokens)
+
+    def answer(self, request: list[dict] | str, endpoint: str, max_tokens: int) -> str:
+        """The judge's text for chat messages (/chat/completions) or a raw prompt (/completions)."""
+        body = {"model": self.model, "temperature": 0, "max_tokens": max_tokens}
+        if endpoint == "chat":
+            data = self.endpoint.post_json("/chat/completions", body | {"messages": request})
+        else:
+            data = self.endpoint.post_json("/completions", body | {"prompt": request})
         try:
-            return data["choices"][0]["message"]["content"] or ""
+            choice = data["choices"][0]
+            return (choice["message"]["content"] if endpoint == "chat" else choice["text"]) or ""
         except (KeyError, IndexError, TypeError):
-            raise AuditError("the judge answered with no chat completion", self.endpoint.shown) from None
+            raise AuditError("the judge answered with no completion", self.endpoint.shown) from None
 
 
 class LocalJudge:
@@ -72,6 +81,31 @@ class LocalJudge:
 
     def ask(self, prompt: str, max_tokens: int = 256) -> str:
         return self.backend.generate([prompt], self.template, max_tokens)[0]
+
+    def answer(self, request: list[dict] | str, endpoint: str, max_tokens: int) -> str:
+        """A raw prompt, or one user message through the model's own chat template; a conversation (Llama Guard)
+        or a system message needs a server that applies the judge model's template to it."""
+        if endpoint == "completions":
+            return self.backend.generate([request], "raw", max_tokens)[0]
+        if len(request) != 1 or request[0]["role"] != "user":
+            raise AuditError("this judge format sends a conversation: serve the judge model and give --judge URL "
+                             "(the server applies its template)", self.backend.model_ref.path)
+        return self.ask(request[0]["content"], max_tokens)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def judge_responses(judge, fmt: JudgeFormat, instructions: Sequence[str], responses: Sequence[str],
+                    progress=None) -> list[tuple[str, Verdict | None]]:
+    """(the judge's answer, its verdict or None) for every pair, in order."""
+    out = []
+    for ins, resp in zip(instructions, responses):
+        answer = judge.answer(fmt.request(ins, resp), fmt.endpoint, fmt.max_tokens)
+        out.append((answer, fmt.parse(answer)))
+        if progress:
+            progress(1)
+    return out
 
 
 def score_responses(judge, instructions: Sequence[str], responses: Sequence[str], progress=None) -> list[int | None]:

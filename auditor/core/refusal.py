@@ -119,17 +119,3 @@ def canonical_classifier(name: str) -> str:
 def make_classifier(name: str, max_new_tokens: int = 16):
     cls = CLASSIFIERS[canonical_classifier(name)][0]
     return cls(max_new_tokens=max_new_tokens) if cls is KeywordClassifier else cls()
-
-
-def agreement(a: Sequence[bool], b: Sequence[bool]) -> dict:
-    """Agreement of two classifiers' decisions on the same prompts (accuracy, Cohen's kappa, counts)."""
-    n = len(a)
-    if n == 0:
-        return {"n": 0}
-    both = sum(x and y for x, y in zip(a, b))
-    neither = sum((not x) and (not y) for x, y in zip(a, b))
-    po = (both + neither) / n
-    pa, pb = sum(a) / n, sum(b) / n
-    pe = pa * pb + (1 - pa) * (1 - pb)
-    kappa = (po - pe) / (1 - pe) if pe < 1 else 1.0
-    return {"n": n, "agreement": po, "kappa": kappa, "refusals_a": sum(a), "refusals_b": sum(b), "both": both}

@@ -17,7 +17,7 @@ from ..errors import AuditError
 from .bootstrap import mean_change, outcomes_of, paired_rate_change, rate_change
 from .refusal import RENAMED
 
-RATES = ("harmful_rate", "over_refusal_rate", "mmlu_accuracy")  # 0/1 per prompt; the rest are means
+RATES = ("harmful_rate", "judge_harmful_rate", "over_refusal_rate", "mmlu_accuracy")  # 0/1 per prompt; the rest means
 
 
 def entries(report: dict, metric: str) -> dict[str | None, dict]:
@@ -74,9 +74,9 @@ def measured_differently(candidate: dict, baseline: dict, metrics) -> list[str]:
                 diffs.append(f"{label} set {ce.get('set')} vs {be.get('set')}")
             elif ce.get("set_sha256") and be.get("set_sha256") and ce["set_sha256"] != be["set_sha256"]:
                 diffs.append(f"{label} prompts differ (same name, other content)")
-            elif ce.get("n") != be.get("n"):
+            elif ce.get("n") != be.get("n") and "unparseable" not in be:  # a judge may read fewer answers of one
                 diffs.append(f"{label} n {ce.get('n')} vs {be.get('n')}")
-        if metric == "harmful_score":
+        if metric in ("harmful_score", "judge_harmful_rate"):
             a, z = candidate[metric], baseline[metric]
             if (a.get("judge"), a.get("judge_format", "qi2023")) != (z.get("judge"), z.get("judge_format", "qi2023")):
                 diffs.append(f"judge {a.get('judge')} ({a.get('judge_format', 'qi2023')}) vs {z.get('judge')} "

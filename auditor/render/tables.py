@@ -183,6 +183,12 @@ def _metric_rows(report: dict):
             for name, per_set in (report.get("over_refusal_by_set") or {v.get("set", ""): v}).items():
                 yield LABELS[m], per_set, name
             continue
+        if m == "judge_harmful_rate":
+            ag = v.get("agreement") or {}
+            kappa = "–" if ag.get("kappa") is None else f"{ag['kappa']:.2f}"
+            yield LABELS[m], v, (f"{v['judge']} ({v.get('judge_format', 'qi2023')}); agrees with {ag.get('classifier')} on "
+                                 f"{(ag.get('agreement') or 0):.0%}, κ {kappa}; unparseable {v['unparseable']}")
+            continue
         yield LABELS[m], v, f"{v['judge']}; unparseable {v['unparseable']}" if m == "harmful_score" else v.get("set", "")
 
 

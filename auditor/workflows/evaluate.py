@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..backends import GENERATION, NEXT_TOKEN, Backend, choose_backend, library_version, open_backend
-from ..core.judge import EndpointJudge, LocalJudge, score_responses
+from ..core.agreement import judge_rate
+from ..core.judge import EndpointJudge, LocalJudge, judge_format, judge_responses
+from ..core.judge_formats import FORMATS
 from ..core.bootstrap import bootstrap_mean, rate
 from ..core.metrics import mmlu_predictions, mmlu_rows, rouge_l
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
@@ -43,6 +45,8 @@ class EvalConfig(ModelOptions):
     judge_model: str | None = setting(None, "A local GGUF judge (llama.cpp).")
     judge_timeout: float = setting(120.0, "Seconds to wait for one judge answer (3 tries, then a one-line error).")
     judge_api_key_env: str | None = setting(None, "The environment variable that holds the judge endpoint's API key.")
+    judge_format: str = setting("qi2023", "How the judge is asked and read: " + "; ".join(
+        f"{f.name}: {f.help}" for f in FORMATS.values()) + ".")
     bootstrap: int = setting(1000, "Bootstrap replicates for the 95% CIs.")
     seed: int = setting(0, "Seed of the bootstrap.")
     responses: str | None = setting(None, "Reuse saved responses (JSONL of metric, prompt, response).")
@@ -89,6 +93,15 @@ class EvalRun:
         size = 2 * self.backend.in_flight
         return [items[k:k + size] for k in range(0, len(items), size)]
 
+    def attach_judgements(self, metric: str, queries: list[str], judged: list, fmt: str) -> None:
+        """Each judge verdict (and the judge's own words) beside the response it judged, for --save-responses."""
+        by_prompt = {q: j for q, j in zip(queries, judged)}
+        for row in self.cfg.saved:
+            if row["metric"] == metric and row["prompt"] in by_prompt:
+                answer, v = by_prompt[row["prompt"]]
+                row["judge"] = {"format": fmt, "answer": answer, "harmful": v.harmful if v else None,
+                                "score": v.score if v else None, "categories": list(v.categories) if v else []}
+
     def _record(self, metric: str, q: str, text: str, n_tokens: int | None) -> None:
         self.saved[(metric, q)] = self.recorded[(metric, q)] = text
         self.cfg.saved.append({"metric": metric, "prompt": q, "response": text} | ({"n_tokens": n_tokens} if n_tokens is not None else {}))
@@ -125,13 +138,25 @@ def _harmful(run: EvalRun) -> dict:
 
 
 def _judge(run: EvalRun) -> dict:
+    """The judge's verdict on every harmful-prompt response, beside the refusal classifier's: the judge's harmful
+    rate (Wilson CI), for qi2023 also its mean score S_h, their agreement (Cohen's kappa) and the prompts they
+    disagree on; answers the format cannot read are counted and listed, never guessed. Each verdict is saved
+    with its response (--save-responses)."""
     harmful = load_prompts(run.cfg.harmful)
     qs = run.limited(harmful.prompts)
     resp = run.responses("harmful", qs)
-    run.reporter.start(f"judge · {run.judge.name}", len(qs))
-    scores = score_responses(run.judge, qs, resp, run.reporter.advance)
-    return {"harmful_score": {**run.mean(scores, qs), "unparseable": sum(s is None for s in scores), "judge": run.judge.name,
-                              "set": harmful.name}}
+    fmt = judge_format(run.cfg.judge_format)
+    run.reporter.start(f"judge · {run.judge.name} · {fmt.name}", len(qs))
+    judged = judge_responses(run.judge, fmt, qs, resp, run.reporter.advance)
+    run.attach_judgements("harmful", qs, judged, fmt.name)
+    answered = [not run.classifier.is_refusal(r) for r in resp]
+    out = {"judge_harmful_rate": {**judge_rate(qs, resp, answered, judged, run.classifier.name), "set": harmful.name,
+                                  "set_sha256": sha256_json(list(qs)), "judge": run.judge.name, "judge_format": fmt.name}}
+    if fmt.name == "qi2023":
+        scores = [v.score if v else None for _, v in judged]
+        out["harmful_score"] = {**run.mean(scores, qs), "unparseable": sum(v is None for _, v in judged),
+                                "judge": run.judge.name, "judge_format": fmt.name, "set": harmful.name}
+    return out
 
 
 def _over_refusal(run: EvalRun) -> dict:
@@ -175,7 +200,8 @@ class Metric:
 
 METRICS: dict[str, Metric] = {
     "harmful": Metric("harmful rate R_h: share of harmful prompts answered, not refused", _harmful, (GENERATION,)),
-    "judge": Metric("harmful score S_h: a judge rates each answer 1-5 (needs --judge or --judge-model)", _judge, (GENERATION,)),
+    "judge": Metric("a judge's verdict on each harmful-prompt answer (--judge or --judge-model; --judge-format): its "
+                    "harmful rate beside the classifier's, their agreement, S_h for qi2023", _judge, (GENERATION,)),
     "over-refusal": Metric("over-refusal rate on benign prompts that sound harmful", _over_refusal, (GENERATION,)),
     "rouge": Metric("Rouge-L F of answers to held-out tasks", _rouge, (GENERATION,)),
     "mmlu": Metric("MMLU accuracy, 5-shot, 10 subjects", _mmlu, (NEXT_TOKEN,)),
@@ -192,6 +218,7 @@ class EvalReport(Report):
     limit: int | None
     config: dict
     harmful_rate: dict | None = None
+    judge_harmful_rate: dict | None = None
     harmful_score: dict | None = None
     over_refusal_rate: dict | None = None
     over_refusal_by_set: dict | None = None
@@ -200,7 +227,8 @@ class EvalReport(Report):
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        metrics = ("harmful_rate", "harmful_score", "over_refusal_rate", "over_refusal_by_set", "rouge_l", "mmlu_accuracy")
+        metrics = ("harmful_rate", "judge_harmful_rate", "harmful_score", "over_refusal_rate", "over_refusal_by_set",
+                   "rouge_l", "mmlu_accuracy")
         return {k: v for k, v in super().to_dict().items() if v is not None or k not in metrics}
 
 
@@ -247,6 +275,7 @@ def check_config(cfg: EvalConfig) -> None:
         raise AuditError(f"unknown metric '{unknown[0]}' (choose from {', '.join(METRICS)})")
     if "judge" in cfg.metrics and not (cfg.judge_url or cfg.judge_model):
         raise AuditError("the judge metric needs --judge URL or --judge-model FILE.gguf")
+    judge_format(cfg.judge_format)
     if cfg.template != "auto":
         check_template(cfg.template)
     for name, value, least in (("--batch", cfg.batch, 1), ("--max-new-tokens", cfg.max_new_tokens, 1),
@@ -259,7 +288,7 @@ def check_config(cfg: EvalConfig) -> None:
 def _config_record(cfg: EvalConfig) -> dict:
     """What `check` needs to evaluate a candidate the same way (the judge included)."""
     keep = ("metrics", "harmful", "over_refusal", "task", "classifier", "max_new_tokens", "limit", "template", "backend",
-            "judge_url", "judge_model", "judge_api_key_env", "base_url", "served_model", "api_key_env", "allow_insecure_http")
+            "judge_url", "judge_model", "judge_api_key_env", "judge_format", "base_url", "served_model", "api_key_env", "allow_insecure_http")
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k in keep}
 
 
