@@ -95,6 +95,11 @@ class Backend(abc.ABC):
         """[n, len(first)]: probabilities of the response's first token being each of `first`."""
         raise self.unable(NEXT_TOKEN)
 
+    def next_token_logprobs(self, ids: list[list[int]], progress: Progress | None = None) -> torch.Tensor:
+        """[n, V] float64: log-probabilities of the next token after each token sequence, the whole vocabulary
+        (the drift metric compares two models' distributions)."""
+        raise self.unable(NEXT_TOKEN)
+
     def final_token_attention(self, query: str, template: str) -> Attention:
         """The final token's attention over the templated query, every layer and head."""
         raise self.unable(ATTENTION)

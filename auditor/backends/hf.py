@@ -162,26 +162,35 @@ class TorchBackend(Backend):
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / softcap) * softcap if softcap else logits
 
-    @torch.inference_mode()
     def opening_probs(self, queries: Sequence[str], template: str, first: Sequence[int],
                       progress: Progress | None = None) -> torch.Tensor:
-        """Next-token probabilities of the `first` token ids after each prompt; the lm_head runs on the last
-        position only. Prompts sharing a long token prefix (MMLU's 5-shot prompts) run it once and continue
-        from its KV cache, expanded over the batch; the rest are left-padded prefills."""
+        """Next-token probabilities of the `first` token ids after each prompt (see _next_token)."""
         ids = [self.encode(q, template) for q in queries]
+        return self._next_token(ids, lambda h: torch.softmax(self._logits(h), -1)[:, list(first)].cpu(), len(first), progress)
+
+    def next_token_logprobs(self, ids: list[list[int]], progress: Progress | None = None) -> torch.Tensor:
+        """[n, V] float64 log-probabilities of the next token after each token sequence (the whole vocabulary)."""
+        head = self.model.get_output_embeddings()
+        return self._next_token(ids, lambda h: torch.log_softmax(self._logits(h).double(), -1).cpu(),
+                                head.weight.shape[0], progress, torch.float64)
+
+    @torch.inference_mode()
+    def _next_token(self, ids, rows_of, width: int, progress, dtype=torch.float32) -> torch.Tensor:
+        """rows_of(last hidden states) for every sequence; the lm_head runs on the last position only. Sequences
+        sharing a long token prefix (MMLU's 5-shot prompts) run it once and continue from its KV cache, expanded
+        over the batch; the rest are left-padded prefills."""
         base = getattr(self.model, self.model.base_model_prefix, self.model)
-        p0 = torch.empty(len(ids), len(first))
-        probs = lambda h: torch.softmax(self._logits(h), -1)[:, list(first)].cpu()
+        p0 = torch.empty(len(ids), width, dtype=dtype)
         for P, members in prefix_groups(ids):
             if P:
-                self._prefixed(base, ids[members[0]][:P], members, [ids[i][P:] for i in members], probs, p0, progress)
+                self._prefixed(base, ids[members[0]][:P], members, [ids[i][P:] for i in members], rows_of, p0, progress)
                 continue
             for chunk in self._batches([len(ids[i]) for i in members]):
                 batch = [members[j] for j in chunk]
                 input_ids, mask = self._padded([ids[i] for i in batch], left=True)
                 pos = (mask.cumsum(1) - 1).clamp(min=0)
                 out = base(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False)
-                p0[batch] = probs(out.last_hidden_state[:, -1])
+                p0[batch] = rows_of(out.last_hidden_state[:, -1])
                 if progress:
                     progress(len(batch))
         return p0

@@ -254,13 +254,23 @@ class LlamaCppBackend(Backend):
 
     def opening_probs(self, queries: Sequence[str], template: str, first: Sequence[int],
                       progress: Progress | None = None) -> torch.Tensor:
-        """Next-token probabilities of the `first` token ids after each prompt. Prompts sharing a long token
-        prefix (MMLU's 5-shot prompts) decode it once and reuse its KV cells; the rest are batched prefills."""
+        """Next-token probabilities of the `first` token ids after each prompt (see _next_token)."""
         ids = [self.encode(q, template) for q in queries]
-        p0 = torch.empty(len(ids), len(first))
+        return self._next_token(ids, lambda lg: torch.softmax(torch.from_numpy(lg).double(), -1)[list(first)].float(),
+                                len(first), progress)
+
+    def next_token_logprobs(self, ids: list[list[int]], progress: Progress | None = None) -> torch.Tensor:
+        """[n, V] float64 log-probabilities of the next token after each token sequence (the whole vocabulary)."""
+        return self._next_token(ids, lambda lg: torch.log_softmax(torch.from_numpy(lg).double(), -1),
+                                L.llama_vocab_n_tokens(self._vocab), progress, torch.float64)
+
+    def _next_token(self, ids, row_of, width: int, progress, dtype=torch.float32) -> torch.Tensor:
+        """row_of(next-token logits) for every sequence. Sequences sharing a long token prefix (MMLU's 5-shot
+        prompts) decode it once and reuse its KV cells; the rest are batched prefills."""
+        p0 = torch.empty(len(ids), width, dtype=dtype)
 
         def keep(i: int, logits: np.ndarray) -> None:
-            p0[i] = torch.softmax(torch.from_numpy(logits).double(), -1)[list(first)].float()
+            p0[i] = row_of(logits)
 
         alone = []
         for P, members in prefix_groups(ids):

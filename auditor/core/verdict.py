@@ -76,6 +76,11 @@ def measured_differently(candidate: dict, baseline: dict, metrics) -> list[str]:
                 diffs.append(f"{label} prompts differ (same name, other content)")
             elif ce.get("n") != be.get("n") and "unparseable" not in be:  # a judge may read fewer answers of one
                 diffs.append(f"{label} n {ce.get('n')} vs {be.get('n')}")
+        if metric == "kl_divergence":
+            a, z = candidate[metric], baseline[metric]
+            if (a.get("base_sha256"), a.get("positions")) != (z.get("base_sha256"), z.get("positions")):
+                diffs.append(f"kl measured from another base or at other positions ({a.get('base')}, "
+                             f"{a.get('positions')} vs {z.get('base')}, {z.get('positions')})")
         if metric in ("harmful_score", "judge_harmful_rate"):
             a, z = candidate[metric], baseline[metric]
             if (a.get("judge"), a.get("judge_format", "qi2023")) != (z.get("judge"), z.get("judge_format", "qi2023")):

@@ -17,6 +17,7 @@ from typing import Callable
 
 from ..backends import GENERATION, NEXT_TOKEN, Backend, choose_backend, library_version, open_backend
 from ..core.agreement import judge_rate
+from ..core.drift import drift
 from ..core.judge import EndpointJudge, LocalJudge, judge_format, judge_responses
 from ..core.judge_formats import FORMATS
 from ..core.bootstrap import bootstrap_mean, rate
@@ -24,6 +25,7 @@ from ..core.metrics import mmlu_predictions, mmlu_rows, rouge_l
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
 from ..errors import AuditError
 from ..io.cache import Journal, cached_journal, sha256_json
+from ..io.models import resolve_model
 from ..io.config import setting
 from ..io.prompts import TEMPLATES, check_template, jsonl_rows, load_prompts, load_task_rows, task_query
 from ..io.reports import Report, ReportHeader
@@ -47,6 +49,10 @@ class EvalConfig(ModelOptions):
     judge_api_key_env: str | None = setting(None, "The environment variable that holds the judge endpoint's API key.")
     judge_format: str = setting("qi2023", "How the judge is asked and read: " + "; ".join(
         f"{f.name}: {f.help}" for f in FORMATS.values()) + ".")
+    kl_base: str | None = setting(None, "The kl metric's base model (a .gguf or HF folder): drift is measured from it.")
+    kl_positions: int = setting(1, "kl: answer positions read per prompt (1: the first token; k > 1: both models "
+                                   "teacher-forced on the base's greedy answer).")
+    kl_prompts: str = setting("alpaca-eval", "kl: harmless prompts (alpaca rows: the bundled held-out ones, or a file).")
     bootstrap: int = setting(1000, "Bootstrap replicates for the 95% CIs.")
     seed: int = setting(0, "Seed of the bootstrap.")
     responses: str | None = setting(None, "Reuse saved responses (JSONL of metric, prompt, response).")
@@ -191,6 +197,23 @@ def _mmlu(run: EvalRun) -> dict:
                               "subjects": len(dev), "shots": 5}}
 
 
+def _kl(run: EvalRun) -> dict:
+    """Drift from --base (core/drift.py): mean KL(P_base || P_model) over the first k answer tokens of harmless
+    prompts, per prompt, with a bootstrap CI. The base is opened for this metric only, then freed."""
+    base_ref = resolve_model(run.cfg.kl_base)
+    rows = run.limited(load_task_rows(run.cfg.kl_prompts))
+    prompts = [task_query(r) for r in rows]
+    run.reporter.status(f"loading the kl base {base_ref.label}")
+    base = open_backend(base_ref, choose_backend(base_ref, "auto", (NEXT_TOKEN, GENERATION)), (NEXT_TOKEN, GENERATION),
+                        threads=run.cfg.threads)
+    try:
+        values = drift(run.backend, base, prompts, run.template, run.cfg.kl_positions, run.reporter)
+    finally:
+        base.close()
+    return {"kl_divergence": {**run.mean(values, prompts), "set": str(run.cfg.kl_prompts), "positions": run.cfg.kl_positions,
+                              "base": base_ref.label, "base_sha256": base_ref.content_hash(), "direction": "KL(base || model), nats"}}
+
+
 @dataclass(frozen=True)
 class Metric:
     help: str
@@ -205,6 +228,8 @@ METRICS: dict[str, Metric] = {
     "over-refusal": Metric("over-refusal rate on benign prompts that sound harmful", _over_refusal, (GENERATION,)),
     "rouge": Metric("Rouge-L F of answers to held-out tasks", _rouge, (GENERATION,)),
     "mmlu": Metric("MMLU accuracy, 5-shot, 10 subjects", _mmlu, (NEXT_TOKEN,)),
+    "kl": Metric("drift from --base: mean KL of the next-token distribution over the first --kl-positions answer "
+                 "tokens of harmless prompts (needs no judge)", _kl, (NEXT_TOKEN,)),
 }
 
 
@@ -224,11 +249,12 @@ class EvalReport(Report):
     over_refusal_by_set: dict | None = None
     rouge_l: dict | None = None
     mmlu_accuracy: dict | None = None
+    kl_divergence: dict | None = None
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         metrics = ("harmful_rate", "judge_harmful_rate", "harmful_score", "over_refusal_rate", "over_refusal_by_set",
-                   "rouge_l", "mmlu_accuracy")
+                   "rouge_l", "mmlu_accuracy", "kl_divergence")
         return {k: v for k, v in super().to_dict().items() if v is not None or k not in metrics}
 
 
@@ -276,9 +302,14 @@ def check_config(cfg: EvalConfig) -> None:
     if "judge" in cfg.metrics and not (cfg.judge_url or cfg.judge_model):
         raise AuditError("the judge metric needs --judge URL or --judge-model FILE.gguf")
     judge_format(cfg.judge_format)
+    if "kl" in cfg.metrics and not cfg.kl_base:
+        raise AuditError("the kl metric needs --base MODEL (the model the drift is measured from)")
+    if "kl" in cfg.metrics:
+        resolve_model(cfg.kl_base)  # a missing or broken base fails now, not after the other metrics
     if cfg.template != "auto":
         check_template(cfg.template)
     for name, value, least in (("--batch", cfg.batch, 1), ("--max-new-tokens", cfg.max_new_tokens, 1),
+                               ("--kl-positions", cfg.kl_positions, 1),
                                ("--bootstrap", cfg.bootstrap, 0)):
         if value is not None and value < least:
             raise AuditError(f"{name} must be >= {least} (got {value})")
@@ -288,7 +319,7 @@ def check_config(cfg: EvalConfig) -> None:
 def _config_record(cfg: EvalConfig) -> dict:
     """What `check` needs to evaluate a candidate the same way (the judge included)."""
     keep = ("metrics", "harmful", "over_refusal", "task", "classifier", "max_new_tokens", "limit", "template", "backend",
-            "judge_url", "judge_model", "judge_api_key_env", "judge_format", "base_url", "served_model", "api_key_env", "allow_insecure_http")
+            "judge_url", "judge_model", "judge_api_key_env", "judge_format", "kl_base", "kl_positions", "kl_prompts", "base_url", "served_model", "api_key_env", "allow_insecure_http")
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k in keep}
 
 
