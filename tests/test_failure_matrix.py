@@ -288,8 +288,28 @@ CASES = [
                                                  str(e.file("deep.toml", "a = " + "[" * 5000 + "1" + "]" * 5000 + "\n"))], "deep.toml", "policy"),
     ("scan a model path with a newline", lambda e: ["scan", str(e.inp / "two\nlines.gguf")], "two\\nlines.gguf", "not found"),
     ("scan a model path with markup", lambda e: ["scan", str(e.inp / "[/INST][bold]x.gguf")], "[/INST][bold]x.gguf", "not found"),
+    # -- the verdict ----------------------------------------------------------------------------------------------
+    ("check reports measured differently", lambda e: ["check", str(_variant(e, "other.json", template="alpaca", limit=7)), "--baseline",
+                                                      str(e.eval_json)], "other.json", "template alpaca"),
+    ("check baseline value null", lambda e: ["check", str(e.eval_json), "--baseline", str(_variant(e, "null.json", null="harmful_rate"))],
+     "", "no value for harmful_rate"),
+    ("eval kl without --base", lambda e: ["eval", M, "--metrics", "kl"], "", "--base"),
+    ("eval kl from a missing base", lambda e: ["eval", M, "--metrics", "kl", "--base", str(e.inp / "gone.gguf")], "gone.gguf", "not found"),
+    ("eval kl positions zero", lambda e: ["eval", M, "--metrics", "kl", "--base", M, "--kl-positions", "0"], "", "--kl-positions"),
+    ("eval llama-guard with a local judge", lambda e: ["eval", M, "--metrics", "judge", "--judge-model", str(e.gguf), "--judge-format",
+                                                      "llama-guard"], "Q4_1.gguf", "--judge URL"),
+    ("eval unknown judge format", lambda e: ["eval", M, "--metrics", "judge", "--judge", e.garbage_url, "--judge-format", "vibes"], "",
+     "--judge-format"),
     ("report --html into a missing folder", lambda e: ["report", str(e.eval_json), "--html", str(e.out / "no" / "r.html")], "no", "folder"),
 ]
+
+
+def _variant(e: Env, name: str, null: str | None = None, **changes) -> Path:
+    """The matrix's eval report with some settings changed (measured differently), or one value null."""
+    data = json.loads(e.eval_json.read_text()) | changes
+    if null:
+        data[null]["value"] = None
+    return e.file(name, json.dumps(data))
 
 
 def _folder_with(e: Env, folder: str, name: str) -> Path:
@@ -433,3 +453,35 @@ def test_llama_chat_template_escape_is_one_line_error(bundled_gguf, monkeypatch)
         assert b.render_chat("hi") == "<hi>"
     finally:
         b.close()
+
+
+def _shaped(report: Path, tmp: Path, name: str, edit) -> Path:
+    data = json.loads(report.read_text())
+    edit(data)
+    p = tmp / name
+    p.write_text(json.dumps(data))
+    return p
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d["harmful_rate"].update(value="0.5"), "value is not a number"),
+    (lambda d: d["harmful_rate"].update(value=float("nan")), "value is not a number"),
+    (lambda d: d["harmful_rate"].update(n=-3), "n is not a count"),
+    (lambda d: d["harmful_rate"].update(ci95=[0, 1, 2]), "ci95"),
+    (lambda d: d["harmful_rate"].update(outcomes=[1, 0]), "outcomes is not text"),
+    (lambda d: d.update(harmful_rate=[0.5]), "is not an object"),
+    (lambda d: d.update(over_refusal_by_set={"x": 3}), "over_refusal_by_set[x] is not an object"),
+    (lambda d: d.update(classifier="keyword"), "classifier is not an object"),
+], ids=["value text", "value nan", "n negative", "ci of three", "outcomes list", "metric a list", "set a number",
+        "classifier text"])
+@pytest.mark.parametrize("command", ["check", "compare", "report"])
+def test_reports_with_fields_of_the_wrong_shape_are_one_line_errors(eval_report, tmp_path, edit, message, command):
+    bad = _shaped(eval_report, tmp_path, "shaped.json", edit)
+    args = {"check": ["check", str(bad), "--baseline", str(eval_report)], "compare": ["compare", str(eval_report), str(bad)],
+            "report": ["report", str(bad), "--html", str(tmp_path / "p.html")]}[command]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "shaped.json" in line and "Traceback" not in r.stderr, r.stderr
+    assert message in line, line
+    assert not (tmp_path / "p.html").exists()

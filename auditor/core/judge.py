@@ -24,6 +24,12 @@ def judge_format(name: str) -> JudgeFormat:
     return FORMATS[name]
 
 
+def local_judge_can_ask(fmt: JudgeFormat) -> bool:
+    """A local GGUF judge renders one user message (or takes a raw prompt); a conversation needs a server."""
+    request = fmt.request("instruction", "response")
+    return fmt.endpoint == "completions" or (len(request) == 1 and request[0]["role"] == "user")
+
+
 def judge_prompt(instruction: str, response: str) -> str:
     """The qi2023 rubric filled in (the default format's one user message)."""
     return FORMATS["qi2023"].request(instruction, response)[0]["content"]

@@ -19,10 +19,11 @@ from jinja2 import Environment, PackageLoader
 from ..errors import AuditError
 from ..io.files import atomic_write
 from ..io.reports import read_report
-from ..workflows.gate import LABELS, THRESHOLDS
+from ..workflows.gate import LABELS, THRESHOLDS, check_eval_shape
 from .plots import _pyplot, attention_figure, locate_figure, scan_figure
 
 KNOWN = ("scan", "locate", "eval", "attention", "check")
+SHAPE_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError)  # of a hostile report
 
 
 @dataclass
@@ -51,7 +52,7 @@ def load_bundle(paths: list[str | Path]) -> Bundle:
         else:
             raise AuditError("report or folder not found", p)
     bundle = Bundle()
-    evals = [(f, r) for f, r in found if r.get("command") == "eval"]
+    evals = [(f, check_eval_shape(r, f)) for f, r in found if r.get("command") == "eval"]
     for f, r in found:
         if r.get("command") in KNOWN and r.get("command") != "eval":
             bundle.reports[r["command"]], bundle.sources[r["command"]] = r, str(f)
@@ -124,7 +125,10 @@ def page_context(bundle: Bundle) -> dict:
 
 def page_facts(bundle: Bundle) -> dict:
     """What the page says, as JSON: for CI systems that read the verdict rather than look at it."""
-    ctx = page_context(bundle)
+    try:
+        ctx = page_context(bundle)
+    except SHAPE_ERRORS as e:
+        raise _malformed(bundle, e) from None
     layers = {k: (ctx[k] or {}).get(f) for k, f in (("scan", "initial_range"), ("locate", "safety_layers")) if ctx[k]}
     return {"schema_version": 2, "command": "report", "model": ctx["model"],
             "passed": None if ctx["check"] is None else bool(ctx["check"].get("passed")), "verdict": ctx["verdict"],
@@ -158,15 +162,29 @@ def _env(kind: str) -> Environment:
     return env
 
 
+def _malformed(bundle: Bundle, e: Exception) -> AuditError:
+    """A report read from disk with a field of an unexpected shape (hand-edited, or hostile): one line naming
+    the files, never a traceback."""
+    first = (str(e).splitlines() or [""])[0][:120]
+    return AuditError(f"a report has a field of an unexpected shape ({type(e).__name__}: {first})",
+                      ", ".join(dict.fromkeys(bundle.sources.values())))
+
+
 def render_html(bundle: Bundle) -> str:
-    ctx = page_context(bundle)
-    figures = {"scan": scan_figure, "locate": locate_figure, "attention": attention_figure}
-    ctx["plots"] = {k: _png(f(bundle.reports[k])) for k, f in figures.items() if k in bundle.reports}
-    return _env("html").get_template("report.html.j2").render(**ctx)
+    try:
+        ctx = page_context(bundle)
+        figures = {"scan": scan_figure, "locate": locate_figure, "attention": attention_figure}
+        ctx["plots"] = {k: _png(f(bundle.reports[k])) for k, f in figures.items() if k in bundle.reports}
+        return _env("html").get_template("report.html.j2").render(**ctx)
+    except SHAPE_ERRORS as e:
+        raise _malformed(bundle, e) from None
 
 
 def render_markdown(bundle: Bundle) -> str:
-    return _env("md").get_template("report.md.j2").render(**page_context(bundle))
+    try:
+        return _env("md").get_template("report.md.j2").render(**page_context(bundle))
+    except SHAPE_ERRORS as e:
+        raise _malformed(bundle, e) from None
 
 
 def write_page(text: str, path: str | Path, force: bool) -> Path:

@@ -18,7 +18,7 @@ from typing import Callable
 from ..backends import GENERATION, NEXT_TOKEN, Backend, choose_backend, library_version, open_backend
 from ..core.agreement import judge_rate
 from ..core.drift import drift
-from ..core.judge import EndpointJudge, LocalJudge, judge_format, judge_responses
+from ..core.judge import EndpointJudge, LocalJudge, judge_format, judge_responses, local_judge_can_ask
 from ..core.judge_formats import FORMATS
 from ..core.bootstrap import bootstrap_mean, rate
 from ..core.metrics import mmlu_predictions, mmlu_rows, rouge_l
@@ -301,7 +301,10 @@ def check_config(cfg: EvalConfig) -> None:
         raise AuditError(f"unknown metric '{unknown[0]}' (choose from {', '.join(METRICS)})")
     if "judge" in cfg.metrics and not (cfg.judge_url or cfg.judge_model):
         raise AuditError("the judge metric needs --judge URL or --judge-model FILE.gguf")
-    judge_format(cfg.judge_format)
+    fmt = judge_format(cfg.judge_format)
+    if "judge" in cfg.metrics and cfg.judge_model and not cfg.judge_url and not local_judge_can_ask(fmt):
+        raise AuditError(f"--judge-format {fmt.name} sends a conversation: serve the judge model and give --judge URL "
+                         "(the server applies its template)", cfg.judge_model)
     if "kl" in cfg.metrics and not cfg.kl_base:
         raise AuditError("the kl metric needs --base MODEL (the model the drift is measured from)")
     if "kl" in cfg.metrics:

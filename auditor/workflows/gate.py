@@ -35,7 +35,55 @@ def load_eval(path: str | Path) -> dict:
     data = read_report(path, "eval report")
     if not any(k in data for k in THRESHOLDS):
         raise AuditError("not an eval report (no metric in it)", path)
+    return check_eval_shape(data, path)
+
+
+def check_eval_shape(data: dict, path) -> dict:
+    """An eval report read from disk has the shapes check, compare and the page compute with; one line
+    naming the field and the file otherwise (a hand-edited or hostile report)."""
+    if not isinstance(data.get("classifier", {}), dict):
+        raise AuditError("malformed eval report: classifier is not an object", path)
+    for name, entry in _metric_entries(data):
+        problem = _shape_problem(entry)
+        if problem:
+            raise AuditError(f"malformed eval report: {name} {problem}", path)
     return data
+
+
+def _metric_entries(data: dict):
+    for metric in THRESHOLDS:
+        if metric in data:
+            yield metric, data[metric]
+    sets = data.get("over_refusal_by_set")
+    if sets is not None and not isinstance(sets, dict):
+        yield "over_refusal_by_set", sets
+    for name, entry in (sets or {}).items() if isinstance(sets, dict) else ():
+        yield f"over_refusal_by_set[{name}]", entry
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def _shape_problem(entry) -> str | None:
+    """What is wrong with one metric entry of a report read from disk (a hand-edited or hostile file)."""
+    if not isinstance(entry, dict):
+        return "is not an object"
+    if entry.get("value") is not None and not _number(entry["value"]):
+        return "value is not a number"
+    n = entry.get("n")
+    if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+        return "n is not a count"
+    ci = entry.get("ci95")
+    if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(c is None or _number(c) for c in ci)):
+        return "ci95 is not a pair of numbers"
+    for key in ("set", "judge", "judge_format", "set_sha256", "outcomes"):
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            return f"{key} is not text"
+    items = entry.get("items")
+    if items is not None and not (isinstance(items, list) and all(x is None or _number(x) for x in items)):
+        return "items are not numbers"
+    return None
 
 
 def is_eval_report(candidate: str) -> bool:
