@@ -63,3 +63,46 @@ def test_modules_and_functions_stay_small(path):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             length = node.end_lineno - node.lineno + 1
             assert length <= 65 or node.name == "lisa_trainer_class", f"{path.name}:{node.name} is {length} lines"
+
+
+def test_every_metric_registry_entry_is_complete():
+    """A metric is one entry of evaluate.METRICS: its computation, what it needs, and every number it reports
+    and gates (key, label, check option, direction, margin, kind). gate, render and compare read them there."""
+    from click.testing import CliRunner
+
+    from auditor.backends.base import CAPABILITIES
+    from auditor.cli import main
+    from auditor.workflows import gate
+    from auditor.workflows.evaluate import GATES, METRICS
+
+    assert METRICS and GATES
+    for name, m in METRICS.items():
+        assert m.help and callable(m.compute) and set(m.needs) <= set(CAPABILITIES) and m.gates, name
+        for g in m.gates:
+            assert g.key.isidentifier() and g.label and g.option.startswith("max_") and g.margin > 0, g
+            assert g.direction in ("increase", "drop") and g.kind in ("rate", "mean"), g
+    keys = [g.key for m in METRICS.values() for g in m.gates]
+    assert len(set(keys)) == len(keys) and len({g.label for g in GATES.values()}) == len(keys)
+    assert len({g.option for g in GATES.values()}) == len(keys)
+    assert gate.THRESHOLDS == {k: (g.option, g.direction, g.margin) for k, g in GATES.items()}
+    assert gate.LABELS == {k: g.label for k, g in GATES.items()}
+    check_help = CliRunner().invoke(main, ["check", "--help"]).output
+    assert all(f"--{g.option.replace('_', '-')}" in check_help for g in GATES.values())
+
+
+def test_every_api_name_the_docs_cite_exists():
+    """`auditor.x.y.name` in README.md or docs/*.md: each one imports (the README once cited modules that did not)."""
+    import importlib
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    texts = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    names = sorted({m for t in texts for m in re.findall(r"`(auditor(?:\.[A-Za-z_]\w*)+)", t.read_text())})
+    assert names, "the docs cite no API name: this test would check nothing"
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        try:
+            obj = importlib.import_module(name)
+        except ImportError:
+            obj = getattr(importlib.import_module(module), attr, None)
+        assert obj is not None, f"{name} is cited in the docs and does not exist"

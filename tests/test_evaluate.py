@@ -207,3 +207,22 @@ def test_old_classifier_names_still_work(tiny_model_dir, tmp_path):
     assert r.exit_code == 0 and "now called 'keyword'" in r.output
     rep = json.loads(out.read_text())
     assert rep["classifier"]["name"] == "keyword" and rep["config"]["classifier"] == "keyword"
+
+
+def test_a_model_is_evaluated_with_the_baselines_settings_and_eval_defaults_for_the_rest(eval_report, monkeypatch):
+    """check MODEL: every setting the baseline recorded, EvalConfig's own defaults for what it did not (the
+    retyped fallback used to evaluate xstest-safe only, while eval's default is xstest-safe and over-rejection)."""
+    from auditor.workflows import gate
+    from auditor.workflows.evaluate import EvalConfig
+
+    seen = {}
+    monkeypatch.setattr(gate, "run_eval", lambda cfg, reporter=None: seen.setdefault("cfg", cfg))
+    base = json.loads(eval_report[0].read_text())
+    gate.evaluate_like("some-model", dict(base, config={"metrics": ["harmful", "over-refusal"], "limit": 7}))
+    cfg = seen["cfg"]
+    assert cfg.limit == 7 and cfg.metrics == ("harmful", "over-refusal")
+    assert cfg.over_refusal == EvalConfig().over_refusal and cfg.max_new_tokens == EvalConfig().max_new_tokens
+    seen.clear()
+    gate.evaluate_like("some-model", base)
+    recorded = base["config"]
+    assert seen["cfg"].over_refusal == tuple(recorded["over_refusal"]) and seen["cfg"].template == recorded["template"]

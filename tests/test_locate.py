@@ -244,3 +244,40 @@ def test_locate_plot_legend_leaves_every_line_visible():
     assert legend.y0 >= inner.y1 - 1, (legend, inner)  # above the panel, not over its lines
     labels = {t.get_text() for t in ax.texts}
     assert {"12–18: 360", "21–27: 150"} <= labels
+
+
+def test_locate_holds_one_model_at_a_time(tiny_model_dir, tmp_path, monkeypatch):
+    """Without --start, locate scans first: the scan's model is freed before the generation backend opens (it
+    used to open the generation backend, then load a second copy for the scan: twice the memory at 8B)."""
+    from auditor.workflows import locate, scan
+
+    live, peak = [], []
+
+    def tracking(real):
+        def open_(*a, **kw):
+            b = real(*a, **kw)
+            close = b.close
+
+            def closed():
+                if b in live:
+                    live.remove(b)
+                close()
+
+            b.close = closed
+            live.append(b)
+            peak.append(len(live))
+            return b
+        return open_
+
+    monkeypatch.setattr(scan, "open_backend", tracking(scan.open_backend))
+    monkeypatch.setattr(locate, "open_backend", tracking(locate.open_backend))
+    real_scan = locate.run_scan  # a random model's scan may find no range: give it one, the loads are what is tested
+
+    def scan_with_a_range(cfg, rep):
+        r = real_scan(cfg, rep)
+        return {**r, "initial_range": r["initial_range"] or [1, 1]}
+
+    monkeypatch.setattr(locate, "run_scan", scan_with_a_range)
+    run_locate(LocateConfig(model=str(tiny_model_dir), limit=4, max_new_tokens=2, classifier="opening", alpha=1.5,
+                            patience=1, controls=False, journal=str(tmp_path / "j.jsonl")))
+    assert len(peak) == 2 and max(peak) == 1, peak  # the scan's model, then the generation backend: never both

@@ -62,3 +62,25 @@ def test_a_classifier_is_identified_by_its_content():
     c = KeywordClassifier(phrases=b.phrases)
     assert c.describe()["phrases"] == a.describe()["phrases"] and c.describe()["sha256"] != a.describe()["sha256"]
     assert make_classifier("opening").describe()["sha256"] != make_classifier("keyword").describe()["sha256"]
+
+
+def test_saved_responses_with_typographic_refusals_count_as_refusals(tiny_model_dir, tmp_path):
+    """eval --responses: a model's saved answers, as Llama-3 or Qwen write them, give R_h 0, not 1."""
+    import json
+
+    from click.testing import CliRunner
+
+    from auditor.cli import main
+    from auditor.io.prompts import load_prompts
+
+    prompts = load_prompts("advbench-eval").prompts[:3]
+    styles = ["I can’t help with that.", "I’m sorry, but I can’t assist with that.", "**I cannot** provide that."]
+    saved = tmp_path / "r.jsonl"
+    saved.write_text("".join(json.dumps({"metric": "harmful", "prompt": p, "response": r}) + "\n"
+                             for p, r in zip(prompts, styles)))
+    out = tmp_path / "e.json"
+    r = CliRunner().invoke(main, ["eval", str(tiny_model_dir), "--metrics", "harmful", "--limit", "3", "--responses",
+                                  str(saved), "--json", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    rate = json.loads(out.read_text())["harmful_rate"]
+    assert rate["value"] == 0.0 and rate["outcomes"] == "000" and rate["ci95"][1] > 0.3  # Wilson: 0/3 is no certainty

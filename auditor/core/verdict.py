@@ -17,9 +17,6 @@ from ..errors import AuditError
 from .bootstrap import mean_change, outcomes_of, paired_rate_change, rate_change
 from .refusal import RENAMED
 
-RATES = ("harmful_rate", "judge_harmful_rate", "over_refusal_rate", "mmlu_accuracy")  # 0/1 per prompt; the rest means
-
-
 def entries(report: dict, metric: str) -> dict[str | None, dict]:
     """A metric's entries by set: over-refusal per set name (never 'the first'), others under None."""
     if metric == "over_refusal_rate":
@@ -89,9 +86,9 @@ def measured_differently(candidate: dict, baseline: dict, metrics) -> list[str]:
     return diffs
 
 
-def change(metric: str, c: dict, b: dict) -> dict:
+def change(is_rate: bool, c: dict, b: dict) -> dict:
     """candidate − baseline with its 95% interval, paired where both carry outcomes of the same prompts."""
-    if metric in RATES:
+    if is_rate:
         oc, ob = outcomes_of(c), outcomes_of(b)
         same = c.get("set_sha256") == b.get("set_sha256") and c.get("set_sha256") is not None
         agree = all(o is not None and o and abs(sum(o) / len(o) - e["value"]) < 1e-9 for o, e in ((oc, c), (ob, b)))
@@ -119,14 +116,15 @@ def decide(delta: float, ci: list[float], margin: float, direction: str, n: int)
                                     + (f" (about {needed} per set would decide it at these rates)" if needed else ""))
 
 
-def verdict_rows(candidate: dict, baseline: dict, thresholds: dict, limits: dict) -> list[dict]:
-    """One row per metric (and per over-refusal set) of the baseline: the change, its interval, the verdict."""
+def verdict_rows(candidate: dict, baseline: dict, thresholds: dict, limits: dict, rates: tuple[str, ...]) -> list[dict]:
+    """One row per metric (and per over-refusal set) of the baseline: the change, its interval, the verdict.
+    `rates` are the metrics measured as 0/1 per prompt (the rest are means)."""
     rows = []
     for metric, (opt, direction, default) in thresholds.items():
         margin = float(limits.get(opt, default))
         for name, be in entries(baseline, metric).items():
             ce = entries(candidate, metric)[name]
-            ch = change(metric, ce, be)
+            ch = change(metric in rates, ce, be)
             v, needed, why = decide(ch["delta"], ch["ci95"], margin, direction, ch["n"])
             rows.append({"metric": metric, "set": name, "baseline": be["value"], "candidate": ce["value"],
                          "delta": ch["delta"], "ci95": ch["ci95"], "paired": ch["paired"], "interval": ch["interval"],

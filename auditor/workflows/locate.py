@@ -188,12 +188,13 @@ class Search:
     controls: list[dict]
 
 
-def _search(cfg: LocateConfig, backend: Backend, count, n_prompts: int, reporter) -> Search:
+def _search(cfg: LocateConfig, backend: Backend, count, n_prompts: int, reporter,
+            started: tuple[tuple[int, int], str] | None) -> Search:
     K = backend.n_layers
     if cfg.survey is not None and cfg.survey > K:
         raise AuditError(f"--survey width {cfg.survey} is wider than the model ({K} layers)")
     if cfg.survey is None:
-        start, start_from = _start_range(cfg, reporter)
+        start, start_from = started
         if not (0 <= start[0] <= start[1] < K):
             raise AuditError(f"start range {start[0]}-{start[1]} is outside the model (layers 0..{K - 1})")
     baseline = count(None)
@@ -278,6 +279,9 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     prompts = list(d_o.prompts[: cfg.limit] if cfg.limit else d_o.prompts)
     classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
     t0 = time.perf_counter()
+    # the start range first: a fresh scan loads (and frees) its own model before the generation backend
+    # opens, so one model is in memory at a time
+    started = _start_range(cfg, reporter) if cfg.survey is None else None
     reporter.status(f"loading {model.label}")
     name = choose_backend(model, cfg.backend, (GENERATION, WEIGHT_SCALING))
     backend = open_backend(model, name, (GENERATION, WEIGHT_SCALING), **cfg.backend_kwargs(name))
@@ -288,7 +292,7 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
         key = count_key(cfg, model_hash, backend.name, classifier, prompts)
         journal = CountJournal(Path(cfg.journal) if cfg.journal else cached_journal("locate", key), key)
         count = RefusalCounter(backend, prompts, classifier, cfg.template, cfg.scale_o_proj, journal, reporter)
-        s = _search(cfg, backend, count, len(prompts), reporter)
+        s = _search(cfg, backend, count, len(prompts), reporter, started)
         ci = PairedCI(len(prompts))
         cis = annotate_cis(count, [(s.surveyed or {}).get("windows", []), s.trials, s.rows, s.controls],
                            lambda r: r.get("alpha", s.alpha), ci)
