@@ -65,7 +65,7 @@ def test_a_killed_audit_resumes_keeping_finished_steps(tmp_path, tiny_model_dir,
     assert (out / "scan.json").stat().st_mtime_ns == scan_time  # a finished step is not recomputed
     for name in ("scan.json", "eval.json"):
         a, b = (json.loads((d / name).read_text()) for d in (whole, out))
-        for volatile in ("created", "command_line", "seconds"):
+        for volatile in ("created", "command_line", "settings", "seconds"):
             a.pop(volatile, None), b.pop(volatile, None)
         assert a == b, name
 

@@ -269,6 +269,7 @@ def test_locate_holds_one_model_at_a_time(tiny_model_dir, tmp_path, monkeypatch)
             return b
         return open_
 
+    monkeypatch.setenv("SAFETY_AUDIT_CACHE", str(tmp_path / "cache"))  # no cached states: the scan loads its model
     monkeypatch.setattr(scan, "open_backend", tracking(scan.open_backend))
     monkeypatch.setattr(locate, "open_backend", tracking(locate.open_backend))
     real_scan = locate.run_scan  # a random model's scan may find no range: give it one, the loads are what is tested

@@ -35,6 +35,7 @@ from ..workflows.locate import LocateConfig, paper_compat, run_locate
 from ..workflows.reference import ReferenceConfig, build_reference
 from ..workflows.scan import ScanConfig, run_scan
 from .audit import register as register_review_commands
+from .settings import install as install_settings
 from .common import (CLASSIFIER_CHOICE, check_outputs, classifier_option, emit, force_opt, json_opt, opt,
                      placement_options, quiet_opt, range_option, stdout, threads_opt)
 
@@ -359,6 +360,7 @@ def doctor(as_json):
 
 
 register_review_commands(main)
+install_settings(main)  # last: every command's options get SAFETY_AUDIT_<OPTION> and --config FILE
 
 if __name__ == "__main__":
     main()

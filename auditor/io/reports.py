@@ -20,12 +20,20 @@ from ..errors import AuditError
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 _command_line: list[str] | None = None
+_settings: dict | None = None
 
 
 def set_command_line(argv: list[str] | None) -> None:
     """The CLI records how it was called; library callers leave it unset (null in reports)."""
     global _command_line
     _command_line = list(argv) if argv is not None else None
+
+
+def set_settings(settings: dict | None) -> None:
+    """The CLI records every setting's effective value and where it came from (command line, environment,
+    config file, default); library callers leave it unset (null in reports)."""
+    global _settings
+    _settings = dict(settings) if settings is not None else None
 
 
 def _now() -> str:
@@ -42,6 +50,7 @@ class ReportHeader:
     tool: str = f"safety-audit {__version__}"
     command_line: str | None = field(default_factory=lambda: shlex.join(_command_line) if _command_line else None)
     created: str = field(default_factory=_now)
+    settings: dict | None = field(default_factory=lambda: dict(_settings) if _settings is not None else None)
 
 
 @dataclass
