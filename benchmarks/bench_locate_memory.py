@@ -53,16 +53,16 @@ def main() -> None:
     ap.add_argument("--before", default="7dae101", help="the commit before locate freed the scan's model")
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", help="torch: float32 shows a whole fp32 copy (bf16 halves it)")
     a = ap.parse_args()
-    args = ["locate", "--backend", a.backend, "--limit", "4", "--classifier", "opening", "--alpha", "1.2",
+    args = ["locate", "--backend", a.backend, *(["--dtype", a.dtype] if a.backend == "torch" else []), "--limit", "4", "--classifier", "opening", "--alpha", "1.2",
             "--patience", "1", "--no-controls", "--threads", "2", "-q"]
     cpu = cpu_info()
     print(f"CPU: {cpu['model']} · flags {cpu['flags']} · load {load_avg()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         warm = Path(tmp) / "warm"  # the GGUF -> safetensors conversion, once: each run copies it, never its states
-        peak_mb(ROOT, ["doctor", "--json", str(Path(tmp) / "d.json")], warm)
         if a.backend == "torch":
-            peak_mb(ROOT, ["scan", "--backend", "torch", "--bootstrap", "0", "--normal", "normal", "--threads", "2", "-q",
+            peak_mb(ROOT, ["scan", "--backend", "torch", "--dtype", a.dtype, "--bootstrap", "0", "--normal", "normal", "--threads", "2", "-q",
                            "--json", str(Path(tmp) / "w.json")], warm)
         before = Path(tmp) / "before"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(before), a.before], check=True)
@@ -79,7 +79,7 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], check=False)
     result = {"command": "python benchmarks/bench_locate_memory.py " + " ".join(sys.argv[1:]), "model": "bundled SmolLM2-135M",
-              "backend": a.backend, "locate_args": args, "before_commit": a.before, "peak_rss_mb": runs,
+              "backend": a.backend, "dtype": a.dtype if a.backend == "torch" else "Q4_1 (GGUF)", "locate_args": args, "before_commit": a.before, "peak_rss_mb": runs,
               "cpu": cpu, "load": load_avg()}
     print(json.dumps(result["peak_rss_mb"]))
     print(f"wrote {write('bench_locate_memory', result)}")
