@@ -5,7 +5,7 @@ A declared grid of cells; each cell = (reference seed, fine-tuning seed, method,
 128 tokens, XSTest-safe and D_o over-refusal, Rouge-L on alpaca-eval, MMLU) with every response saved.
 A finished cell is a small JSON under benchmarks/results/study/ (its responses gzipped beside it, for the
 paired tests); a re-run skips finished cells, so the grid runs in pieces over days, in `plan`'s order.
-`benchmarks/study_tables.py` turns the files into the README's tables (no hand-copied numbers).
+`benchmarks/study_tables.py` turns the files into docs/study.md's tables (no hand-copied numbers).
 
     python benchmarks/study.py                # run every unfinished cell, in order (hours each on 2 cores)
     python benchmarks/study.py --list         # the grid and what is finished

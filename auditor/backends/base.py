@@ -1,8 +1,9 @@
 """The backend contract: everything a caller may use of a loaded model, and what each backend can do.
 
 Commands ask for capabilities, not class names: `scan` needs HIDDEN_STATES, `locate` WEIGHT_SCALING and
-GENERATION, `eval` GENERATION (and NEXT_TOKEN for MMLU). A backend declares its capabilities on its class
-and in its registry entry (backends/__init__.py), so a command can refuse an unfit backend before loading.
+GENERATION, `eval` GENERATION (and NEXT_TOKEN for MMLU). A backend's capabilities are stated once, in its
+registry entry (backends/__init__.py), so a command can refuse an unfit backend before loading; a loaded
+backend reads them from there.
 """
 
 from __future__ import annotations
@@ -49,11 +50,10 @@ class Attention:
 
 
 class Backend(abc.ABC):
-    """A loaded model. Subclasses set `name`, `capabilities`, `n_layers`, `hidden_size`, `chat_template`
-    and `model_ref` (None for an in-memory model)."""
+    """A loaded model. Subclasses set `name` (their registry key), `n_layers`, `hidden_size`, `chat_template`
+    and `model_ref` (None for an in-memory model); their capabilities are their registry entry's."""
 
     name: ClassVar[str]
-    capabilities: ClassVar[frozenset[str]]
     n_layers: int
     hidden_size: int
     chat_template: str | None
@@ -132,6 +132,12 @@ class Backend(abc.ABC):
             worker.close()
 
     # -- helpers every backend shares ---------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[str]:
+        from . import REGISTRY  # the one statement of what each backend can do
+
+        return REGISTRY[self.name].capabilities
+
     def require(self, *capabilities: str) -> None:
         missing = [c for c in capabilities if c not in self.capabilities]
         if missing:

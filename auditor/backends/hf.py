@@ -20,14 +20,13 @@ from ..io.models import ModelRef
 from ..io.prompts import wrap
 from ..weights.layers import decoder_layers
 from ..weights.scaling import check_scaling, scaled
-from .base import ATTENTION, CAPABILITIES, Attention, Backend, Generated, Progress, Stop, prefix_groups
+from .base import Attention, Backend, Generated, Progress, Stop, prefix_groups
 from .devices import resolve_device, resolve_dtype
 from .hf_loading import load_causal_lm, quiet_transformers
 
 
 class TorchBackend(Backend):
     name = "torch"
-    capabilities = frozenset(CAPABILITIES) | {ATTENTION}
 
     def __init__(self, model: ModelRef | None = None, threads: int | None = None, max_batch_tokens: int = 4096,
                  hf_model=None, tokenizer=None, trust_remote_code: bool = False, batch_size: int | None = None,

@@ -28,7 +28,7 @@ from ..io.gguf_file import read_gguf
 from ..io.models import ModelRef
 from ..io.prompts import wrap
 from ..weights.gguf_scaling import check_gguf_scaling, scale_gguf
-from .base import CAPABILITIES, Backend, Generated, Progress, Stop, prefix_groups
+from .base import Backend, Generated, Progress, Stop, prefix_groups
 from .llama_batching import BatchedDecoder, piece_fn
 
 _GGML_LOG_ERROR, _GGML_LOG_CONT = 4, 5  # ggml's enum today: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
@@ -76,7 +76,6 @@ class _TensorView(ctypes.Structure):
 
 class LlamaCppBackend(Backend):
     name = "llama"
-    capabilities = frozenset(CAPABILITIES)
 
     def __init__(self, model: ModelRef, threads: int | None = None, batch_size: int | None = None):
         self.model_ref = model

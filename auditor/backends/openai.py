@@ -1,7 +1,7 @@
 """OpenAI-compatible server backend: generation through a serving engine (llama.cpp's server, vLLM, TGI, ...).
 
 Why: eval and check must scale past one machine, and should be able to test exactly the deployed artifact.
-A server gives text only: this backend declares GENERATION and nothing else, so scan and locate (hidden
+A server gives text only: its registry entry declares GENERATION and nothing else, so scan and locate (hidden
 states, weight scaling) and MMLU (next-token probabilities) refuse it before anything runs. `chat` sends
 messages to /v1/chat/completions (the server applies the model's chat template); `alpaca` and `raw` send the
 wrapped prompt to /v1/completions. Requests run `batch_size` at a time, greedy (temperature 0), each with
@@ -19,14 +19,13 @@ from ..errors import AuditError
 from ..io.http import Endpoint, public_url
 from ..io.models import ModelRef
 from ..io.prompts import ALPACA
-from .base import GENERATION, Backend, Generated, Progress, Stop
+from .base import Backend, Generated, Progress, Stop
 
 DEFAULT_CONCURRENCY = 8
 
 
 class OpenAIBackend(Backend):
     name = "openai"
-    capabilities = frozenset({GENERATION})
     n_layers = 0
     hidden_size = 0
     chat_template = "server"  # the server applies the model's own

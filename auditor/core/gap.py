@@ -187,7 +187,8 @@ def gap_stats(A: torch.Tensor, B: torch.Tensor, sample: PairSample | None,
 
 @dataclass
 class RangeRule:
-    """The initial safety-layer range [i, j] (inclusive, 0-based), as documented in README §Range rule.
+    """The initial safety-layer range [i, j] (inclusive, 0-based), as docs/commands/scan.md's initial-range rule
+    documents it.
 
     baseline: mean gap b over the first `baseline_layers` layers (default max(2, round(K/8))), and the
     spread s of those layers; the band is b + max(min_gap_deg, noise_k·s). Decisions rest on the 95% CI,
