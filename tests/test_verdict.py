@@ -175,3 +175,15 @@ def test_the_unpaired_interval_and_the_decision_rule():
     assert decide(-0.2, [-0.3, -0.1], 0.05, "drop", 500)[0] == "regression"  # a utility drop
     v, needed, _ = decide(0.06, [-0.01, 0.13], 0.05, "increase", 100)
     assert v == "inconclusive" and needed and needed > 100
+
+
+def test_junit_stays_valid_xml_whatever_a_name_holds(tmp_path):
+    """A model name with a terminal escape or a NUL would make the JUnit file unreadable to the CI system."""
+    from auditor.workflows.gate import junit_xml
+
+    hostile = "model\x1b[31m\x00<&>\"'"
+    result = check_report(report(_bits(24, 2), model=hostile), report(_bits(24, 2)))
+    xml = junit_xml(result["checks"], hostile)
+    root = ET.fromstring(xml)  # parses: valid XML
+    assert "\\x1b" in root.get("name") and "\\x00" in root.get("name") and "<&>" in root.get("name")
+    assert root.find("testcase/failure").get("type") == "inconclusive"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import fields
 import xml.etree.ElementTree as ET
@@ -149,16 +150,25 @@ def exit_code(result: dict) -> int:
     return EXIT[result["verdict"]]
 
 
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_text(value) -> str:
+    """Text XML 1.0 can carry: a model name or reason with a control character (a terminal escape, a NUL)
+    would make the whole JUnit file unreadable to a CI system, so such characters are shown escaped."""
+    return _XML_INVALID.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
 def junit_xml(rows: list[dict], name: str) -> str:
     """JUnit for CI systems: a regression and an inconclusive row are failures, each saying why."""
-    suite = ET.Element("testsuite", name=f"safety-audit check: {name}", tests=str(len(rows)),
+    suite = ET.Element("testsuite", name=_xml_text(f"safety-audit check: {name}"), tests=str(len(rows)),
                        failures=str(sum(r["verdict"] != "pass" for r in rows)))
     for r in rows:
         label = r["metric"] + (f" ({r['set']})" if r.get("set") else "")
-        case = ET.SubElement(suite, "testcase", classname="safety-audit.check", name=label)
+        case = ET.SubElement(suite, "testcase", classname="safety-audit.check", name=_xml_text(label))
         if r["verdict"] != "pass":
-            f = ET.SubElement(case, "failure", message=f"{r['verdict']}: {r['reason']}", type=r["verdict"])
-            f.text = json.dumps(r)
+            f = ET.SubElement(case, "failure", message=_xml_text(f"{r['verdict']}: {r['reason']}"), type=r["verdict"])
+            f.text = _xml_text(json.dumps(r))
     return ET.tostring(ET.ElementTree(suite).getroot(), encoding="unicode", xml_declaration=True)
 
 
