@@ -1,47 +1,23 @@
 """Floor 4: model backends behind one contract (base.py), chosen through a registry.
 
-A new backend is one new file with a `Backend` subclass, plus its line in `REGISTRY` below. The registry
+A new backend is one new file with a `Backend` subclass, plus its line in `REGISTRY` (registry.py). The registry
 knows each backend's capabilities and which model kinds it opens without importing it (llama.cpp and
 transformers are heavy), so commands can check fitness before anything loads.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-
 from ..errors import AuditError
 from ..io.models import ModelRef
-from .base import ATTENTION, CAPABILITIES, GENERATION, HIDDEN_STATES, NEXT_TOKEN, WEIGHT_SCALING, Backend, Progress
+from .base import Backend, Progress
+from .registry import (ATTENTION, CAPABILITIES, GENERATION, HIDDEN_STATES, NEXT_TOKEN, REGISTRY, WEIGHT_SCALING,
+                       BackendSpec)
 
 __all__ = ["Backend", "Progress", "BackendSpec", "REGISTRY", "BACKEND_CHOICES", "choose_backend", "open_backend",
            "check_capabilities",
            "ATTENTION", "CAPABILITIES", "GENERATION", "HIDDEN_STATES", "NEXT_TOKEN", "WEIGHT_SCALING"]
 
 
-@dataclass(frozen=True)
-class BackendSpec:
-    name: str
-    target: str  # "module:Class", imported only when the backend is opened
-    kinds: tuple[str, ...]  # model kinds it can open ("gguf", "hf")
-    default_for: tuple[str, ...]  # kinds for which `auto` picks it
-    capabilities: frozenset[str]
-    help: str
-
-    def load_class(self) -> type[Backend]:
-        module, cls = self.target.split(":")
-        return getattr(importlib.import_module(module), cls)
-
-
-_ALL = frozenset(CAPABILITIES)
-REGISTRY: dict[str, BackendSpec] = {s.name: s for s in (
-    BackendSpec("llama", "auditor.backends.llamacpp:LlamaCppBackend", ("gguf",), ("gguf",), _ALL,
-                "llama.cpp (llama-cpp-python) on the GGUF as it is quantized"),
-    BackendSpec("torch", "auditor.backends.hf:TorchBackend", ("hf", "gguf"), ("hf",), _ALL | {ATTENTION},
-                "transformers; a GGUF is loaded dequantized"),
-    BackendSpec("openai", "auditor.backends.openai:OpenAIBackend", ("remote",), ("remote",), frozenset({GENERATION}),
-                "any OpenAI-compatible server (--base-url): generation only"),
-)}
 BACKEND_CHOICES = ("auto", *REGISTRY)
 
 

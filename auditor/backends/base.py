@@ -2,7 +2,7 @@
 
 Commands ask for capabilities, not class names: `scan` needs HIDDEN_STATES, `locate` WEIGHT_SCALING and
 GENERATION, `eval` GENERATION (and NEXT_TOKEN for MMLU). A backend's capabilities are stated once, in its
-registry entry (backends/__init__.py), so a command can refuse an unfit backend before loading; a loaded
+registry entry (backends/registry.py), so a command can refuse an unfit backend before loading; a loaded
 backend reads them from there.
 """
 
@@ -17,6 +17,8 @@ import torch
 from ..errors import AuditError
 from ..io.bounded import BoundedRenderer
 from ..io.models import ModelRef
+from .registry import (ATTENTION, CAPABILITIES, GENERATION, HIDDEN_STATES, NEXT_TOKEN, REGISTRY,  # noqa: F401
+                       WEIGHT_SCALING)
 
 Progress = Callable[[int], None]  # called with the number of prompts just finished
 Stop = Callable[[str], bool]  # True once the text so far decides what the caller wants (generation may stop)
@@ -30,12 +32,6 @@ class Generated:
     n_tokens: int
     stopped_early: bool = False
 
-HIDDEN_STATES = "hidden-states"  # per-layer final-token residual states
-WEIGHT_SCALING = "weight-scaling"  # a layer range's linear maps scaled by α, restored afterwards
-GENERATION = "generation"  # greedy continuations
-NEXT_TOKEN = "next-token"  # next-token probabilities after a prompt (MMLU)
-CAPABILITIES = (HIDDEN_STATES, WEIGHT_SCALING, GENERATION, NEXT_TOKEN)
-ATTENTION = "attention"  # the final token's attention weights over the prompt, per layer and head (torch only)
 
 
 @dataclass
@@ -134,9 +130,7 @@ class Backend(abc.ABC):
     # -- helpers every backend shares ---------------------------------------------------------------
     @property
     def capabilities(self) -> frozenset[str]:
-        from . import REGISTRY  # the one statement of what each backend can do
-
-        return REGISTRY[self.name].capabilities
+        return REGISTRY[self.name].capabilities  # the one statement of what each backend can do
 
     def require(self, *capabilities: str) -> None:
         missing = [c for c in capabilities if c not in self.capabilities]

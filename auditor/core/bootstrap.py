@@ -17,6 +17,8 @@ from typing import Sequence
 
 import torch
 
+from .metrics import mcnemar_exact
+
 Z95 = 1.959963984540054
 
 
@@ -62,8 +64,6 @@ def bootstrap_mean(values, B: int, seed: int) -> dict:
 def paired_rate_change(candidate: Sequence[int], baseline: Sequence[int], z: float = Z95) -> dict:
     """candidate − baseline for 0/1 outcomes on the same prompts: Bonett & Price (2012) adjusted Wald interval,
     with the exact McNemar p-value of 'no change'."""
-    from .metrics import mcnemar_exact
-
     n = len(candidate)
     up = sum(1 for c, b in zip(candidate, baseline) if c and not b)  # 1 under the candidate only
     down = sum(1 for c, b in zip(candidate, baseline) if b and not c)
