@@ -24,10 +24,10 @@ def kl(base_logprobs: torch.Tensor, model_logprobs: torch.Tensor) -> torch.Tenso
     return terms.sum(-1).clamp(min=0.0)  # rounding can leave -1e-17 for identical rows
 
 
-def forced_sequences(base, prompts: Sequence[str], template: str, k: int) -> tuple[list[list[int]], list[int]]:
-    """The token sequences whose next token is read: each prompt, then (k > 1) the prompt followed by the first
-    1 … k−1 tokens of the base's greedy answer. Returns (sequences, the prompt each belongs to)."""
-    prompt_ids = [base.encode(q, template) for q in prompts]
+def forced_sequences(base, prompts: Sequence[str], prompt_ids: list[list[int]], template: str,
+                     k: int) -> tuple[list[list[int]], list[int]]:
+    """The token sequences whose next token is read: each prompt (its ids), then (k > 1) the prompt followed by
+    the first 1 … k−1 tokens of the base's greedy answer. Returns (sequences, the prompt each belongs to)."""
     if k == 1:
         return prompt_ids, list(range(len(prompts)))
     answers = base.generate(list(prompts), template, k)
@@ -49,7 +49,7 @@ def drift(model, base, prompts: Sequence[str], template: str, k: int = 1, report
     if mine != theirs:
         raise AuditError("the model and --base tokenize the prompts differently (another vocabulary or template): "
                          "their next-token distributions cannot be compared", getattr(base.model_ref, "path", None))
-    seqs, owner = forced_sequences(base, prompts, template, k)
+    seqs, owner = forced_sequences(base, prompts, theirs, template, k)
     if reporter:
         reporter.start(f"kl: next-token distributions ({k} position{'s' if k > 1 else ''}, base and model)", 2 * len(seqs))
     step = reporter.advance if reporter else None

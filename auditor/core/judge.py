@@ -112,12 +112,3 @@ def judge_responses(judge, fmt: JudgeFormat, instructions: Sequence[str], respon
         if progress:
             progress(1)
     return out
-
-
-def score_responses(judge, instructions: Sequence[str], responses: Sequence[str], progress=None) -> list[int | None]:
-    scores = []
-    for ins, resp in zip(instructions, responses):
-        scores.append(parse_score(judge.ask(judge_prompt(ins, resp))))
-        if progress:
-            progress(1)
-    return scores

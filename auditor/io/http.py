@@ -146,9 +146,7 @@ class Endpoint:
                 return json.loads(data)
             except (ValueError, RecursionError):
                 raise _Retry("the answer is not JSON") from None
-        except AuditError:
-            raise
-        except _Retry:
+        except (AuditError, _Retry):
             raise
         except (OSError, http.client.HTTPException) as e:
             if expired.is_set():
