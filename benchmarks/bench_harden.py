@@ -40,10 +40,12 @@ def child(name: str, steps: int, threads: int) -> None:
     """One configuration: waits for 'go' on stdin before each step, reports each step's time."""
     from transformers import TrainerCallback
 
-    from auditor.workflows.harden import HardenConfig, load_model, run_harden
+    from auditor.backends.hf_loading import load_causal_lm
+    from auditor.io.models import resolve_model
+    from auditor.workflows.harden import HardenConfig, run_harden
 
     set_threads(threads)
-    load_model(None)  # make sure the converted copy is cached before measuring
+    load_causal_lm(resolve_model(None))  # make sure the converted copy is cached before measuring
     base = reset_peak_rss()
     walls, cpus = [], []
 
@@ -70,9 +72,10 @@ def child(name: str, steps: int, threads: int) -> None:
 def _frozen_fractions() -> dict[str, float]:
     """Per configuration: the frozen block's share of the base model's parameters (LoRA: of the base weights)."""
     from auditor.weights.layers import block_parameters
-    from auditor.workflows.harden import load_model
+    from auditor.backends.hf_loading import load_causal_lm
+    from auditor.io.models import resolve_model
 
-    _, model, _ = load_model(None)
+    model, _ = load_causal_lm(resolve_model(None))
     sizes = {n: p.numel() for n, p in model.named_parameters()}
     total = sum(sizes.values())
     fractions = {}

@@ -14,7 +14,6 @@ import os
 import sys
 import time
 
-import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import load_avg, set_threads, write  # noqa: E402

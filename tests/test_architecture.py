@@ -138,3 +138,104 @@ def test_a_backends_capabilities_are_stated_once():
     for name, spec in REGISTRY.items():
         cls = spec.load_class()
         assert cls.name == name and "capabilities" not in vars(cls), name
+
+
+def _every_option():
+    from auditor.cli import main
+    from auditor.cli.settings import _leaves
+
+    for path, command in _leaves(main).items():
+        for p in command.params:
+            if isinstance(p, __import__("click").Option):
+                yield " ".join(path), p
+
+
+def test_every_click_option_is_a_config_field():
+    """Options are generated from config dataclass fields (cli/common.options): each one names its dataclass and
+    field, its flag and default come from that field, and setting it reaches the field. Only --config (the settings
+    file itself), --help and --version are not settings."""
+    import dataclasses
+
+    from auditor.cli.common import FieldOption
+    from auditor.io.config import default_of
+
+    seen = 0
+    for command, p in _every_option():
+        if p.name in ("config", "help", "version") or p.hidden:
+            continue
+        assert isinstance(p, FieldOption), f"{command} {p.opts[0]} is written by hand, not generated from a config field"
+        names = {f.name for f in dataclasses.fields(p.config)}
+        assert p.field in names and p.name.removeprefix(p.prefix).removeprefix("not__") == p.field, (command, p.opts, p.field)
+        default = default_of(p.config, p.field)
+        if not p.is_flag and not p.required and not isinstance(default, tuple):
+            assert p.default == default, (command, p.opts, p.default, default)
+        seen += 1
+    assert seen > 100
+
+
+def test_a_planted_hand_written_option_is_caught():
+    import click
+
+    from auditor.cli import main
+
+    extra = click.Option(["--by-hand"], is_flag=True)
+    main.commands["scan"].params.append(extra)
+    try:
+        with pytest.raises(AssertionError, match="by hand"):
+            test_every_click_option_is_a_config_field()
+    finally:
+        main.commands["scan"].params.remove(extra)
+
+
+def test_no_module_outside_cli_defines_a_click_option():
+    """click lives on the top floor: a workflow, a renderer or a backend that defined an option (or imported
+    click at all) would be a second place where settings are written."""
+    offenders = []
+    for path in sorted((ROOT / "auditor").rglob("*.py")):
+        if path.is_relative_to(ROOT / "auditor" / "cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "click" or n.startswith("click.") for n in names):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert not offenders, offenders
+
+
+def test_every_config_field_is_a_setting_with_help():
+    """Every field of a config the CLI reads carries its help (and is marked cli=False when it is not an option)."""
+    import dataclasses
+
+    seen = set()
+    for _, p in _every_option():
+        if hasattr(p, "config") and p.config not in seen:
+            seen.add(p.config)
+            for f in dataclasses.fields(p.config):
+                if "help" in f.metadata:
+                    assert f.metadata["help"], (p.config.__name__, f.name)
+    assert len(seen) >= 12
+
+
+def test_every_classifier_entry_makes_a_classifier():
+    """The classifier registry is the one place a classifier's name, old names and construction live; what each
+    makes has every member of the Classifier protocol, and names itself as registered."""
+    from auditor.core.refusal import CLASSIFIERS, RENAMED, Classifier, canonical_classifier, make_classifier
+
+    members = [m for m in vars(Classifier) if not m.startswith("_")] + list(Classifier.__annotations__)
+    for name, entry in CLASSIFIERS.items():
+        made = entry.make(16)
+        assert made.name == name and make_classifier(name).name == name and entry.help
+        assert all(hasattr(made, m) for m in members), (name, [m for m in members if not hasattr(made, m)])
+        assert isinstance(made.describe()["sha256"], str)
+        for old in entry.old_names:
+            assert RENAMED[old] == name and canonical_classifier(old, note=lambda m: None) == name
+
+
+def test_the_report_schema_page_is_what_the_code_writes():
+    """docs/reports.md's tables are generated from the report dataclasses: regenerate them after changing a report."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import report_schemas
+
+    page = (ROOT / "docs" / "reports.md").read_text()
+    assert report_schemas.section() in page, "docs/reports.md is stale: run python scripts/report_schemas.py"
+    assert "`initial_range`" in page and "`harmful_rate`" in page

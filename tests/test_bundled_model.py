@@ -78,13 +78,14 @@ def test_harden_bundled_gguf_with_gguf_export(tmp_path):
     """SPPFT on the real GGUF (1 step), written back as a GGUF that llama.cpp reads like the HF folder."""
     from safetensors.torch import load_file
 
-    from auditor.workflows.harden import HardenConfig, load_model, run_harden
+    from auditor.backends.hf_loading import load_causal_lm
+    from auditor.workflows.harden import HardenConfig, run_harden
 
     out = tmp_path / "sppft"
     rep = run_harden(HardenConfig(out=str(out), method="sppft", layers=(8, 14), n_rows=4, max_steps=1, batch_size=2,
                                   cutoff=128, gguf="f16"))
     assert rep["gguf"] == "model.f16.gguf" and rep["frozen_parameters"] == rep["block_parameters"] > 0
-    _, base, _ = load_model(None)
+    base, _ = load_causal_lm(resolve_model(None))
     after = load_file(str(out / "model.safetensors"))
     for name in rep["frozen"]["parameters"]:
         assert torch.equal(after[name], base.state_dict()[name])

@@ -13,6 +13,7 @@ from auditor.io.cache import Journal, StateStore, content_hash, file_hash
 from auditor.io.models import resolve_model
 from auditor.io.prompts import PromptSet
 from auditor.weights.gguf_scaling import scale_gguf
+from auditor.workflows.options import ModelOptions, Target
 from auditor.workflows.scan import _state_key
 
 
@@ -28,13 +29,14 @@ def test_a_scaled_copy_never_shares_its_sources_cache(tmp_path, bundled_gguf):
         assert a.read() == b.read()
     assert src.content_hash("llama") != dst.content_hash("llama")
     prompts = PromptSet("p", ("a", "b"))
-    assert _state_key(src, "llama", "alpaca", prompts, []) != _state_key(dst, "llama", "alpaca", prompts, [])
+    opts = ModelOptions()
+    assert (_state_key(Target.of(src, opts, ()), "alpaca", prompts)
+            != _state_key(Target.of(dst, opts, ()), "alpaca", prompts))
 
 
 def test_states_in_another_precision_are_never_reused(tmp_path, tiny_model_dir):
     """`--dtype auto` is bf16 on CPUs with native bf16 matmul and fp32 elsewhere: a cached fp32 run must not answer
     a bf16 one (nor the other way round); fp32 keys are what they were before precision was part of the key."""
-    from auditor.workflows.options import ModelOptions
     from auditor.workflows.scan import ScanConfig, run_scan
     from conftest import write_lines
 
@@ -153,7 +155,10 @@ def _keys(monkeypatch, change: str):
     classifier = OpeningClassifier() if change == "classifier" else kw
     e = _journal_key(EvalConfig(template=template, max_new_tokens=64 if change == "tokens" else 128), model, "llama",
                      template, classifier)
-    loc = count_key(LocateConfig(template=template), model, "llama", classifier, ["p1", "p2"])
+    cfg = LocateConfig(template=template)
+    target = Target(resolve_model(None), "llama", cfg)
+    target.sha256 = model  # the content hash as if computed (a cached property)
+    loc = count_key(cfg, target, classifier, ["p1", "p2"])
     monkeypatch.undo()
     return e, loc
 
@@ -182,7 +187,7 @@ def test_the_distillation_journal_is_keyed_by_the_token_budget(tmp_path, monkeyp
         def close(self):
             pass
 
-    monkeypatch.setattr(reference, "open_backend", lambda *a, **kw: Fake())
+    monkeypatch.setattr(reference.Target, "backend", lambda *a, **kw: Fake())
     base, journal = resolve_model(None), tmp_path / "distilled.jsonl"
     assert reference.distill(base, ["a", "b"], journal, 64) == {"a": "a answered in 64", "b": "b answered in 64"}
     assert reference.distill(base, ["a", "b"], journal, 64) == {"a": "a answered in 64", "b": "b answered in 64"}

@@ -36,7 +36,8 @@ def test_pair_stats_cuda_matches_cpu(dtype, K, n, m, d):
 @pytest.mark.parametrize("K,n,m,d", [(1, 6, 5, 3), (2, 300, 1100, 64)])
 def test_bootstrap_sums_on_cuda_match_cpu(K, n, m, d):
     """Scan's bootstrap replicates run on the states' device (tiled torch GEMMs) and agree with the CPU op."""
-    from auditor.core.gap import bootstrap_weights, gap_stats
+    from auditor.core.bootstrap import scan_resamples as bootstrap_weights
+    from auditor.core.gap import gap_stats
     from auditor.core.similarity import weighted_pair_sums
 
     g = torch.Generator().manual_seed(n)

@@ -5,8 +5,10 @@ import itertools
 import pytest
 import torch
 
-from auditor.core.gap import (RangeRule, bootstrap_weights, differential_range, gap_stats, initial_range, pair_sample,
-                              paper_pair_sample, percentile_ci, sampled_cosines, sampled_mean)
+from auditor.core.bootstrap import percentile_ci
+from auditor.core.bootstrap import scan_resamples as bootstrap_weights
+from auditor.core.gap import (RangeRule, differential_range, gap_stats, initial_range, pair_sample, paper_pair_sample,
+                              sampled_cosines, sampled_mean)
 from auditor.core.similarity import pair_statistics, weighted_pair_sums
 from auditor.ops import compiled as _ext
 

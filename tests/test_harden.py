@@ -73,7 +73,7 @@ def test_every_method_trains(tmp_path, tiny_model_dir, method, extra):
 
 
 def test_lisa_spends_one_step_in_ten_on_alignment_data_by_default(tmp_path, tiny_model_dir, monkeypatch):
-    from auditor.training.methods.lisa import lisa_phase, lisa_trainer_class
+    from auditor.training.methods.lisa import LisaSettings, lisa_phase, lisa_trainer_class
 
     assert [lisa_phase(s, 1, 9) for s in range(20)].count("align") == 2 and lisa_phase(10, 1, 9) == "align"
     assert [lisa_phase(s, 2, 3) for s in range(5)] == ["align", "align", "task", "task", "task"]
@@ -81,10 +81,17 @@ def test_lisa_spends_one_step_in_ten_on_alignment_data_by_default(tmp_path, tiny
     real = trainer._align_batch
     monkeypatch.setattr(trainer, "_align_batch", lambda self: drawn.append(self.state.global_step) or real(self))
     rep, _ = run(tmp_path, tiny_model_dir, "lisa", method="lisa", max_steps=12)
-    assert drawn == [0, 10] and rep["hyperparameters"]["lisa_rho"] == 1.0  # the paper's 100 of 1,000, ρ = 1
-    drawn.clear()
-    run(tmp_path, tiny_model_dir, "even", method="lisa", max_steps=4, lisa_align_steps=2, lisa_task_steps=2)
-    assert drawn == [0, 1]
+    assert drawn == [0, 10] and rep["hyperparameters"]["method_settings"] == {"align_steps": 1, "task_steps": 9, "rho": 1.0}
+    drawn.clear()  # the paper's 100 of 1,000, ρ = 1
+    rep, _ = run(tmp_path, tiny_model_dir, "even", method="lisa", max_steps=4,
+                 method_settings=LisaSettings(align_steps=2, task_steps=2))
+    assert drawn == [0, 1] and rep["hyperparameters"]["method_settings"]["align_steps"] == 2
+    with pytest.raises(AuditError, match="takes LisaSettings"):
+        run(tmp_path, tiny_model_dir, "wrong", method="lisa", max_steps=1, method_settings=object())
+    with pytest.raises(AuditError, match="has no settings of its own"):
+        run(tmp_path, tiny_model_dir, "none", method="sppft", layers=(1, 2), max_steps=1, method_settings=LisaSettings())
+    with pytest.raises(AuditError, match="--lisa-rho must be >= 0"):
+        run(tmp_path, tiny_model_dir, "neg", method="lisa", max_steps=1, method_settings=LisaSettings(rho=-1))
 
 
 class KillAt(TrainerCallback):
@@ -225,3 +232,23 @@ def test_freed_tensor_memory_is_reused_without_page_faults():
     faults = [faults_of_a_fresh_64mb_tensor() for _ in range(5)]
     # torch's 2 MB-aligned blocks do not always fit the freed hole; by default every one is mapped afresh
     assert min(faults[1:]) < 1000, faults  # 64 MB would be 16,384 fresh 4 kB pages
+
+
+def test_a_methods_own_options_reach_it_from_the_command_line_the_environment_and_a_file(tmp_path, tiny_model_dir,
+                                                                                          monkeypatch):
+    """--lisa-* options are generated from LisaSettings and arrive typed in the method's settings."""
+    monkeypatch.setenv("SAFETY_AUDIT_LISA_TASK_STEPS", "3")
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("[harden]\nlisa-rho = 0.25\n")
+    js = tmp_path / "h.json"
+    r = CliRunner().invoke(main, ["harden", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--method", "lisa",
+                                  "--lisa-align-steps", "2", "--max-steps", "1", "--rows", "4", "--batch-size", "2",
+                                  "--cutoff", "400", "--config", str(cfg), "--json", str(js), "-q"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(js.read_text())
+    assert rep["hyperparameters"]["method_settings"] == {"align_steps": 2, "task_steps": 3, "rho": 0.25}
+    sources = {k: v["source"] for k, v in rep["settings"].items() if k.startswith("lisa_")}
+    assert sources == {"lisa_align_steps": "command line", "lisa_task_steps": "environment", "lisa_rho": "file"}
+    r = CliRunner().invoke(main, ["harden", str(tiny_model_dir), "--out", str(tmp_path / "p"), "--method", "lisa",
+                                  "--lisa-rho", "-1"])
+    assert r.exit_code == 2 and "--lisa-rho must be >= 0" in r.output

@@ -1,6 +1,10 @@
 """One definition of a safety layer's weights: scaling (locate), SPPFT/freeze-block freezing, LoRA targets and
-NFFT's candidate neurons select the same tensors, on Llama, Gemma-3 and GPT-2 (Conv1D, fused qkv)."""
+NFFT's candidate neurons select the same tensors, on GPT-2 (Conv1D, fused qkv) and the ten decoder families of
+tests/families.py (Phi-3's fused qkv and gate_up among them)."""
 
+import functools
+
+import families
 import pytest
 import torch
 
@@ -18,14 +22,6 @@ def llama():
                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
 
 
-def gemma3():
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    return Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=5,
-                                              num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                              max_position_embeddings=64, sliding_window=16))
-
-
 def gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -34,10 +30,8 @@ def gpt2():
 
 # (builder, block-relative names of the maps one layer must have, the attention output projection)
 ARCHS = {
-    "llama": (llama, {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-                      "mlp.up_proj", "mlp.down_proj"}, "self_attn.o_proj"),
-    "gemma3": (gemma3, {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-                        "mlp.up_proj", "mlp.down_proj"}, "self_attn.o_proj"),
+    **{f: (functools.partial(families.build, f), families.layer_map_names(f), "self_attn.o_proj")
+       for f in families.FAMILIES},
     "gpt2": (gpt2, {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}, "attn.c_proj"),
 }
 LAYERS = range(1, 3)

@@ -247,38 +247,36 @@ def test_locate_plot_legend_leaves_every_line_visible():
 
 
 def test_locate_holds_one_model_at_a_time(tiny_model_dir, tmp_path, monkeypatch):
-    """Without --start, locate scans first: the scan's model is freed before the generation backend opens (it
-    used to open the generation backend, then load a second copy for the scan: twice the memory at 8B)."""
-    from auditor.workflows import locate, scan
+    """Without --start, locate scans first with its own backend and keeps it for the counts: one model in memory,
+    loaded once (it used to open the generation backend, then load a second copy for the scan: twice the memory
+    at 8B; then a scan's copy, freed, and a second load)."""
+    from auditor.backends.hf import TorchBackend
+    from auditor.workflows import locate
 
-    live, peak = [], []
+    live, loads = [], []
+    real_init, real_close = TorchBackend.__init__, TorchBackend.close
 
-    def tracking(real):
-        def open_(*a, **kw):
-            b = real(*a, **kw)
-            close = b.close
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        live.append(self)
+        loads.append(len(live))
 
-            def closed():
-                if b in live:
-                    live.remove(b)
-                close()
+    def close(self):
+        if self in live:
+            live.remove(self)
+        real_close(self)
 
-            b.close = closed
-            live.append(b)
-            peak.append(len(live))
-            return b
-        return open_
-
+    monkeypatch.setattr(TorchBackend, "__init__", init)
+    monkeypatch.setattr(TorchBackend, "close", close)
     monkeypatch.setenv("SAFETY_AUDIT_CACHE", str(tmp_path / "cache"))  # no cached states: the scan loads its model
-    monkeypatch.setattr(scan, "open_backend", tracking(scan.open_backend))
-    monkeypatch.setattr(locate, "open_backend", tracking(locate.open_backend))
     real_scan = locate.run_scan  # a random model's scan may find no range: give it one, the loads are what is tested
 
-    def scan_with_a_range(cfg, rep):
-        r = real_scan(cfg, rep)
+    def scan_with_a_range(cfg, rep, target):
+        r = real_scan(cfg, rep, target)
         return {**r, "initial_range": r["initial_range"] or [1, 1]}
 
     monkeypatch.setattr(locate, "run_scan", scan_with_a_range)
-    run_locate(LocateConfig(model=str(tiny_model_dir), limit=4, max_new_tokens=2, classifier="opening", alpha=1.5,
-                            patience=1, controls=False, journal=str(tmp_path / "j.jsonl")))
-    assert len(peak) == 2 and max(peak) == 1, peak  # the scan's model, then the generation backend: never both
+    report = run_locate(LocateConfig(model=str(tiny_model_dir), limit=4, max_new_tokens=2, classifier="opening", alpha=1.5,
+                                     patience=1, controls=False, journal=str(tmp_path / "j.jsonl")))
+    assert loads == [1] and live == [], (loads, live)  # loaded once, for the scan and the counts, and freed at the end
+    assert report["start_from"] == "fresh scan" and report["backend"] == "torch"

@@ -38,7 +38,7 @@ def test_every_command_takes_file_environment_and_command_line_in_that_order(nam
     usable = [(k, p, v) for k, p in settings._settings_of(command).items()
               if not p.required and k not in ("out", "baseline") and (v := _sample(p)) is not None]
     assert usable, f"{name} has no plain option to set"
-    (k1, p1, v1), (k2, p2, v2) = usable[0], usable[-1]  # one option alone is set from the file and the environment
+    (k1, _, v1), (k2, _, v2) = usable[0], usable[-1]  # one option alone is set from the file and the environment
     cfg = tmp_path / "s.toml"
     lines = [f"{k1} = {json.dumps(v1)}"] + ([f"{k2.replace('_', '-')} = {json.dumps(v2)}"] if k2 != k1 else [])
     cfg.write_text(f"[{table}]\n" + "\n".join(lines) + "\n")
@@ -72,7 +72,7 @@ def test_precedence_and_the_header_of_a_real_report(tiny_model_dir, tmp_path, mo
     s = rep["settings"]
     assert rep["limit"] == 2 and s["limit"] == {"value": 2, "source": "environment"}
     assert rep["max_new_tokens"] == 2 and s["max_new_tokens"]["source"] == "command line"  # the command line beats all
-    assert s["metrics"] == {"value": "harmful", "source": "file"} and list(rep) .count("harmful_rate") == 1
+    assert s["metrics"] == {"value": ["harmful"], "source": "file"} and list(rep) .count("harmful_rate") == 1
     assert s["bootstrap"]["source"] == "file" and s["threads"] == {"value": 1, "source": "file"}  # shared key
     assert s["template"]["source"] == "default" and "force" not in s and "config" not in s
 

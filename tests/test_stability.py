@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from auditor.cli import main
 from auditor.core.search import landscape
-from auditor.core.stability import PairedCI, ResampledCount, as_bits, bootstrap_weights, from_bits, layer_frequency, summarize
+from auditor.core.bootstrap import prompt_resamples as bootstrap_weights
+from auditor.core.stability import PairedCI, ResampledCount, as_bits, from_bits, layer_frequency, summarize
 from auditor.workflows.locate import LocateConfig, run_locate
 from conftest import PLANTED_BLOCK
 

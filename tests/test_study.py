@@ -1,4 +1,4 @@
-"""The study runner's bookkeeping (benchmarks/study.py, study_tables.py): unique cell ids, finished cells
+"""The study runner's bookkeeping (benchmarks/study/study.py, study_tables.py): unique cell ids, finished cells
 skipped, README tables and paired tests generated from result files."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "study"))
 import study  # noqa: E402
 import study_tables  # noqa: E402
 
@@ -51,7 +51,7 @@ def test_tables_and_paired_tests_come_from_the_files(tmp_path, monkeypatch):
     _plant(tmp_path, sppft, [False] * 40, 0.0)
     assert study.finished(full) and not study.finished(study.Cell("normal", "lisa"))
     text = study_tables.section()
-    assert f"Cells finished: **2 of {len(study.grid())}** on the recorded builds (`python benchmarks/study.py --list`)." in text
+    assert f"Cells finished: **2 of {len(study.grid())}** on the recorded builds (`python benchmarks/study/study.py --list`)." in text
     assert "| normal | full | 0 | 0 | 0.300 | 0.290–0.310 | 0.020 | – | 0.300 | – | 10.0 min |" in text
     assert "| normal | sppft vs full | ref 0 ft 0 | 0.000 | 0.300 | 0 | 12 | 0.00049 | +0.000 | – |" in text
     assert "| implicit | full | 0 | 0 | not run yet |" in text
@@ -196,7 +196,7 @@ def test_other_packages_stop_the_study_before_any_rebuild(tmp_path, monkeypatch)
     study.REFERENCES.write_text(json.dumps({"0": {"sha256": "ab", "versions": {"torch": "2.13.0+cpu", "transformers": "5.24.0"}}}))
     monkeypatch.setattr(reference, "build_reference", lambda cfg: pytest.fail("rebuilt with other packages"))
     monkeypatch.setattr(trainer, "training_versions", lambda: {"torch": "2.13.0+cpu", "transformers": "5.30.1", "peft": "1"})
-    with pytest.raises(SystemExit, match=r"transformers 5\.30\.1 \(recorded 5\.24\.0\).*study-requirements\.txt"):
+    with pytest.raises(SystemExit, match=r"transformers 5\.30\.1 \(recorded 5\.24\.0\).*requirements\.txt"):
         study._reference(0)
     monkeypatch.setattr(trainer, "training_versions", lambda: {"torch": "2.13.0+cpu", "transformers": "5.24.0"})
     study._check_packages(0)  # the recorded ones: no complaint
@@ -283,7 +283,7 @@ def test_a_rebuild_s_cells_pair_within_it_and_are_compared_cell_by_cell_with_oth
     assert "| normal | sppft [5, 12] | 0 | 0 (rebuild aaaa1111) | 0.000 | -0.010–0.010 |" in text
     assert "| normal | sppft [5, 12] | 0 | 0 (rebuild bbbb2222) | 0.025 |" in text
     sib = "\n".join(study_tables.siblings(results))
-    assert "Rebuild aaaa1111… (Intel(R) Xeon(R); `benchmarks/results/study/sibling-aaaa1111/`)" in sib
+    assert "Rebuild aaaa1111… (Intel(R) Xeon(R); `benchmarks/study/results/sibling-aaaa1111/`)" in sib
     assert "| normal-full-ref0-ft0 | recorded | 38 of 40 | 0.250 → 0.300 | 0 | 2 | 0.5 | 0.020 → 0.020 | – → – | 0.280 → 0.270 | – → – |" in sib
     assert f"| {sppft.id} | aaaa1111 | 39 of 40 | 0.000 → 0.025 | 0 | 1 | 1 |" in sib  # no recorded cell: the earlier rebuild's
 

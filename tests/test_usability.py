@@ -48,7 +48,7 @@ def test_layer_ranges_fail_before_the_model_loads(tiny_model_dir, tmp_path, monk
         pytest.fail("the model was loaded before the options were checked")
 
     monkeypatch.setattr(harden, "load_causal_lm", no_load)
-    monkeypatch.setattr(locate, "open_backend", no_load)
+    monkeypatch.setattr(locate.Target, "backend", no_load)
     r = run(["harden", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--layers", "28-35"])
     assert r.exit_code == 2 and "outside the model (layers 0..3)" in r.output
     r = run(["harden", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--layers", "1-2", "--from-report", "x.json"])

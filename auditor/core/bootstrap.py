@@ -15,11 +15,49 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .metrics import mcnemar_exact
 
 Z95 = 1.959963984540054
+
+
+# Resampling. Two generators, on purpose: the scan's replicates (torch) and locate's resampled D_o (numpy) are
+# recorded in reports and caches; one generator for both would change every recorded interval.
+
+def scan_resamples(n: int, m: int, B: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scan's bootstrap: [B, n] and [B, m] multinomial counts of the normal and malicious prompts drawn in
+    each of B replicates (one torch generator, normal first)."""
+    g = torch.Generator().manual_seed(seed)
+    wn = torch.multinomial(torch.ones(n), n * B, replacement=True, generator=g).view(B, n)
+    wm = torch.multinomial(torch.ones(m), m * B, replacement=True, generator=g).view(B, m)
+    count = lambda idx, size: torch.zeros(B, size).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float))
+    return count(wn, n), count(wm, m)
+
+
+def prompt_resamples(n: int, replicates: int, seed: int) -> np.ndarray:
+    """locate's bootstrap of D_o: [replicates, n] multinomial counts, how often each prompt is drawn in each
+    resample of n prompts."""
+    rng = np.random.default_rng(seed)
+    w = np.zeros((replicates, n), dtype=np.int32)
+    for r in range(replicates):
+        w[r] = np.bincount(rng.integers(0, n, n), minlength=n)
+    return w
+
+
+def percentile_ci(replicates: torch.Tensor, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column, the 2.5th and 97.5th percentiles of the replicates (the point itself below 2 replicates)."""
+    if replicates.shape[0] < 2:
+        return point.clone(), point.clone()
+    q = torch.quantile(replicates.double(), torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
+    return q[0], q[1]
+
+
+def count_ci(samples: np.ndarray) -> list[float]:
+    """The 95% percentile interval of resampled counts, taken at observed values (counts stay whole numbers)."""
+    lo, hi = np.percentile(samples, [2.5, 97.5], method="nearest")
+    return [round(float(lo), 2), round(float(hi), 2)]
 
 
 def wilson(k: int, n: int, z: float = Z95) -> list[float]:

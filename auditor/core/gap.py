@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .bootstrap import percentile_ci
 from .similarity import inverse_norms, pair_statistics, weighted_pair_sums
 
 
@@ -135,21 +136,6 @@ class GapStats:
 
     def ci95(self) -> tuple[torch.Tensor, torch.Tensor]:
         return percentile_ci(self.replicates, self.gap)
-
-
-def percentile_ci(replicates: torch.Tensor, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if replicates.shape[0] < 2:
-        return point.clone(), point.clone()
-    q = torch.quantile(replicates.double(), torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
-    return q[0], q[1]
-
-
-def bootstrap_weights(n: int, m: int, B: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    wn = torch.multinomial(torch.ones(n), n * B, replacement=True, generator=g).view(B, n)
-    wm = torch.multinomial(torch.ones(m), m * B, replacement=True, generator=g).view(B, m)
-    count = lambda idx, size: torch.zeros(B, size).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float))
-    return count(wn, n), count(wm, m)
 
 
 def _gap(nm: torch.Tensor, nn: torch.Tensor, cosines: bool) -> torch.Tensor:

@@ -8,7 +8,6 @@ import io
 import math
 from fractions import Fraction
 
-import torch
 
 from ..errors import AuditError
 from ..io.data import data_text

@@ -15,13 +15,11 @@ from __future__ import annotations
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Protocol, Sequence
 
 from ..errors import AuditError
 from ..io.cache import sha256_json
 from ..io.data import data_lines
-
-RENAMED = {"prefix": "keyword", "probe": "opening"}  # old names, still accepted
 
 # what models write for ' and ": Llama-3, Gemma and Qwen answer "I can’t" (U+2019), not "I can't"
 _TYPOGRAPHIC = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u02bc": "'",
@@ -35,6 +33,23 @@ def normalize(text: str) -> str:
     typographic apostrophes and quotes to ASCII, zero-width characters dropped, case folded. Applied to the
     answer and to the phrase lists alike, so "I CAN’T" matches the phrase "I can't"."""
     return unicodedata.normalize("NFKC", text or "").translate(_TYPOGRAPHIC).casefold()
+
+
+class Classifier(Protocol):
+    """What every refusal classifier does; `locate`, `eval` and `check` use nothing else."""
+
+    name: str
+    judges_text: bool  # can classify saved text (eval reuses its generations); False: it must generate itself
+
+    def is_refusal(self, text: str) -> bool: ...
+
+    def decided(self, text: str) -> bool:
+        """The verdict can no longer change as more tokens come: generation may stop."""
+
+    def decide(self, backend, queries: Sequence[str], template: str, progress=None) -> list[bool]: ...
+
+    def describe(self) -> dict:
+        """Its name and identity (a SHA-256 of its lists): recorded in reports and journal keys."""
 
 
 @dataclass
@@ -102,20 +117,39 @@ class OpeningClassifier:
                 "sha256": sha256_json(self.starts)}
 
 
-CLASSIFIERS = {"keyword": (KeywordClassifier, "refusal keywords anywhere in the greedy answer (the paper's)"),
-               "opening": (OpeningClassifier, "the greedy answer opens with a refusal (<= 4 tokens: fast)")}
+@dataclass(frozen=True)
+class ClassifierEntry:
+    """A classifier's registry entry: how to make one for a token budget, what it does, its former names."""
+
+    make: Callable[[int], Classifier]
+    help: str
+    old_names: tuple[str, ...] = ()
 
 
-def canonical_classifier(name: str) -> str:
-    """The current name of a classifier; an old name works with a deprecation warning."""
+CLASSIFIERS: dict[str, ClassifierEntry] = {
+    "keyword": ClassifierEntry(lambda tokens: KeywordClassifier(max_new_tokens=tokens),
+                               "refusal keywords anywhere in the greedy answer (the paper's)", ("prefix",)),
+    "opening": ClassifierEntry(lambda tokens: OpeningClassifier(),
+                               "the greedy answer opens with a refusal (<= 4 tokens: fast)", ("probe",)),
+}
+RENAMED = {old: name for name, e in CLASSIFIERS.items() for old in e.old_names}  # old names, still accepted
+
+
+def current_name(name: str | None) -> str | None:
+    """A classifier name as it is called now (reports written before a renaming carry the old one)."""
+    return RENAMED.get(name, name)
+
+
+def canonical_classifier(name: str, note: Callable[[str], object] | None = None) -> str:
+    """The current name of a classifier; an old name works, with a note (default: a deprecation warning)."""
     if name in RENAMED:
-        warnings.warn(f"classifier '{name}' is now called '{RENAMED[name]}'", FutureWarning, stacklevel=2)
+        message = f"classifier '{name}' is now called '{RENAMED[name]}'; the report records the new name"
+        note(message) if note else warnings.warn(message, FutureWarning, stacklevel=2)
         return RENAMED[name]
     if name not in CLASSIFIERS:
         raise AuditError(f"unknown classifier '{name}' (choose from {', '.join(CLASSIFIERS)})")
     return name
 
 
-def make_classifier(name: str, max_new_tokens: int = 16):
-    cls = CLASSIFIERS[canonical_classifier(name)][0]
-    return cls(max_new_tokens=max_new_tokens) if cls is KeywordClassifier else cls()
+def make_classifier(name: str, max_new_tokens: int = 16) -> Classifier:
+    return CLASSIFIERS[canonical_classifier(name)].make(max_new_tokens)

@@ -17,16 +17,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .bootstrap import count_ci, prompt_resamples
+
 CI_REPLICATES, CI_SEED, RESAMPLE_SEED = 2000, 0, 1
-
-
-def bootstrap_weights(n: int, replicates: int, seed: int) -> np.ndarray:
-    """[replicates, n] multinomial counts: how often each prompt is drawn in each resample of n prompts."""
-    rng = np.random.default_rng(seed)
-    w = np.zeros((replicates, n), dtype=np.int32)
-    for r in range(replicates):
-        w[r] = np.bincount(rng.integers(0, n, n), minlength=n)
-    return w
 
 
 def as_bits(verdicts: Sequence[bool]) -> str:
@@ -38,23 +31,18 @@ def from_bits(bits: str) -> np.ndarray:
     return np.frombuffer(bits.encode(), dtype=np.uint8) - ord("0")
 
 
-def _ci(samples: np.ndarray) -> list[float]:
-    lo, hi = np.percentile(samples, [2.5, 97.5], method="nearest")  # counts: stay whole numbers
-    return [round(float(lo), 2), round(float(hi), 2)]
-
-
 class PairedCI:
     """95% CIs of counts and of differences between counts, all on the same bootstrap resamples of D_o."""
 
     def __init__(self, n: int, replicates: int = CI_REPLICATES, seed: int = CI_SEED):
-        self.weights, self.replicates, self.seed = bootstrap_weights(n, replicates, seed), replicates, seed
+        self.weights, self.replicates, self.seed = prompt_resamples(n, replicates, seed), replicates, seed
 
     def count(self, bits: str) -> list[float]:
-        return _ci(self.weights @ from_bits(bits))
+        return count_ci(self.weights @ from_bits(bits))
 
     def difference(self, bits: str, other: str) -> list[float]:
         """CI of count(bits) - count(other): paired, so far narrower than the two counts' CIs suggest."""
-        return _ci(self.weights @ (from_bits(bits).astype(np.int32) - from_bits(other)))
+        return count_ci(self.weights @ (from_bits(bits).astype(np.int32) - from_bits(other)))
 
     def describe(self) -> dict:
         return {"method": "percentile bootstrap over D_o prompts, the same resamples for every range (paired)",

@@ -15,7 +15,7 @@ import math
 
 from ..errors import AuditError
 from .bootstrap import mean_change, outcomes_of, paired_rate_change, rate_change
-from .refusal import RENAMED
+from .refusal import current_name
 
 def entries(report: dict, metric: str) -> dict[str | None, dict]:
     """A metric's entries by set: over-refusal per set name (never 'the first'), others under None."""
@@ -28,7 +28,7 @@ def entries(report: dict, metric: str) -> dict[str | None, dict]:
 
 
 def _name(classifier: dict) -> str | None:
-    return RENAMED.get(classifier.get("name"), classifier.get("name"))  # reports written before the renaming
+    return current_name(classifier.get("name"))  # reports written before the renaming carry the old name
 
 
 def _classifier_differs(a: dict, b: dict) -> bool:

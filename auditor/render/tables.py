@@ -10,7 +10,12 @@ from rich.table import Table
 from rich.text import Text
 
 from ..workflows.gate import LABELS, THRESHOLDS
-from .commandline import one_line
+
+
+def one_line(text: str) -> str:
+    """A message as one printable line: a newline or a terminal escape inside a file name, a tensor name or
+    a server's answer is shown escaped (\\n, \\x1b), never obeyed by the terminal or split over lines."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _inert(value):

@@ -12,25 +12,28 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ..backends import ATTENTION, open_backend
+from ..backends import ATTENTION
 from ..core.attention import reduce_heads, role_shares, token_view
 from ..errors import AuditError
 from ..io.config import setting
 from ..io.prompts import check_template, load_prompts
-from ..io.reports import Report, ReportHeader, report_range
+from ..io.reports import Report, report_range
 from ..weights.scaling import check_alpha
-from .options import ModelOptions, resolve_target
+from .options import ModelOptions, Target
 from .reporting import Reporter, Silent
 
 
 @dataclass
 class AttentionConfig(ModelOptions):
-    malicious: str | None = setting(None, "The malicious prompt (default: the first of the bundled malicious set).")
-    normal: str | None = setting(None, "The normal prompt (default: the first of the bundled normal set).")
-    layers: tuple[int, int] | None = setting(None, "Only layers i-j (default: all).")
-    heads: str = setting("mean", "Combine heads by mean | max, or show one head N.")
-    from_report: str | None = setting(None, "Mark the safety layers of a locate (safety_layers) or scan (initial range) report.")
-    scale: tuple[int, int] | None = setting(None, "Also show the maps with layers i-j scaled by --alpha (as locate does).")
+    malicious: str | None = setting(None, "The malicious prompt (default: the first of the bundled malicious set).",
+                                    cli=False)
+    normal: str | None = setting(None, "The normal prompt (default: the first of the bundled normal set).", cli=False)
+    layers: tuple[int, int] | None = setting(None, "Only layers i-j (default: all).", metavar="i-j", parse="range")
+    heads: str = setting("mean", "Combine heads by mean | max, or show one head N.", metavar="mean|max|N")
+    from_report: str | None = setting(None, "Mark the safety layers of a locate (safety_layers) or scan (initial range) report.",
+                                      metavar="LOCATE.json|SCAN.json")
+    scale: tuple[int, int] | None = setting(None, "Also show the maps with layers i-j scaled by --alpha (as locate does).",
+                                            metavar="i-j", parse="range")
     alpha: float | None = setting(None, "Scaling factor for --scale.")
 
 
@@ -83,11 +86,10 @@ def _inside(rng, n_layers: int, what: str) -> None:
 def run_attention(cfg: AttentionConfig, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Silent()
     marked = _check(cfg)
-    model = resolve_target(cfg, (ATTENTION,))
+    target = Target.resolve(cfg, (ATTENTION,))
     t0 = time.perf_counter()
-    reporter.status("loading the model (torch, eager attention)")
-    backend = open_backend(model, cfg.backend, (ATTENTION,), **cfg.backend_kwargs("torch"))
-    try:
+    with target:
+        backend = target.backend(reporter)
         K = backend.n_layers
         for rng, what in ((cfg.layers, "--layers"), (cfg.scale, "--scale layers"), (marked, "the report's safety layers")):
             _inside(rng, K, what)
@@ -109,10 +111,8 @@ def run_attention(cfg: AttentionConfig, reporter: Reporter | None = None) -> dic
                 item.scaled_weights, item.scaled_shares = _rounded(ws), role_shares(ws, view.roles)
                 reporter.advance(1)
             results.append(item)
-    finally:
-        backend.close()
     scale = {"layers": list(cfg.scale), "alpha": cfg.alpha} if cfg.scale else None
-    report = AttentionReport(ReportHeader("attention", model.label, model.content_hash("torch"), "torch"), cfg.template,
+    report = AttentionReport(target.header("attention"), cfg.template,
                              cfg.heads, K, n_heads, shown, list(marked) if marked else None, cfg.from_report, scale,
                              results, round(time.perf_counter() - t0, 2))
     return report.to_dict()

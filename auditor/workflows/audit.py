@@ -39,14 +39,18 @@ QUICK = {"bootstrap": 200, "locate_limit": 40, "eval_limit": 24}
 
 @dataclass
 class AuditConfig(ModelOptions):
-    out: str | None = setting(None, "Output folder: each step's JSON and PNG, report.html and report.md.")
+    out: str | None = setting(None, "Output folder: each step's JSON and PNG, report.html and report.md.", metavar="DIR",
+                              required=True)
     baseline: str | None = setting(None, "A baseline eval report: evaluate like it and check against it (exit 1 on a "
-                                         "regression, 3 when the prompts cannot tell).")
-    base: str | None = setting(None, "The model before alignment/fine-tuning: the scan adds it as --contrast.")
+                                         "regression, 3 when the prompts cannot tell).", metavar="BASE_EVAL.json")
+    base: str | None = setting(None, "The model before alignment/fine-tuning: the scan adds it as --contrast.",
+                               metavar="MODEL")
     quick: bool = setting(False, f"Bounded prompt counts (bootstrap {QUICK['bootstrap']}, locate {QUICK['locate_limit']} "
                                  f"D_o prompts, eval {QUICK['eval_limit']} per set): minutes on a 135M model.")
-    limits: dict | None = setting(None, "check thresholds (option names of `check`), e.g. {'max_harmful_increase': 0.02}.")
-    inconclusive: str = setting("fail", "What a check verdict the prompts cannot decide does: fail (exit 3) or pass (exit 0).")
+    limits: dict | None = setting(None, "check thresholds (option names of `check`), e.g. {'max_harmful_increase': 0.02}.",
+                                  cli=False)
+    inconclusive: str = setting("fail", "What a check verdict the prompts cannot decide does: fail (exit 3) or pass (exit 0).",
+                                choices="inconclusive")
     force: bool = setting(False, "Start over in a folder that holds an audit of other settings or another model: "
                                  "removes only the files that audit wrote (a folder with anything else is refused).")
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..backends import GENERATION, NEXT_TOKEN, Backend, choose_backend, library_version, open_backend
+from ..backends import GENERATION, NEXT_TOKEN, Backend, library_version
 from ..core.agreement import judge_rate
 from ..core.drift import drift
 from ..core.judge import EndpointJudge, LocalJudge, judge_format, judge_responses, local_judge_can_ask
@@ -26,38 +26,48 @@ from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
 from ..errors import AuditError
 from ..io.cache import Journal, cached_journal, sha256_json
 from ..io.models import resolve_model
-from ..io.config import setting
+from ..io.config import check_least, setting
 from ..io.prompts import TEMPLATES, check_template, jsonl_rows, load_prompts, load_task_rows, task_query
-from ..io.reports import Report, ReportHeader
-from .options import ModelOptions, resolve_target
+from ..io.reports import Report
+from .options import ModelOptions, Target
 from .reporting import Silent
 
 
 @dataclass
 class EvalConfig(ModelOptions):
-    template: str = setting("auto", "auto (the model's chat template if any, else alpaca) | " + " | ".join(TEMPLATES) + ".")
-    metrics: tuple[str, ...] = setting(("harmful", "over-refusal", "mmlu"), "Comma list of metrics (see below).")
+    template: str = setting("auto", "auto (the model's chat template if any, else alpaca) | " + " | ".join(TEMPLATES) + ".",
+                            choices="templates+auto")
+    metrics: tuple[str, ...] = setting(("harmful", "over-refusal", "mmlu"), parse="csv", choices="metrics", help=lambda: (
+        "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRICS.items()) + "."))
     harmful: str = setting("advbench-eval", "Harmful prompts (AdvBench eval split) or a file.")
-    over_refusal: tuple[str, ...] = setting(("xstest-safe", "over-rejection"), "Comma list of over-refusal sets/files.")
+    over_refusal: tuple[str, ...] = setting(("xstest-safe", "over-rejection"), "Comma list of over-refusal sets/files.",
+                                            parse="csv")
     task: str = setting("alpaca-eval", "Rouge-L rows (alpaca form): the bundled held-out rows or a file.")
-    classifier: str = setting("keyword", "; ".join(f"{n}: {h}" for n, (_, h) in CLASSIFIERS.items()) + ".")
-    max_new_tokens: int = setting(128, "Greedy tokens per answer (the paper: 128 for R_h).")
-    limit: int | None = setting(None, "At most N prompts per set (quick runs); 0 or unset = the full sets.")
-    judge_url: str | None = setting(None, "OpenAI-compatible endpoint for the harmful score.")
-    judge_model: str | None = setting(None, "A local GGUF judge (llama.cpp).")
-    judge_timeout: float = setting(120.0, "Seconds to wait for one judge answer (3 tries, then a one-line error).")
-    judge_api_key_env: str | None = setting(None, "The environment variable that holds the judge endpoint's API key.")
+    classifier: str = setting("keyword", "; ".join(f"{n}: {e.help}" for n, e in CLASSIFIERS.items()) + ".",
+                              choices="classifiers", parse="classifier")
+    max_new_tokens: int = setting(128, "Greedy tokens per answer (the paper: 128 for R_h).", least=1)
+    limit: int | None = setting(None, "At most N prompts per set (quick runs); 0 or unset = the full sets.", least=0)
+    judge_url: str | None = setting(None, "OpenAI-compatible endpoint for the harmful score.", flag="--judge", metavar="URL")
+    judge_model: str | None = setting(None, "A local GGUF judge (llama.cpp).", metavar="FILE.gguf")
+    judge_timeout: float = setting(120.0, "Seconds to wait for one judge answer (3 tries, then a one-line error).",
+                                   metavar="SECONDS")
+    judge_api_key_env: str | None = setting(None, "The environment variable that holds the judge endpoint's API key.",
+                                            metavar="VAR")
     judge_format: str = setting("qi2023", "How the judge is asked and read: " + "; ".join(
-        f"{f.name}: {f.help}" for f in FORMATS.values()) + ".")
-    kl_base: str | None = setting(None, "The kl metric's base model (a .gguf or HF folder): drift is measured from it.")
+        f"{f.name}: {f.help}" for f in FORMATS.values()) + ".", choices="judge-formats")
+    kl_base: str | None = setting(None, "The kl metric's base model (a .gguf or HF folder): drift is measured from it.",
+                                  flag="--base", metavar="MODEL")
     kl_positions: int = setting(1, "kl: answer positions read per prompt (1: the first token; k > 1: both models "
-                                   "teacher-forced on the base's greedy answer).")
-    kl_prompts: str = setting("alpaca-eval", "kl: harmless prompts (alpaca rows: the bundled held-out ones, or a file).")
-    bootstrap: int = setting(1000, "Bootstrap replicates for the 95% CIs.")
+                                   "teacher-forced on the base's greedy answer).", metavar="K", least=1)
+    kl_prompts: str = setting("alpaca-eval", "kl: harmless prompts (alpaca rows: the bundled held-out ones, or a file).",
+                              metavar="SET|FILE")
+    responses: str | None = setting(None, "Reuse saved responses (JSONL of metric, prompt, response).", metavar="FILE.jsonl")
+    bootstrap: int = setting(1000, "Bootstrap replicates for the 95% CIs.", least=0)
     seed: int = setting(0, "Seed of the bootstrap.")
-    responses: str | None = setting(None, "Reuse saved responses (JSONL of metric, prompt, response).")
-    keep_responses: bool = setting(False, "Generate whole answers even where a verdict is known early (to save them).")
-    use_cache: bool = setting(True, "Journal finished answers in the cache so a killed run resumes.")
+    keep_responses: bool = setting(False, "Generate whole answers even where a verdict is known early (to save them).",
+                                   cli=False)
+    use_cache: bool = setting(True, "Do not journal or reuse finished answers (a killed run then starts over).",
+                              flag="--no-cache")
     saved: list = field(default_factory=list)  # filled during the run: what --save-responses writes
 
 
@@ -204,12 +214,8 @@ def _kl(run: EvalRun) -> dict:
     rows = run.limited(load_task_rows(run.cfg.kl_prompts))
     prompts = [task_query(r) for r in rows]
     run.reporter.status(f"loading the kl base {base_ref.label}")
-    base = open_backend(base_ref, choose_backend(base_ref, "auto", (NEXT_TOKEN, GENERATION)), (NEXT_TOKEN, GENERATION),
-                        threads=run.cfg.threads)
-    try:
-        values = drift(run.backend, base, prompts, run.template, run.cfg.kl_positions, run.reporter)
-    finally:
-        base.close()
+    with Target.of(base_ref, run.cfg, (NEXT_TOKEN, GENERATION)) as base:  # placed like the model
+        values = drift(run.backend, base.backend(), prompts, run.template, run.cfg.kl_positions, run.reporter)
     return {"kl_divergence": {**run.mean(values, prompts), "set": str(run.cfg.kl_prompts), "positions": run.cfg.kl_positions,
                               "base": base_ref.label, "base_sha256": base_ref.content_hash(), "direction": "KL(base || model), nats"}}
 
@@ -332,11 +338,7 @@ def check_config(cfg: EvalConfig) -> None:
         resolve_model(cfg.kl_base)  # a missing or broken base fails now, not after the other metrics
     if cfg.template != "auto":
         check_template(cfg.template)
-    for name, value, least in (("--batch", cfg.batch, 1), ("--max-new-tokens", cfg.max_new_tokens, 1),
-                               ("--kl-positions", cfg.kl_positions, 1),
-                               ("--bootstrap", cfg.bootstrap, 0)):
-        if value is not None and value < least:
-            raise AuditError(f"{name} must be >= {least} (got {value})")
+    check_least(cfg)
     cfg.classifier = canonical_classifier(cfg.classifier)
 
 
@@ -351,7 +353,7 @@ def run_eval(cfg: EvalConfig, reporter=None) -> dict:
     reporter = reporter or Silent()
     check_config(cfg)
     needs = tuple(sorted({c for m in cfg.metrics for c in METRICS[m].needs}))
-    model = resolve_target(cfg, needs)
+    target = Target.resolve(cfg, needs)
     saved = load_saved(cfg.responses)
     t0 = time.perf_counter()
     judge = None
@@ -359,20 +361,16 @@ def run_eval(cfg: EvalConfig, reporter=None) -> dict:
         judge = (EndpointJudge(cfg.judge_url, timeout=cfg.judge_timeout, api_key_env=cfg.judge_api_key_env,
                                allow_insecure_http=cfg.allow_insecure_http) if cfg.judge_url else
                  LocalJudge(cfg.judge_model, cfg.threads))
-    reporter.status(f"loading {model.label}")
-    name = choose_backend(model, cfg.backend, needs)
-    backend = open_backend(model, name, needs, **cfg.backend_kwargs(name))
-    template = cfg.template if cfg.template != "auto" else ("chat" if backend.chat_template else "alpaca")
-    classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
-    header = ReportHeader("eval", model.label, model.content_hash(backend.name), backend.name)
-    report = EvalReport(header, template, classifier.describe(), cfg.max_new_tokens, cfg.limit, _config_record(cfg))
-    journal = EvalJournal(_journal_key(cfg, header.model_sha256, backend.name, template, classifier))
-    run = EvalRun(cfg, backend, template, classifier, judge, saved, reporter, journal)
-    try:
+    with target:
+        backend = target.backend(reporter)
+        template = cfg.template if cfg.template != "auto" else ("chat" if backend.chat_template else "alpaca")
+        classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
+        header = target.header("eval")
+        report = EvalReport(header, template, classifier.describe(), cfg.max_new_tokens, cfg.limit, _config_record(cfg))
+        journal = EvalJournal(_journal_key(cfg, header.model_sha256, backend.name, template, classifier))
+        run = EvalRun(cfg, backend, template, classifier, judge, saved, reporter, journal)
         for metric in METRICS:  # registry order: R_h and S_h first, utility last
             if metric in cfg.metrics:
                 report.results.update(METRICS[metric].compute(run))
-    finally:
-        backend.close()
     report.seconds = round(time.perf_counter() - t0, 2)
     return report.to_dict()

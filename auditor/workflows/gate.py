@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import fields
+from dataclasses import dataclass, fields, make_dataclass
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ..errors import AuditError
+from ..io.config import setting
 from ..io.reports import read_report
 from ..core.metrics import mcnemar_exact
 from ..core.refusal import make_classifier
@@ -22,6 +23,28 @@ from .evaluate import GATES, EvalConfig, load_saved, run_eval
 THRESHOLDS = {key: (g.option, g.direction, g.margin) for key, g in GATES.items()}
 LABELS = {key: g.label for key, g in GATES.items()}
 RATE_METRICS = tuple(key for key, g in GATES.items() if g.kind == "rate")
+INCONCLUSIVE = ("fail", "pass")  # what an inconclusive verdict does to the exit code: fail (3), or pass (0)
+
+
+@dataclass
+class CheckSettings:
+    baseline: str = setting(None, "The baseline eval report.", metavar="BASE.json", required=True)
+    policy: str | None = setting(None, "Thresholds from a TOML file ([thresholds] max_... = x).", metavar="FILE.toml")
+    judge_url: str | None = setting(None, "Judge for a model CANDIDATE when the baseline records none.", flag="--judge",
+                                    metavar="URL")
+    judge_model: str | None = setting(None, "A local GGUF judge, likewise.", metavar="FILE.gguf")
+    judge_api_key_env: str | None = setting(None, "The environment variable with the judge's API key.", metavar="VAR")
+    inconclusive: str = setting("fail", "What a verdict the prompts cannot decide does: fail (exit 3: a gate does not "
+                                        "pass what it cannot see) or pass (exit 0, said in the output).",
+                                choices=INCONCLUSIVE)
+
+
+# check's settings: the above and a margin per gated number, one field per gate of the metric registry
+CheckConfig = make_dataclass("CheckConfig", [
+    (g.option, float | None, setting(None, f"Largest allowed {'increase' if g.direction == 'increase' else 'drop'} of "
+                                           f"{g.label} (default {g.margin})."))
+    for g in GATES.values()], bases=(CheckSettings,))
+CheckConfig.__module__ = __name__
 
 
 def load_eval(path: str | Path) -> dict:
@@ -123,7 +146,6 @@ def load_policy(path: str | Path) -> dict:
         raise AuditError("policy thresholds must be numbers", p) from None
 
 
-INCONCLUSIVE = ("fail", "pass")  # what an inconclusive verdict does to the exit code: fail (3), or pass (0)
 EXIT = {"pass": 0, "regression": 1, "inconclusive": 3}
 
 

@@ -14,6 +14,7 @@ import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from ..backends.hf_loading import load_causal_lm
 from ..errors import AuditError
 from ..io.cache import sha256_json
 from ..io.gguf_export import export_gguf
-from ..io.config import setting
+from ..io.config import check_least, setting
 from ..io.files import check_folder_writable, exclusive, refuse_foreign
 from ..io.models import layer_count, resolve_model
 from ..io.reports import Report, ReportHeader, report_range
@@ -36,41 +37,44 @@ from ..training.trainer import (TrainOptions, progress_callback, build_trainer, 
 from ..weights.layers import block_parameters, decoder_layers
 from .reporting import Silent
 
-TEMPLATES = ("alpaca", "chat")
+TRAINING_TEMPLATES = ("alpaca", "chat")  # what a training row can be formatted with
 GGUF_TYPES = ("f16", "q8_0")
 
 
 @dataclass
 class HardenConfig:
-    out: str = setting(None, "The output model folder (HF format + safety_audit.json).")
-    model: str | None = setting(None, "The model to fine-tune (default: the bundled SmolLM2).")
-    method: str = setting("sppft", "What is frozen: " + "; ".join(f"{n}: {m.help}" for n, m in METHODS.items()) + ".")
-    layers: tuple[int, int] | None = setting(None, "Safety layers to freeze (inclusive, 0-based), e.g. 6-12.")
-    from_report: str | None = setting(None, "Take the layers from a locate (safety_layers) or scan report.")
-    data: str | None = setting(None, "Alpaca-form rows (.json/.jsonl/.csv: instruction, input, output).")
-    attack: str | None = setting(None, "Build the paper's attack set from bundled data instead of --data.")
+    out: str = setting(None, "The output model folder (HF format + safety_audit.json).", metavar="DIR", required=True)
+    model: str | None = setting(None, "The model to fine-tune (default: the bundled SmolLM2).", cli=False)
+    method: str = setting("sppft", "What is frozen: " + "; ".join(f"{n}: {m.help}" for n, m in METHODS.items()) + ".",
+                          choices="methods")
+    layers: tuple[int, int] | None = setting(None, "Safety layers to freeze (inclusive, 0-based), e.g. 6-12.",
+                                             metavar="i-j", parse="range")
+    from_report: str | None = setting(None, "Take the layers from a locate (safety_layers) or scan report.", metavar="JSON")
+    data: str | None = setting(None, "Alpaca-form rows (.json/.jsonl/.csv: instruction, input, output).", metavar="FILE")
+    attack: str | None = setting(None, "Build the paper's attack set from bundled data instead of --data.", choices="attacks")
     p: float = setting(0.1, "Malicious share for --attack harmful.")
-    n_rows: int | None = setting(None, "Use the first N rows (normal rows for --attack).")
-    template: str = setting("alpaca", "Prompt template of the training rows.")
+    n_rows: int | None = setting(None, "Use the first N rows (normal rows for --attack).", flag="--rows", least=1)
+    template: str = setting("alpaca", "Prompt template of the training rows.", choices="training-templates")
     lora: bool = setting(False, "Train LoRA adapters (peft) instead, none on frozen layers; merged on save.")
-    lora_r: int = setting(8, "LoRA rank.")
+    lora_r: int = setting(8, "LoRA rank.", least=1)
     epochs: float = setting(3.0, "Epochs (the paper: 3).")
-    max_steps: int | None = setting(None, "Stop after N optimizer steps (quick runs).")
+    max_steps: int | None = setting(None, "Stop after N optimizer steps (quick runs).", least=1)
     lr: float = setting(1e-4, "Learning rate; the paper: 1e-4 (Llama-3, gemma), 3e-4 (Llama-2), 6e-4 (Phi-3).")
-    batch_size: int = setting(4, "Micro-batch size per device.")
-    warmup_steps: int | None = setting(None, "Warm-up steps (default: 100, or 10% of the steps for short runs).")
-    cutoff: int = setting(256, "Cut each row at N tokens.")
+    batch_size: int = setting(4, "Micro-batch size per device.", least=1)
+    warmup_steps: int | None = setting(None, "Warm-up steps (default: 100, or 10% of the steps for short runs).", least=0)
+    cutoff: int = setting(256, "Cut each row at N tokens.", least=2)
     seed: int = setting(0, "Seed of data order, initialisation and attack sets.")
-    save_steps: int = setting(50, "Checkpoint every N steps (for --resume).")
-    lisa_align_steps: int = setting(1, "lisa: alignment steps per cycle (the paper: 100 of every 1,000).")
-    lisa_task_steps: int = setting(9, "lisa: task steps per cycle (the paper: 900 of every 1,000).")
-    lisa_rho: float = setting(1.0, "lisa: proximal weight ρ (the paper: 1).")
-    gguf: str | None = setting(None, "Also write DIR/model.<type>.gguf with the input GGUF's metadata and tensor names.")
-    group_by_length: bool = setting(False, "Batches of similar length (less padding; the reference build uses it).")
-    optim: str = setting("adamw_torch_fused", "Optimizer; adamw_torch (foreach) differs in the last bits.")
-    force: bool = setting(False, "Replace an existing output folder.")
+    save_steps: int = setting(50, "Checkpoint every N steps (for --resume).", least=1)
+    method_settings: Any = setting(None, "The method's own settings: an instance of its `Settings` class (lisa: "
+                                         "LisaSettings); None: its defaults.", cli=False)
     resume: bool = setting(False, "Continue a killed run from its last checkpoint (DIR.checkpoints).")
-    threads: int | None = setting(None, "CPU threads (default: all cores).")
+    gguf: str | None = setting(None, "Also write DIR/model.<type>.gguf with the input GGUF's metadata and tensor names.",
+                               choices="gguf-types")
+    group_by_length: bool = setting(False, "Batches of similar length (less padding; the reference build uses it).",
+                                    cli=False)
+    optim: str = setting("adamw_torch_fused", "Optimizer; adamw_torch (foreach) differs in the last bits.", cli=False)
+    threads: int | None = setting(None, "CPU threads (default: all cores).", least=1)
+    force: bool = setting(False, "Replace an existing output folder.")
 
 
 @dataclass
@@ -97,14 +101,19 @@ def check_numbers(cfg: HardenConfig) -> None:
     """Training numbers that cannot work, refused before any data or model is loaded."""
     if not (cfg.epochs > 0 and math.isfinite(cfg.epochs)) or not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise AuditError(f"--epochs and --lr must be positive numbers (got {cfg.epochs}, {cfg.lr})")
-    if cfg.max_steps is not None and cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.cutoff < 2:
-        raise AuditError("--max-steps and --batch-size must be >= 1, --cutoff >= 2")
-    for name, value, least in (("--rows", cfg.n_rows, 1), ("--save-steps", cfg.save_steps, 1),
-                               ("--warmup-steps", cfg.warmup_steps, 0), ("--lora-r", cfg.lora_r, 1),
-                               ("--lisa-align-steps", cfg.lisa_align_steps, 1), ("--lisa-task-steps", cfg.lisa_task_steps, 1),
-                               ("--lisa-rho", cfg.lisa_rho, 0)):
-        if value is not None and value < least:
-            raise AuditError(f"{name} must be >= {least} (got {value})")
+    check_least(cfg)
+
+
+def settings_of(cfg: HardenConfig):
+    """The chosen method's settings (its defaults when none are given); another method's are refused."""
+    cls = METHODS[cfg.method].Settings
+    if cfg.method_settings is None:
+        return cls() if cls else None
+    if cls is None:
+        raise AuditError(f"--method {cfg.method} has no settings of its own (got {type(cfg.method_settings).__name__})")
+    if not isinstance(cfg.method_settings, cls):
+        raise AuditError(f"--method {cfg.method} takes {cls.__name__}, not {type(cfg.method_settings).__name__}")
+    return cfg.method_settings
 
 
 def check_config(cfg: HardenConfig) -> Path:
@@ -112,10 +121,12 @@ def check_config(cfg: HardenConfig) -> Path:
     if cfg.method not in METHODS:
         raise AuditError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
     method = METHODS[cfg.method]
+    if (s := settings_of(cfg)) is not None:
+        check_least(s)
     if cfg.lora and not method.supports_lora:
         raise AuditError(f"{cfg.method} cannot run as LoRA (use --method sppft --lora)")
-    if cfg.template not in TEMPLATES:
-        raise AuditError(f"unknown template '{cfg.template}' (choose {' or '.join(TEMPLATES)})")
+    if cfg.template not in TRAINING_TEMPLATES:
+        raise AuditError(f"unknown template '{cfg.template}' (choose {' or '.join(TRAINING_TEMPLATES)})")
     if cfg.gguf and cfg.gguf not in GGUF_TYPES:
         raise AuditError(f"unknown GGUF type '{cfg.gguf}' (choose {' or '.join(GGUF_TYPES)})")
     if cfg.layers and cfg.from_report:
@@ -193,8 +204,7 @@ def _run(cfg: HardenConfig, out: Path, reporter, callbacks, rows) -> dict:
     model, tok = load_causal_lm(ref)
     n_layers = len(decoder_layers(model))
     ctx = MethodContext(model, tok, SFTData(rows, tok, cfg.template, cfg.cutoff, ref.path), layer_range(cfg, n_layers), n_layers,
-                        cfg.template, cfg.cutoff, {"lisa_align_steps": cfg.lisa_align_steps, "lisa_task_steps": cfg.lisa_task_steps,
-                         "lisa_rho": cfg.lisa_rho}, reporter.status)
+                        cfg.template, cfg.cutoff, settings_of(cfg), reporter.status)
     if len(ctx.data) == 0:
         raise AuditError("no training rows left (empty data, or every answer cut off by --cutoff)")
     torch.manual_seed(cfg.seed)
@@ -228,6 +238,7 @@ def _report(cfg, ref, ctx, rows, manifest, frozen, n_frozen, n_total, steps, res
     budget = sum(p.numel() for p in block_parameters(ctx.model, ctx.layer_range).values()) if ctx.layers else 0
     header = ReportHeader("harden", ref.label, ref.content_hash("torch"), "torch")
     hyper = {k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "resume", "threads")} | steps
+    hyper["method_settings"] = asdict(ctx.settings) if ctx.settings is not None else None  # effective, defaults too
     data = {"rows": len(rows), "examples": len(ctx.data), "sha256": sha256_json(rows), **manifest}
     return HardenReport(header, cfg.method, cfg.lora, ref.label, cfg.template, list(ctx.layers) if ctx.layers else None,
                         frozen, n_frozen, n_frozen / n_total, budget, data, hyper, resumed, result.training_loss,
@@ -242,11 +253,3 @@ def _write(cfg, out, ref, model, tok, report, reporter) -> None:
         report["gguf"] = f"model.{cfg.gguf}.gguf"
     write_model_folder(out, model, tok, report, cfg.force, extra_files)
     shutil.rmtree(out.with_name(out.name + ".checkpoints"), ignore_errors=True)
-
-
-def load_model(spec=None, threads: int | None = None):
-    """(model ref, fp32 model, tokenizer) as harden loads them: for benchmarks and tests."""
-    if threads:
-        torch.set_num_threads(threads)
-    ref = resolve_model(spec)
-    return (ref, *load_causal_lm(ref))

@@ -16,17 +16,17 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends import GENERATION, WEIGHT_SCALING, Backend, choose_backend, library_version, open_backend
+from ..backends import GENERATION, WEIGHT_SCALING, Backend, library_version
 from ..core.refusal import CLASSIFIERS, canonical_classifier, make_classifier
 from ..core.stability import PairedCI, as_bits
 from ..core.search import SURVEY_ALPHA, choose_alpha, control_ranges, landscape, progressive_search, room_to_move, survey
 from ..errors import AuditError
 from ..io.cache import Journal, cached_journal, sha256_json
-from ..io.config import setting
+from ..io.config import check_least, parse_ranges, setting
 from ..io.models import layer_count
 from ..io.prompts import check_template, load_prompts
-from ..io.reports import Report, ReportHeader
-from .options import ModelOptions, resolve_target
+from ..io.reports import Report
+from .options import ModelOptions, Target
 from .locate_stability import annotate_cis, auto_starts, paired_difference, run_stability
 from .reporting import Silent
 from .scan import ScanConfig, run_scan
@@ -35,21 +35,25 @@ from .scan import ScanConfig, run_scan
 @dataclass
 class LocateConfig(ModelOptions):
     over_refusal: str = setting("over-rejection", "Over-refusal set D_o: a bundled set (over-rejection, xstest-safe) or a file.")
-    limit: int | None = setting(150, "Use the first N prompts of D_o (0 = all).")
-    classifier: str = setting("keyword", "; ".join(f"{n}: {h}" for n, (_, h) in CLASSIFIERS.items()) + ".")
-    max_new_tokens: int = setting(16, "Greedy tokens per answer for the keyword classifier (the paper: 16).")
+    limit: int | None = setting(150, "Use the first N prompts of D_o (0 = all).", least=0)
+    classifier: str = setting("keyword", "; ".join(f"{n}: {e.help}" for n, e in CLASSIFIERS.items()) + ".",
+                              choices="classifiers", parse="classifier")
+    max_new_tokens: int = setting(16, "Greedy tokens per answer for the keyword classifier (the paper: 16).", least=1)
     alpha: float | None = setting(None, "Scaling factor (>1 or <1). Default: automatic (steps of 0.05 from 1).")
-    start: tuple[int, int] | None = setting(None, "Start range i-j (inclusive, 0-based). Default: --from-scan or a fresh scan.")
-    from_scan: str | None = setting(None, "Start from a scan report's initial (or differential) range.")
-    survey: int | None = setting(None, "Start from the best of W-layer windows (default 2) scaled in turn over the whole model.")
-    patience: int = setting(3, "Stop a sweep after N steps without a new best (0 = to the end).")
-    controls: bool = setting(True, "Count equal-width control ranges beside the result.")
-    scale_o_proj: bool = setting(True, "Scale the attention output projection too (off under --compat paper).")
-    compat: str | None = setting(None, "paper: greedy 16 tokens, keyword classifier, o_proj unscaled, alpaca template.")
-    journal: str | None = setting(None, "JSONL journal of finished counts (a killed run resumes from it).")
+    start: tuple[int, int] | None = setting(None, "Start range i-j (inclusive, 0-based). Default: --from-scan or a fresh scan.",
+                                            metavar="i-j", parse="range")
+    from_scan: str | None = setting(None, "Start from a scan report's initial (or differential) range.", metavar="SCAN.json")
+    survey: int | None = setting(None, "Start from the best of W-layer windows (default 2) scaled in turn over the whole model.",
+                                 flag_value=2, metavar="[W]", least=1)
+    patience: int = setting(3, "Stop a sweep after N steps without a new best (0 = to the end).", least=0)
+    controls: bool = setting(True, "Skip the equal-width control ranges.")
+    scale_o_proj: bool = setting(True, "Scale the attention output projection too (off under --compat paper).", cli=False)
+    compat: str | None = setting(None, "paper: greedy 16 tokens, keyword classifier, o_proj unscaled, alpaca template.",
+                                 choices=("paper",))
+    journal: str | None = setting(None, "JSONL journal of finished counts (a killed run resumes from it).", cli=False)
     starts: tuple | str | None = setting(None, "Also search from these starts ('i-j,i-j' or 'auto': the survey's next "
-                                         "windows) for the stability map.")
-    resamples: int = setting(0, "Re-run every search on N bootstrap resamples of D_o for the stability map.")
+                                         "windows) for the stability map.", metavar="i-j,...|auto")
+    resamples: int = setting(0, "Re-run every search on N bootstrap resamples of D_o for the stability map.", least=0)
 
 
 def paper_compat(cfg: LocateConfig) -> LocateConfig:
@@ -114,7 +118,7 @@ class RefusalCounter:
         return bits.count("1"), bits
 
 
-def _start_range(cfg: LocateConfig, reporter) -> tuple[tuple[int, int], str]:
+def _start_range(cfg: LocateConfig, target: Target, reporter) -> tuple[tuple[int, int], str]:
     if cfg.start:
         return tuple(cfg.start), "--start"
     if cfg.from_scan:
@@ -130,8 +134,9 @@ def _start_range(cfg: LocateConfig, reporter) -> tuple[tuple[int, int], str]:
             return (int(diff[0]), int(diff[1])), f"scan report {p} (differential range; no initial range)"
         raise AuditError("the scan report has no initial range and no differential range (scan with --contrast "
                          "BASE_MODEL, or pass --start i-j or --survey)", p)
-    rep = run_scan(ScanConfig(model=cfg.model, backend=cfg.backend, template=cfg.template, threads=cfg.threads,
-                              device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map), reporter)
+    # with locate's own backend, left loaded for the counts: one model in memory, loaded once
+    rep = run_scan(ScanConfig(model=cfg.model, backend=target.backend_name, template=cfg.template, threads=cfg.threads,
+                              batch=cfg.batch, device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map), reporter, target)
     if not rep["initial_range"]:
         raise AuditError("a fresh scan found no initial safety-layer range; pass --start i-j or --survey")
     return tuple(rep["initial_range"]), "fresh scan"
@@ -141,22 +146,15 @@ def _parse_starts(value) -> tuple | str | None:
     """--starts: 'auto' or 'i-j,i-j,...' (ranges already parsed pass through)."""
     if value is None or value == "auto" or not isinstance(value, str):
         return value
-    out = []
-    for item in filter(None, (x.strip() for x in value.split(","))):
-        try:
-            a, b = (int(x) for x in item.replace("–", "-").split("-"))
-        except ValueError:
-            raise AuditError(f"--starts: '{item}' is not a layer range i-j (or give 'auto')") from None
-        if not 0 <= a <= b:
-            raise AuditError(f"--starts: '{item}' needs 0 <= i <= j")
-        out.append((a, b))
-    if not out:
-        raise AuditError("--starts is empty: give ranges 'i-j,i-j' or 'auto'")
-    return tuple(out)
+    return parse_ranges(value, "--starts", "'auto'")
 
 
 def check_config(cfg: LocateConfig) -> None:
     """Every option checked before anything loads."""
+    if cfg.compat == "paper":
+        paper_compat(cfg)
+    elif cfg.compat is not None:
+        raise AuditError(f"unknown compat mode '{cfg.compat}' (choose paper)")
     cfg.starts = _parse_starts(cfg.starts)
     check_template(cfg.template)
     cfg.classifier = canonical_classifier(cfg.classifier)
@@ -166,10 +164,8 @@ def check_config(cfg: LocateConfig) -> None:
         raise AuditError("alpha = 1 scales nothing; use a value like 1.1 or 0.9")
     if sum(x is not None for x in (cfg.start, cfg.from_scan, cfg.survey)) > 1:
         raise AuditError("give one of --start, --from-scan and --survey")
-    for name, value, least in (("--max-new-tokens", cfg.max_new_tokens, 1), ("--limit", cfg.limit, 1), ("--resamples", cfg.resamples, 0),
-                               ("--survey", cfg.survey, 1), ("--batch", cfg.batch, 1), ("--patience", cfg.patience, 0)):
-        if value is not None and value < least:
-            raise AuditError(f"{name} must be >= {least} (got {value})")
+    check_least(cfg)
+    cfg.limit = cfg.limit or None  # 0: all of D_o
 
 
 @dataclass
@@ -259,18 +255,19 @@ def _stability(cfg: LocateConfig, n_layers: int, count, s: Search, ci, reporter)
 ALPHA_RULE = "step 0.05 from 1 until the count moves the paper's way (alpha > 1: up) by >= max(3, 5% of D_o)"
 
 
-def count_key(cfg, model_hash: str | None, backend: str, classifier, prompts: list[str]) -> str:
+def count_key(cfg, target: Target, classifier, prompts: list[str]) -> str:
     """What determines a refusal count: the model's content, the backend and its library's version, the
     template, the classifier's content (its hash) and token budget, the prompts, the maps scaled, the precision."""
-    return sha256_json([model_hash, backend, library_version(backend), cfg.template, classifier.describe(), prompts,
-                        cfg.scale_o_proj, *cfg.precision_key(backend)])[:24]
+    backend = target.backend_name
+    return sha256_json([target.sha256, backend, library_version(backend), cfg.template, classifier.describe(), prompts,
+                        cfg.scale_o_proj, *target.precision])[:24]
 
 
 def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     reporter = reporter or Silent()
     check_config(cfg)
-    model = resolve_target(cfg, (GENERATION, WEIGHT_SCALING))
-    stated = layer_count(model)
+    target = Target.resolve(cfg, (GENERATION, WEIGHT_SCALING))
+    stated = layer_count(target.ref)
     if cfg.start and stated and not cfg.start[1] < stated:
         raise AuditError(f"start range {cfg.start[0]}-{cfg.start[1]} is outside the model (layers 0..{stated - 1})")
     if cfg.survey and stated and cfg.survey > stated:
@@ -279,17 +276,12 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     prompts = list(d_o.prompts[: cfg.limit] if cfg.limit else d_o.prompts)
     classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
     t0 = time.perf_counter()
-    # the start range first: a fresh scan loads (and frees) its own model before the generation backend
-    # opens, so one model is in memory at a time
-    started = _start_range(cfg, reporter) if cfg.survey is None else None
-    reporter.status(f"loading {model.label}")
-    name = choose_backend(model, cfg.backend, (GENERATION, WEIGHT_SCALING))
-    backend = open_backend(model, name, (GENERATION, WEIGHT_SCALING), **cfg.backend_kwargs(name))
-    try:
+    with target:
+        started = _start_range(cfg, target, reporter) if cfg.survey is None else None
+        backend = target.backend(reporter)
         if cfg.alpha:  # an α the search may apply to any layer: refused now if it overflows, not after the counts
             backend.check_scaling(range(backend.n_layers), cfg.alpha, cfg.scale_o_proj)
-        model_hash = model.content_hash(backend.name)
-        key = count_key(cfg, model_hash, backend.name, classifier, prompts)
+        key = count_key(cfg, target, classifier, prompts)
         journal = CountJournal(Path(cfg.journal) if cfg.journal else cached_journal("locate", key), key)
         count = RefusalCounter(backend, prompts, classifier, cfg.template, cfg.scale_o_proj, journal, reporter)
         s = _search(cfg, backend, count, len(prompts), reporter, started)
@@ -299,12 +291,10 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
         land = landscape(s.rows, s.final, s.best, s.alpha, len(prompts), (s.surveyed or {}).get("windows"), s.baseline,
                          s.controls, paired_difference(count, s.alpha, ci))
         stability = _stability(cfg, backend.n_layers, count, s, ci, reporter)
-    finally:
-        backend.close()
     # the paper's effect (α > 1: more refusals), larger than any control's move in either direction
     gain = (s.best - s.baseline) * (1 if s.alpha > 1 else -1)
     stands_out = bool(s.controls) and gain > 0 and all(gain > abs(c["count"] - s.baseline) for c in s.controls)
-    header = ReportHeader("locate", model.label, model_hash, backend.name)
+    header = target.header("locate")
     alpha_choice = "given" if cfg.alpha is not None else "survey" if s.surveyed else {"rule": ALPHA_RULE, "trials": s.trials}
     return LocateReport(header, cfg.template, cfg.compat, cfg.scale_o_proj, backend.n_layers, d_o.name, len(prompts),
                         classifier.describe(), s.alpha, alpha_choice, list(s.start), s.start_from, s.surveyed, s.baseline,

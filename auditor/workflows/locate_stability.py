@@ -6,7 +6,8 @@ the journal's per-prompt verdicts, so a killed run resumes like the search itsel
 from __future__ import annotations
 
 from ..core.search import progressive_search, survey
-from ..core.stability import RESAMPLE_SEED, PairedCI, ResampledCount, bootstrap_weights, summarize
+from ..core.bootstrap import prompt_resamples
+from ..core.stability import RESAMPLE_SEED, PairedCI, ResampledCount, summarize
 
 
 def auto_starts(n_layers: int, primary: tuple[int, int], survey_rows: list[dict] | None, alpha: float, k: int = 3):
@@ -27,7 +28,7 @@ def run_stability(count, n_layers: int, alpha: float, patience: int, primary: di
     """Search from the primary start and from `starts`, on the full D_o (sample 0) and on `resamples`
     bootstrap resamples of it. `primary`: {"label", "range", "survey_width"|None} as the main search ran."""
     n = len(count.prompts)
-    weights = bootstrap_weights(n, resamples, RESAMPLE_SEED)
+    weights = prompt_resamples(n, resamples, RESAMPLE_SEED)
     labelled = [(primary["label"], tuple(primary["range"]), primary.get("survey_width"))]
     labelled += [(f"{a}-{b}", (a, b), None) for a, b in starts if (a, b) != tuple(primary["range"])]
     runs = []

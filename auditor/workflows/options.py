@@ -1,40 +1,52 @@
-"""Options every model-running command shares (scan, locate, eval): which model, which backend, which
-prompt template, how many threads and prompts at a time, and where a served model is."""
+"""Options every model-running command shares (scan, locate, eval, attention, audit), and the `Target` a run
+resolves from them once: which model, which backend, its content hash, its precision, its loaded backend.
+
+Why one object: a command used to choose its backend three times, hash the model twice and check placement in
+two places; each step now happens once, here, and every later step reads the answer from the Target.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
-from ..backends import check_capabilities
+from ..backends import Backend, REGISTRY, check_capabilities, choose_backend
 from ..backends.devices import DTYPE_CHOICES, check_placement, resolve_device, resolve_dtype
 from ..errors import AuditError
 from ..io.config import setting
 from ..io.models import ModelRef, remote_model, resolve_model
+from ..io.reports import ReportHeader
 
 
 @dataclass
 class ModelOptions:
-    model: str | None = setting(None, "A .gguf file, an HF model folder, 'reference', or omitted: the bundled SmolLM2.")
+    model: str | None = setting(None, "A .gguf file, an HF model folder, 'reference', or omitted: the bundled SmolLM2.",
+                                cli=False)
     backend: str = setting("auto", "GGUF -> llama.cpp by default; HF folder -> torch; torch on a GGUF loads it dequantized; "
-                                   "openai: a served model (--base-url).")
-    template: str = setting("alpaca", "alpaca (the paper's) | chat (the model's own: use the one it was aligned with) | raw.")
-    threads: int | None = setting(None, "CPU threads (default: all cores).")
+                                   "openai: a served model (--base-url).", choices="backends")
+    template: str = setting("alpaca", "alpaca (the paper's) | chat (the model's own: use the one it was aligned with) | raw.",
+                            choices="templates")
+    threads: int | None = setting(None, "CPU threads (default: all cores).", least=1)
     batch: int | None = setting(None, "Prompts in flight: sequences per decode (llama.cpp), per batch (torch), concurrent "
-                                      "requests (openai); default automatic.")
-    base_url: str | None = setting(None, "openai backend: the server's URL, e.g. http://127.0.0.1:8000/v1.")
-    served_model: str | None = setting(None, "openai backend: the model name the server knows (default: MODEL).")
-    api_key_env: str | None = setting(None, "openai backend: the environment variable that holds the API key.")
+                                      "requests (openai); default automatic.", least=1)
+    base_url: str | None = setting(None, "openai backend: the server's URL, e.g. http://127.0.0.1:8000/v1.", metavar="URL")
+    served_model: str | None = setting(None, "openai backend: the model name the server knows (default: MODEL).",
+                                       flag="--model", metavar="NAME")
+    api_key_env: str | None = setting(None, "openai backend: the environment variable that holds the API key.",
+                                      metavar="VAR")
     allow_insecure_http: bool = setting(False, "Send an API key over plain http to a host other than this machine "
                                                "(refused by default: use https).")
-    device: str = setting("auto", "torch backend: auto (CUDA when present) | cpu | cuda | cuda:N.")
+    device: str = setting("auto", "torch backend: auto (CUDA when present) | cpu | cuda | cuda:N.",
+                          metavar="auto|cpu|cuda[:N]")
     dtype: str = setting("auto", "torch backend: " + " | ".join(DTYPE_CHOICES) + " (auto: bf16 on a GPU or a CPU with "
-                                 "native bf16 matmul, else float32; statistics stay fp32).")
-    device_map: str | None = setting(None, "torch backend: auto = spread a model too large for one device (accelerate).")
+                                 "native bf16 matmul, else float32; statistics stay fp32).", choices="dtypes")
+    device_map: str | None = setting(None, "torch backend: auto = spread a model too large for one device (accelerate).",
+                                     choices=("auto",))
 
     def backend_kwargs(self, backend: str) -> dict:
-        """What `open_backend` passes on: placement only where it means something (torch)."""
+        """What a backend's constructor takes: placement only where it means something (torch)."""
         kw = {"threads": self.threads, "batch_size": self.batch}
         if backend == "torch":
             kw |= {"device": self.device, "dtype": self.dtype, "device_map": self.device_map}
@@ -54,9 +66,9 @@ class ModelOptions:
         return key + ([f"device_map={self.device_map}"] if self.device_map else [])
 
 
-def resolve_target(opts: ModelOptions, needs: tuple[str, ...]) -> ModelRef:
+def _resolve_model(opts: ModelOptions, needs: tuple[str, ...]) -> ModelRef:
     """The model a command runs on: a file or folder, or a served model; the backend checked for what the
-    command needs before anything is resolved or loaded."""
+    command needs and the placement for the backend, before anything is resolved or loaded."""
     if opts.backend != "auto":
         check_capabilities(opts.backend, needs)
     placed = (opts.device, opts.dtype, opts.device_map) != ("auto", "auto", None)
@@ -72,3 +84,64 @@ def resolve_target(opts: ModelOptions, needs: tuple[str, ...]) -> ModelRef:
     if placed and opts.backend == "auto" and not model.kind == "hf":
         raise AuditError("--device, --dtype and --device-map are for the torch backend: add --backend torch", model.path)
     return model
+
+
+@dataclass
+class Target:
+    """A model resolved once for a run: the reference, the backend chosen for what the run needs, and (computed
+    on first use, then kept) its content hash, its precision key and its loaded backend. Use as a context
+    manager, or call `close()`: the backend is freed exactly once."""
+
+    ref: ModelRef
+    backend_name: str
+    opts: ModelOptions
+    _backend: Backend | None = field(default=None, repr=False)
+
+    @classmethod
+    def resolve(cls, opts: ModelOptions, needs: tuple[str, ...]) -> Target:
+        ref = _resolve_model(opts, needs)
+        return cls(ref, choose_backend(ref, opts.backend, needs), opts)
+
+    @classmethod
+    def of(cls, ref: ModelRef, opts: ModelOptions, needs: tuple[str, ...], backend: str = "auto") -> Target:
+        """A second model beside the run's own (a scan's contrast, eval's KL base), placed like it."""
+        return cls(ref, choose_backend(ref, backend, needs), opts)
+
+    @property
+    def label(self) -> str:
+        return self.ref.label
+
+    @cached_property
+    def sha256(self) -> str | None:
+        """SHA-256 of exactly what the backend reads (None for a served model)."""
+        return self.ref.content_hash(self.backend_name)
+
+    @cached_property
+    def precision(self) -> list[str]:
+        return self.opts.precision_key(self.backend_name)
+
+    @property
+    def loaded(self) -> bool:
+        return self._backend is not None
+
+    def backend(self, reporter=None) -> Backend:
+        """The loaded backend, loaded on the first call."""
+        if self._backend is None:
+            if reporter is not None:
+                reporter.status(f"loading {self.label} ({self.backend_name} backend)")
+            self._backend = REGISTRY[self.backend_name].load_class()(self.ref, **self.opts.backend_kwargs(self.backend_name))
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def header(self, command: str) -> ReportHeader:
+        return ReportHeader(command, self.label, self.sha256, self.backend_name)
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -29,34 +29,38 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends import GENERATION, choose_backend, library_version, open_backend
+from ..backends import GENERATION, library_version
 from ..core.refusal import KeywordClassifier
 from ..errors import AuditError
 from ..io.cache import Journal, sha256_json
-from ..io.config import setting
+from ..io.config import check_least, setting
 from ..io.data import data_lines
 from ..io.models import REFERENCE_RECIPE as RECIPE
 from ..io.models import ModelRef, reference_dir, resolve_model
 from ..io.prompts import load_prompts, load_task_rows, norm_text, task_query
 from ..training.attacks import advbench_train
 from .harden import HardenConfig, check_numbers, run_harden
+from .options import ModelOptions, Target
 BENIGN_ROWS = 600  # alpaca-train queries (of 797) to self-distill: the build's time budget
 
 
 @dataclass
 class ReferenceConfig:
-    out: str | None = setting(None, "Output folder (default: the user cache, which is what MODEL 'reference' means).")
-    base: str | None = setting(None, "The model to align (default: the bundled SmolLM2; another base is another reference).")
+    out: str | None = setting(None, "Output folder (default: the user cache, which is what MODEL 'reference' means).",
+                              metavar="DIR")
+    base: str | None = setting(None, "The model to align (default: the bundled SmolLM2; another base is another reference).",
+                               metavar="MODEL")
+    distill_tokens: int = setting(80, "Greedy tokens per self-distilled answer.", least=1)
     seed: int = setting(0, "Seed of the row order and training; each seed is its own reference build.")
     epochs: float = setting(1.0, "Epochs.")
-    benign_rows: int | None = setting(BENIGN_ROWS, "Self-distill the first N of the 797 Alpaca-train queries (the build-time budget).")
-    lr: float = setting(1e-4, "Learning rate.")
-    batch_size: int = setting(8, "Batch size.")
-    cutoff: int = setting(192, "Cut each row at N tokens.")
-    distill_tokens: int = setting(80, "Greedy tokens per self-distilled answer.")
-    gguf: str = setting("q8_0", "GGUF type written beside the HF folder.")
-    max_steps: int | None = setting(None, "Stop after N optimizer steps (quick runs).")
-    threads: int | None = setting(None, "CPU threads (default: all cores).")
+    benign_rows: int | None = setting(BENIGN_ROWS, "Self-distill the first N of the 797 Alpaca-train queries (the "
+                                                   "build-time budget).", least=0)
+    lr: float = setting(1e-4, "Learning rate.", cli=False)
+    batch_size: int = setting(8, "Batch size.", cli=False)
+    cutoff: int = setting(192, "Cut each row at N tokens.", cli=False)
+    gguf: str = setting("q8_0", "GGUF type written beside the HF folder.", cli=False)
+    max_steps: int | None = setting(None, "Stop after N optimizer steps (quick runs).", least=1)
+    threads: int | None = setting(None, "CPU threads (default: all cores).", least=1)
     force: bool = setting(False, "Rebuild over an existing reference model.")
 
 
@@ -132,23 +136,23 @@ def training_rows(distilled: dict[str, str], seed: int = 0, benign_rows: int | N
     return rows, manifest
 
 
-def distill_key(base: ModelRef, max_new_tokens: int) -> str:
+def distill_key(base: ModelRef | Target, max_new_tokens: int) -> str:
     """The answers of exactly this base model (whatever its path or label), token budget and backend library."""
-    name = choose_backend(base, "auto", (GENERATION,))
-    return sha256_json([base.content_hash(), max_new_tokens, name, library_version(name)])
+    target = base if isinstance(base, Target) else Target.of(base, ModelOptions(), (GENERATION,))
+    return sha256_json([target.sha256, max_new_tokens, target.backend_name, library_version(target.backend_name)])
 
 
 def distill(base: ModelRef, prompts: list[str], cache: Path, max_new_tokens: int, threads=None,
             reporter=None) -> dict[str, str]:
     """The base model's greedy chat answers to `prompts`, journaled as JSONL (a killed build resumes)."""
     journal = Journal(cache)
-    name = choose_backend(base, "auto", (GENERATION,))
-    key = distill_key(base, max_new_tokens)
+    target = Target.of(base, ModelOptions(threads=threads), (GENERATION,))
+    key = distill_key(target, max_new_tokens)
     done = {r["prompt"]: r["response"] for r in journal.rows()
             if r.get("model") == key and isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str)}
     todo = [p for p in prompts if p not in done]
     if todo:
-        backend = open_backend(base, name, (GENERATION,), threads=threads)
+        backend = target.backend()
         if reporter:
             reporter.start("self-distilling benign answers", len(todo))
         try:
@@ -160,7 +164,7 @@ def distill(base: ModelRef, prompts: list[str], cache: Path, max_new_tokens: int
                 if reporter:
                     reporter.advance(len(part))
         finally:
-            backend.close()
+            target.close()
     return done
 
 
@@ -176,10 +180,7 @@ def build_reference(cfg: ReferenceConfig, reporter=None) -> dict:
                         resume=ckpt.is_dir(), group_by_length=True,
                         optim="adamw_torch")  # the recipe as measured: fused AdamW would change its weights' last bits
     check_numbers(hcfg)  # before the distillation, not after it
-    if cfg.benign_rows is not None and cfg.benign_rows < 0:
-        raise AuditError(f"--benign-rows must be >= 0, got {cfg.benign_rows}")
-    if cfg.distill_tokens < 1:
-        raise AuditError(f"--distill-tokens must be >= 1, got {cfg.distill_tokens}")
+    check_least(cfg)
     if cfg.out is None:
         out.parent.mkdir(parents=True, exist_ok=True)  # the user cache; a given --out's parent must exist
     elif not out.parent.is_dir():

@@ -12,17 +12,18 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backends import HIDDEN_STATES, choose_backend, library_version, open_backend
+from ..backends import HIDDEN_STATES, check_capabilities, library_version
 from ..backends.devices import resolve_device
-from ..core.gap import (GAP_DEFINITIONS, GapStats, RangeRule, bootstrap_weights, differential_range, gap_stats,
-                        initial_range, pair_sample, paper_pair_sample, percentile_ci)
+from ..core.bootstrap import percentile_ci, scan_resamples
+from ..core.gap import (GAP_DEFINITIONS, GapStats, RangeRule, differential_range, gap_stats, initial_range, pair_sample,
+                        paper_pair_sample)
 from ..errors import AuditError
 from ..io.cache import StateStore, sha256_json
-from ..io.config import setting
-from ..io.models import ModelRef, resolve_model
+from ..io.config import check_least, setting
+from ..io.models import resolve_model
 from ..io.prompts import PromptSet, check_template, load_prompts, require_pool
-from ..io.reports import Report, ReportHeader
-from .options import ModelOptions, resolve_target
+from ..io.reports import Report
+from .options import ModelOptions, Target
 from .reporting import Reporter, Silent
 
 CHUNK = 32
@@ -30,16 +31,19 @@ CHUNK = 32
 
 @dataclass
 class ScanConfig(ModelOptions):
+    batch: int | None = setting(None, "Prompts per forward pass (torch; default: up to 4,096 tokens).", least=1)
     normal: str = setting("normal", "Normal prompts: a bundled set or a .txt/.csv/.json/.jsonl file.")
     malicious: str = setting("malicious", "Malicious prompts: a bundled set or a file.")
-    pairs: int | None = setting(None, "Sample N random pairs per type like the paper (default: all pairs, exact).")
-    bootstrap: int = setting(1000, "Bootstrap replicates (over prompts) for the 95% CIs; 0 = none.")
+    pairs: int | None = setting(None, "Sample N random pairs per type like the paper (default: all pairs, exact).", least=1)
+    bootstrap: int = setting(1000, "Bootstrap replicates (over prompts) for the 95% CIs; 0 = none.", least=0)
     seed: int = setting(0, "Seed of the bootstrap and the pair sampling.")
-    contrast: str | None = setting(None, "Scan a second model (e.g. the base model) and report the differential gap.")
-    contrast_backend: str = setting("auto", "Backend of the contrast model.")
-    use_cache: bool = setting(True, "Reuse and store hidden states (keyed by the model's content).")
-    rule: RangeRule = setting(help="The initial-range rule's parameters.", factory=RangeRule)
-    compat: str | None = setting(None, "paper: the authors' computation (their 500 pair draws per type, seeds 10/100/"
+    contrast: str | None = setting(None, "Scan a second model (e.g. the base model) and report the differential gap.",
+                                   metavar="MODEL2")
+    contrast_backend: str = setting("auto", "Backend of the contrast model.", choices="backends")
+    use_cache: bool = setting(True, "Do not reuse or store cached hidden states (they are keyed by the model's content).",
+                              flag="--no-cache")
+    rule: RangeRule = setting(help="The initial-range rule's parameters.", factory=RangeRule, cli=False)
+    compat: str | None = setting(None, choices=("paper",), help="paper: the authors' computation (their 500 pair draws per type, seeds 10/100/"
                                        "1000; last layer after the final norm; gap = angle of the mean cosine; alpaca).")
 
 
@@ -70,51 +74,38 @@ class ModelScan:
     seconds: float
 
 
-def _state_key(model: ModelRef, backend: str, template: str, prompts: PromptSet, precision: list[str]) -> str:
+def _state_key(target: Target, template: str, prompts: PromptSet) -> str:
     """Everything that determines the states: the content of what the backend reads, its version, the
     template, the prompts and a non-fp32 precision. Not the path: a scaled copy or a retrained folder never
     hits its source's."""
-    versions = library_version(backend)
-    return sha256_json([model.content_hash(backend), backend, template, versions, list(prompts.prompts), *precision])[:32]
+    versions = library_version(target.backend_name)
+    return sha256_json([target.sha256, target.backend_name, template, versions, list(prompts.prompts),
+                        *target.precision])[:32]
 
 
 class StateProbe:
-    """Opens the backend lazily (only when a chunk is not cached) and returns [K, n, d] states."""
+    """[K, n, d] final-token states of a prompt set, from the cache or the target's backend (loaded only when a
+    chunk is not cached)."""
 
-    def __init__(self, model: ModelRef, backend: str, opts: ModelOptions, use_cache: bool, reporter: Reporter):
-        self.model, self.backend_name = model, choose_backend(model, backend, (HIDDEN_STATES,))
-        self.opts, self.use_cache, self.reporter = opts, use_cache, reporter
-        self._backend = None
-        self.n_layers = self.hidden_size = None
-
-    @property
-    def backend(self):
-        if self._backend is None:
-            self.reporter.status(f"loading {self.model.label} ({self.backend_name} backend)")
-            self._backend = open_backend(self.model, self.backend_name, (HIDDEN_STATES,),
-                                         **self.opts.backend_kwargs(self.backend_name))
-        return self._backend
+    def __init__(self, target: Target, use_cache: bool, reporter: Reporter):
+        self.target, self.use_cache, self.reporter = target, use_cache, reporter
 
     def states(self, prompts: PromptSet, template: str, role: str, last_normed: bool = False) -> torch.Tensor:
-        key = _state_key(self.model, self.backend_name, template, prompts, self.opts.precision_key(self.backend_name))
-        key += "-normed" if last_normed else ""
+        key = _state_key(self.target, template, prompts) + ("-normed" if last_normed else "")
         store = StateStore(key, self.use_cache)
-        self.reporter.start(f"{role} prompts · {self.backend_name}", len(prompts))
+        self.reporter.start(f"{role} prompts · {self.target.backend_name}", len(prompts))
         parts = []
         for c in range(0, len(prompts), CHUNK):
             chunk = list(prompts.prompts[c : c + CHUNK])
             part = store.get(c)
             if part is None:
-                part = self.backend.final_token_states(chunk, template, self.reporter.advance, last_normed)
+                backend = self.target.backend(self.reporter)
+                part = backend.final_token_states(chunk, template, self.reporter.advance, last_normed)
                 store.put(c, part)
             else:
                 self.reporter.advance(len(chunk))
             parts.append(part)
         return torch.cat(parts, dim=1)
-
-    def close(self):
-        if self._backend is not None:
-            self._backend.close()
 
 
 def _rows(gs: GapStats) -> list[LayerRow]:
@@ -127,17 +118,18 @@ def _rows(gs: GapStats) -> list[LayerRow]:
     ]
 
 
-def _scan_one(model: ModelRef, backend: str, cfg: ScanConfig, normal: PromptSet, malicious: PromptSet,
-              weights, reporter: Reporter) -> tuple[ModelScan, GapStats]:
+def _scan_one(target: Target, cfg: ScanConfig, normal: PromptSet, malicious: PromptSet,
+              weights, reporter: Reporter, keep_loaded: bool = False) -> tuple[ModelScan, GapStats]:
     t0 = time.perf_counter()
-    probe = StateProbe(model, backend, cfg, cfg.use_cache, reporter)
+    probe = StateProbe(target, cfg.use_cache, reporter)
     paper = cfg.compat == "paper"
     try:
         sn = probe.states(normal, cfg.template, "normal", last_normed=paper)
         sm = probe.states(malicious, cfg.template, "malicious", last_normed=paper)
     finally:
-        probe.close()
-    if probe.backend_name == "torch" and cfg.device != "cpu":  # the pair statistics run where the model ran
+        if not keep_loaded:  # freed before the statistics (and before a contrast model loads)
+            target.close()
+    if target.backend_name == "torch" and cfg.device != "cpu":  # the pair statistics run where the model ran
         device = resolve_device(cfg.device)
         sn, sm = sn.to(device), sm.to(device)
     reporter.status("pair statistics")
@@ -150,7 +142,7 @@ def _scan_one(model: ModelRef, backend: str, cfg: ScanConfig, normal: PromptSet,
     lo, _ = gs.ci95()
     rng, details = initial_range(gs.gap, lo, cfg.rule)
     details["stats_path"] = gs.path
-    scan = ModelScan(model.label, probe.backend_name, sn.shape[0], sn.shape[2], _rows(gs), rng, details,
+    scan = ModelScan(target.label, target.backend_name, sn.shape[0], sn.shape[2], _rows(gs), rng, details,
                      round(time.perf_counter() - t0, 3))
     return scan, gs
 
@@ -195,34 +187,37 @@ def _pairs_label(cfg: ScanConfig) -> str | int:
     return "all" if cfg.pairs is None else cfg.pairs
 
 
-def run_scan(cfg: ScanConfig, reporter: Reporter | None = None) -> dict:
-    """Run a scan (and its contrast) and return the JSON-ready report."""
+def run_scan(cfg: ScanConfig, reporter: Reporter | None = None, target: Target | None = None) -> dict:
+    """Run a scan (and its contrast) and return the JSON-ready report. `target`: a model another command has
+    already resolved (and maybe loaded), scanned with its backend and left loaded for that command (locate's
+    start range: one model in memory, loaded once)."""
     reporter = reporter or Silent()
     if cfg.compat not in (None, "paper"):
         raise AuditError(f"unknown compat mode '{cfg.compat}' (choose paper)")
     if cfg.compat == "paper":
         cfg.template = "alpaca"  # the authors' Prompter("alpaca"), the tokenizer's default special tokens
     check_template(cfg.template)
-    if cfg.bootstrap < 0 or (cfg.pairs is not None and cfg.pairs < 1):
-        raise AuditError("--bootstrap must be >= 0 and --pairs >= 1")
-    model = resolve_target(cfg, (HIDDEN_STATES,))
-    contrast = resolve_model(cfg.contrast) if cfg.contrast else None
-    backend = choose_backend(model, cfg.backend, (HIDDEN_STATES,))
-    if contrast:
-        choose_backend(contrast, cfg.contrast_backend, (HIDDEN_STATES,))
+    check_least(cfg)
+    keep_loaded = target is not None
+    if target is None:
+        target = Target.resolve(cfg, (HIDDEN_STATES,))
+    else:
+        check_capabilities(target.backend_name, (HIDDEN_STATES,))
+    contrast = (Target.of(resolve_model(cfg.contrast), cfg, (HIDDEN_STATES,), cfg.contrast_backend)
+                if cfg.contrast else None)
     normal = require_pool(load_prompts(cfg.normal), "normal")
     malicious = require_pool(load_prompts(cfg.malicious), "malicious")
-    weights = bootstrap_weights(len(normal), len(malicious), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
+    weights = scan_resamples(len(normal), len(malicious), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
 
-    main, gs = _scan_one(model, backend, cfg, normal, malicious, weights, reporter)
+    main, gs = _scan_one(target, cfg, normal, malicious, weights, reporter, keep_loaded)
     report = ScanReport(
-        ReportHeader("scan", main.model, model.content_hash(backend), main.backend), cfg.template, main.n_layers,
+        target.header("scan"), cfg.template, main.n_layers,
         main.hidden_size, len(normal), len(malicious), normal.name, malicious.name,
         HIDDEN_STATE_PAPER if cfg.compat else HIDDEN_STATE, cfg.compat, {"name": gs.definition, "definition":
         GAP_DEFINITIONS[gs.definition]}, _pairs_label(cfg), {"replicates": cfg.bootstrap, "seed": cfg.seed, "unit": "prompts"},
         main.layers, main.initial_range, {**cfg.rule.to_dict(), **main.range_details}, main.seconds)
     if contrast:
-        report.contrast, gs2 = _scan_one(contrast, cfg.contrast_backend, cfg, normal, malicious, weights, reporter)
+        report.contrast, gs2 = _scan_one(contrast, cfg, normal, malicious, weights, reporter)
         if report.contrast.n_layers == main.n_layers:
             report.differential = _differential(gs, gs2, weights)
             report.differential_range = differential_range(report.differential)

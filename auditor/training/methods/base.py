@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...weights.layers import block_parameters, linear_maps
@@ -10,7 +10,7 @@ from ...weights.layers import block_parameters, linear_maps
 
 @dataclass
 class MethodContext:
-    """What a method sees: the model and data, the layer range it was given, the run's options."""
+    """What a method sees: the model and data, the layer range it was given, its own settings."""
 
     model: Any
     tokenizer: Any
@@ -19,7 +19,7 @@ class MethodContext:
     n_layers: int
     template: str
     cutoff: int
-    options: dict = field(default_factory=dict)  # lisa_align_steps, lisa_task_steps, lisa_rho
+    settings: Any = None  # an instance of the method's `Settings` (None for a method without any)
     status: Any = None  # callable(str) for progress messages
 
     @property
@@ -33,6 +33,7 @@ class Method:
     needs_layers: ClassVar[bool] = False  # a range to freeze (or, for nfft, the size of its budget)
     freezes_range: ClassVar[bool] = False  # the range itself is frozen (sppft, freeze-block)
     supports_lora: ClassVar[bool] = True
+    Settings: ClassVar[type | None] = None  # a dataclass of setting() fields: the method's own options
 
     def freeze(self, ctx: MethodContext) -> dict:
         """Freeze parameters (full fine-tuning path); returns what was frozen, for the report."""

@@ -4,16 +4,29 @@ steps and task-data steps, each phase pulled towards where the previous phase en
 
 The split is asymmetric, as in the paper's recipe (100 alignment steps to 900 fine-tuning steps, ρ = 1): the
 alignment state is the cheap one. An even split spends half the run on refusals; on the reference model it
-came out refusing 99% of D_o (benchmarks/results/study/earlier-lisa-even-split/)."""
+came out refusing 99% of D_o (benchmarks/study/results/earlier-lisa-even-split/)."""
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
+from ...io.config import setting
 from ..data import SFTData, alignment_rows
 from .base import Method, MethodContext
+
+
+@dataclass
+class LisaSettings:
+    """Lisa's own settings (peft-style: a method's options travel typed, in its own class)."""
+
+    align_steps: int = setting(1, "lisa: alignment steps per cycle (the paper: 100 of every 1,000).",
+                               flag="--lisa-align-steps", least=1)
+    task_steps: int = setting(9, "lisa: task steps per cycle (the paper: 900 of every 1,000).", flag="--lisa-task-steps",
+                              least=1)
+    rho: float = setting(1.0, "lisa: proximal weight ρ (the paper: 1).", flag="--lisa-rho", least=0)
 
 
 def lisa_phase(step: int, align_steps: int, task_steps: int) -> str:
@@ -72,8 +85,10 @@ def lisa_trainer_class() -> type:
 class Lisa(Method):
     name = "lisa"
     help = "alternate alignment and task steps with a proximal term (baseline)"
+    Settings = LisaSettings
 
     def trainer(self, ctx: MethodContext) -> tuple[type, dict]:
         align = SFTData(alignment_rows(), ctx.tokenizer, ctx.template, ctx.cutoff)
-        options = {k: ctx.options[f"lisa_{k}"] for k in ("align_steps", "task_steps", "rho")}  # defaults: HardenConfig
-        return lisa_trainer_class(), {"align_dataset": align, **options}
+        s: LisaSettings = ctx.settings
+        return lisa_trainer_class(), {"align_dataset": align, "align_steps": s.align_steps, "task_steps": s.task_steps,
+                                      "rho": s.rho}

@@ -1,5 +1,5 @@
 """The command line's behaviour around the commands: one-line errors with the right exit code for every
-failure (ours, the OS's, click's own usage errors, Ctrl-C), and the shared option parsers.
+failure (ours, the OS's, click's own usage errors, Ctrl-C).
 
 Exit codes: 0 ok; 1 a `check` (or `audit`) regression; 3 a verdict the prompts cannot decide (inconclusive);
 2 bad input or an unusable file (one line naming it); 130 Ctrl-C
@@ -16,23 +16,11 @@ from rich.markup import escape
 
 from ..errors import AuditError
 from ..io.reports import set_command_line
+from ..render.tables import one_line
 
 # soft_wrap: rich would break a long line at 80 columns when stderr is a pipe (a CI log), splitting a model path
 # over three lines; a line is printed whole and the terminal or log viewer wraps it, if anything
 err = Console(stderr=True, soft_wrap=True)
-
-
-def layer_range(value: str | None):
-    """click callback for 'i-j' layer ranges (inclusive, 0-based)."""
-    if value is None:
-        return None
-    try:
-        a, b = (int(x) for x in value.replace("–", "-").split("-"))
-    except ValueError:
-        raise click.BadParameter(f"'{value}': expected i-j, e.g. 6-12") from None
-    if a > b or a < 0:
-        raise click.BadParameter(f"'{value}': expected 0 <= i <= j")
-    return a, b
 
 
 class AuditGroup(click.Group):
@@ -70,12 +58,6 @@ class AuditGroup(click.Group):
     def _fail(message: str, code: int):
         err.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False, soft_wrap=True)
         sys.exit(code)
-
-
-def one_line(text: str) -> str:
-    """A message as one printable line: a newline or a terminal escape inside a file name, a tensor name or
-    a server's answer is shown escaped (\\n, \\x1b), never obeyed by the terminal or split over lines."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 RESUME = {  # what a Ctrl-C keeps, and how to continue (kill/resume tests in tests/test_resume.py)

@@ -6,8 +6,8 @@ pair with a rebuild that picked the same kernels. torch's fp32 GEMM is MKL's, wh
 (SmolLM2's shapes) in a fresh process under each MKL setting and keeps the SHA-256 of the results per CPU in one
 file, so a run on another machine says whether any setting here gives the bits that machine's default gives.
 
-    python benchmarks/gemm_paths.py         # prints, adds this CPU to benchmarks/results/study/gemm_paths.json
-    python benchmarks/gemm_paths.py --time  # also what each setting costs: the same GEMMs' time, as ratios to the default
+    python benchmarks/study/gemm_paths.py         # prints, adds this CPU to benchmarks/study/results/gemm_paths.json
+    python benchmarks/study/gemm_paths.py --time  # also what each setting costs: the same GEMMs' time, as ratios to the default
 
 Without --time, seconds and no timing: safe beside other work. It also names the settings that round alike on two
 CPUs (MKL_CBWR=COMPATIBLE on the AMD EPYC and the Intel Xeon seen so far): a way to a build that carries over.
@@ -22,8 +22,7 @@ import sys
 from pathlib import Path
 from statistics import median
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common
 
 from study import cpu_id  # noqa: E402
 
@@ -49,7 +48,7 @@ for x, lin in work:
 print(hashlib.sha256(h.digest()).hexdigest())
 """
 TIMER = SETUP + f"""
-sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from _common import timed
 print(timed(lambda: [lin(x).sum().backward() for x, lin in work], repeat=5))
 """
@@ -85,7 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     cpu = cpu_info()
     digests = {name: digest(extra) for name, extra in SETTINGS.items()}
-    p = RESULTS / "study" / "gemm_paths.json"
+    p = Path(__file__).resolve().parent / "results" / "gemm_paths.json"
     known = json.loads(p.read_text()) if p.is_file() else {"benchmark": "gemm_paths", "shapes": SHAPES, "cpus": {}}
     ident = cpu_id()  # every AMD machine of this kind is "AMD EPYC": family, model and stepping tell them apart
     key = f"{cpu['model']} ({' '.join(cpu['flags'])})" + "".join(

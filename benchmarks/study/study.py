@@ -3,17 +3,17 @@
 A declared grid of cells; each cell = (reference seed, fine-tuning seed, method, frozen range, data) ->
 `harden` the reference model -> `eval` it (chat template, keyword classifier: R_h on AdvBench-eval 260 ×
 128 tokens, XSTest-safe and D_o over-refusal, Rouge-L on alpaca-eval, MMLU) with every response saved.
-A finished cell is a small JSON under benchmarks/results/study/ (its responses gzipped beside it, for the
+A finished cell is a small JSON under benchmarks/study/results/ (its responses gzipped beside it, for the
 paired tests); a re-run skips finished cells, so the grid runs in pieces over days, in `plan`'s order.
-`benchmarks/study_tables.py` turns the files into docs/study.md's tables (no hand-copied numbers).
+`benchmarks/study/study_tables.py` turns the files into docs/study.md's tables (no hand-copied numbers).
 
-    python benchmarks/study.py                # run every unfinished cell, in order (hours each on 2 cores)
-    python benchmarks/study.py --list         # the grid and what is finished
-    python benchmarks/study.py --only ID ...  # some cells
-    python benchmarks/study.py --max-cells 1  # one more cell, then stop
-    python benchmarks/study.py --sibling      # the unfinished cells on this machine's own rebuild: results/study/sibling-SHA8/
-    python benchmarks/study.py --sibling --only ID ...  # these cells on it (a finished one too: to compare builds)
-    python benchmarks/study.py --rebuild 2    # seed 2 from scratch here: the recorded build, an earlier rebuild, or new?
+    python benchmarks/study/study.py                # run every unfinished cell, in order (hours each on 2 cores)
+    python benchmarks/study/study.py --list         # the grid and what is finished
+    python benchmarks/study/study.py --only ID ...  # some cells
+    python benchmarks/study/study.py --max-cells 1  # one more cell, then stop
+    python benchmarks/study/study.py --sibling      # the unfinished cells on this machine's own rebuild: results/sibling-SHA8/
+    python benchmarks/study/study.py --sibling --only ID ...  # these cells on it (a finished one too: to compare builds)
+    python benchmarks/study/study.py --rebuild 2    # seed 2 from scratch here: the recorded build, an earlier rebuild, or new?
 
 A rebuild of a seed on a fresh machine is, so far, always another build (rounding: seed 2 on an Intel Xeon and on a
 second AMD EPYC, seed 0 on a third AMD EPYC: each gave one; seed 2 again on a CPU of the second's id: a third), so a grid cell pairs only with cells of its own build: study_tables takes each comparison's two
@@ -47,21 +47,19 @@ from statistics import median
 if __name__ == "__main__":
     os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS  # noqa: E402
 
 from auditor.workflows.doctor import cpu_info  # noqa: E402
 
-STUDY = RESULTS / "study"
+STUDY = Path(__file__).resolve().parent / "results"
 REBUILD = "sibling-"  # + a rebuild's SHA-256 prefix: the folder of the cells run on it
 REFERENCES = STUDY / "references.json"  # per reference seed: the build (SHA-256 of its HF folder) the cells came from
-REQUIREMENTS = Path(__file__).resolve().parent / "study-requirements.txt"  # the exact packages those builds came from
+REQUIREMENTS = Path(__file__).resolve().parent / "requirements.txt"  # the exact packages those builds came from
 PINNED = ("torch", "transformers", "peft")  # what a build records and the study checks before any work
 # Frozen ranges, from localization-ref0 (below: `locate --survey` on the full D_o with 3 more starts × 4 samples of
 # D_o) on the current build of seed 0. SPPFT_RANGE: its recommendation, [5, 12] (629 of 731 refused at α 1.2, baseline
 # 190; the end of 6 of 16 searches). FREEZE_BLOCK: the paper's ablation, an equal-width block elsewhere that is not a
 # safety block by locate's own controls: [21, 28] refuses 150 (below the baseline), where [13, 20] right after the
-# range refuses 367. (An earlier build of seed 0 recommended [6, 13]: results/study/earlier-build-4846cc2a/.)
+# range refuses 367. (An earlier build of seed 0 recommended [6, 13]: results/earlier-build-4846cc2a/.)
 SPPFT_RANGE = (5, 12)
 FREEZE_BLOCK = (21, 28)
 LOCATED = ("sppft", "nfft")  # methods whose range is the build's located one (NFFT: as many parameters, as neurons)
@@ -398,7 +396,7 @@ def main() -> None:
     ap.add_argument("--max-cells", type=int, default=None, help="Stop after N items (cells or localizations).")
     ap.add_argument("--keep", action="store_true", help="Keep the fine-tuned models (cache/study/ID/model).")
     ap.add_argument("--sibling", action="store_true", help="Run on this machine's own build of each seed when it is not "
-                    "the recorded one, into results/study/sibling-SHA8/: the unfinished cells, or the --only ones.")
+                    "the recorded one, into results/sibling-SHA8/: the unfinished cells, or the --only ones.")
     ap.add_argument("--rebuild", type=int, default=None, metavar="SEED", help="Build reference seed SEED from "
                     "scratch here (~25 min) and say whether it is the recorded build, an earlier rebuild or a new one.")
     args = ap.parse_args()
