@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,14 +55,17 @@ print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def peak_mb(source: Path, args: list[str], cache: Path, fill: bool = False) -> float:
+def peak_mb(source: Path, args: list[str], cache: Path, fill: bool = False) -> tuple[float, float]:
+    """(peak RSS in MB, wall seconds) of one run in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(source), "SAFETY_AUDIT_CACHE": str(cache),
            **({"SAFETY_AUDIT_BENCH_FILL_RANGE": "1"} if fill else {})}
+    t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, env=env, cwd=source)
+    seconds = time.perf_counter() - t0
     line = [x for x in p.stdout.splitlines() if x.startswith("PEAK_KB")]
     if p.returncode or not line:
         raise SystemExit(f"locate failed in {source}:\n{p.stdout[-800:]}\n{p.stderr[-1500:]}")
-    return int(line[-1].split()[1]) / 1024
+    return int(line[-1].split()[1]) / 1024, seconds
 
 
 def main() -> None:
@@ -95,15 +99,16 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(sources[rev]), rev], check=True)
         sources["now"] = ROOT
         try:
-            runs = {name: [] for name in sources}
+            runs, walls = {name: [] for name in sources}, {name: [] for name in sources}
             for k in range(a.repeat):
                 for name, source in sources.items():
                     cache = Path(tmp) / f"cache-{name}-{k}"  # a fresh cache: the scan really loads its model
                     if (warm / "converted").is_dir():
                         shutil.copytree(warm / "converted", cache / "converted")
-                    mb = peak_mb(source, [*args, "--json", str(Path(tmp) / f"{name}-{k}.json")], cache, bool(a.shape))
+                    mb, secs = peak_mb(source, [*args, "--json", str(Path(tmp) / f"{name}-{k}.json")], cache, bool(a.shape))
                     runs[name].append(round(mb, 1))
-                    print(f"{name}: peak RSS {mb:.0f} MB", flush=True)
+                    walls[name].append(round(secs, 1))
+                    print(f"{name}: peak RSS {mb:.0f} MB, {secs:.0f} s", flush=True)
         finally:
             for rev in revs:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(sources[rev])], check=False)
@@ -112,7 +117,7 @@ def main() -> None:
               "model": f"random-weight {a.shape} shape (benchmarks/_shapes.py)" if a.shape else "bundled SmolLM2-135M",
               "backend": a.backend, "dtype": a.dtype if a.backend == "torch" else "Q4_1 (GGUF)", "locate_args": args,
               "versions": {**{r: r for r in revs}, "now": f"{now} (and its working tree)"}, "peak_rss_mb": runs,
-              "cpu": cpu, "load": load_avg()}
+              "wall_seconds": walls, "cpu": cpu, "load": load_avg()}
     print(json.dumps(result["peak_rss_mb"]))
     print(f"wrote {write('bench_locate_memory' + (f'-{a.shape}' if a.shape else ''), result)}")
 
