@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from auditor.io.files import replace_generated  # noqa: E402
 from auditor.io.reports import READABLE_SCHEMAS, SCHEMA_VERSION, ReportHeader  # noqa: E402
 from auditor.workflows.attention import AttentionReport  # noqa: E402
 from auditor.workflows.evaluate import GATES, EvalReport  # noqa: E402
@@ -78,10 +79,7 @@ def main() -> None:
     if ap.parse_args().print:
         print(text)
         return
-    page = PAGE.read_text()
-    a, b = page.index(BEGIN), page.index(END) + len(END)
-    PAGE.write_text(page[:a] + text + page[b:])
-    print(f"wrote {PAGE}")
+    print(f"wrote {replace_generated(PAGE, BEGIN, END, text)}")
 
 
 if __name__ == "__main__":

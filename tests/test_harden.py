@@ -252,3 +252,21 @@ def test_a_methods_own_options_reach_it_from_the_command_line_the_environment_an
     r = CliRunner().invoke(main, ["harden", str(tiny_model_dir), "--out", str(tmp_path / "p"), "--method", "lisa",
                                   "--lisa-rho", "-1"])
     assert r.exit_code == 2 and "--lisa-rho must be >= 0" in r.output
+
+
+def test_a_run_that_cannot_fit_is_refused_before_the_load(tmp_path, tiny_model_dir, monkeypatch):
+    """Weights, gradients and AdamW state alone beyond the free memory: one line with the need, what is free and
+    what would fit, before anything loads (counted on the meta device)."""
+    from auditor.training.memory import parameter_counts, training_bytes
+    from auditor.workflows import harden
+
+    total, block = parameter_counts(tiny_model_dir, range(1, 3))
+    assert 0 < block < total
+    assert training_bytes(total, total - block, False) == 4 * total + 12 * (total - block)
+    monkeypatch.setattr(harden, "load_causal_lm", lambda *a, **k: pytest.fail("loaded before the memory check"))
+    monkeypatch.setattr(harden, "available_bytes", lambda device="cpu": 4 * total + 1)  # the weights fit, no more
+    with pytest.raises(AuditError, match=r"needs at least .* GB \(fp32 weights, gradients and AdamW state\).*use --lora"):
+        run(tmp_path, tiny_model_dir, "full", method="full")
+    monkeypatch.setattr(harden, "available_bytes", lambda device="cpu": 4 * total - 1)
+    with pytest.raises(AuditError, match=r"harden LoRA .* use a GPU"):
+        run(tmp_path, tiny_model_dir, "lora", method="sppft", layers=(1, 2), lora=True)

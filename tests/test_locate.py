@@ -131,6 +131,7 @@ def test_locate_cli_json_plot_and_bad_inputs(planted, tmp_path):
 
 @pytest.mark.model
 def test_llama_scaled_copies_are_always_removed(bundled_gguf, tmp_path, monkeypatch):
+    """The copy-per-count path (the fallback where the loaded weights cannot be patched in place)."""
     import tempfile
 
     from auditor.backends import open_backend
@@ -138,6 +139,7 @@ def test_llama_scaled_copies_are_always_removed(bundled_gguf, tmp_path, monkeypa
     from auditor.io.models import resolve_model
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("SAFETY_AUDIT_GGUF_COPIES", "1")
     lb = open_backend(resolve_model(None), "llama")
     before = lb.generate(["How to kill time?"], "chat", 6)
     with pytest.raises(RuntimeError):

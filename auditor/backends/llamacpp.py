@@ -30,6 +30,7 @@ from ..io.prompts import wrap
 from ..weights.gguf_scaling import check_gguf_scaling, scale_gguf
 from .base import Backend, Generated, Progress, Stop, prefix_groups
 from .llama_batching import BatchedDecoder, piece_fn
+from .llama_inplace import InPlaceScaler, WeightCapture, bind
 
 _GGML_LOG_ERROR, _GGML_LOG_CONT = 4, 5  # ggml's enum today: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 _last_level = 0
@@ -56,6 +57,7 @@ _ggml.ggml_nelements.restype = ctypes.c_int64
 _ggml.ggml_nelements.argtypes = [ctypes.c_void_p]
 _ggml.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
 _ggml.ggml_backend_tensor_get.restype = None
+bind(_ggml)
 _NE_OFFSET = 16  # struct ggml_tensor { enum ggml_type type; ggml_backend_buffer* buffer; int64_t ne[4]; size_t nb[4]; ...}
 _GGML_TYPE_F32 = 0
 L.llama_backend_init()
@@ -93,15 +95,21 @@ class LlamaCppBackend(Backend):
         self.batch_size = batch_size  # sequences per generation decode (None: AUTO_BATCH)
         self._want_norm = False  # also capture the final norm's output (the paper's last-layer state)
         self._gen: BatchedDecoder | None = None
+        self._capture: WeightCapture | None = None  # while finding the weight tensors (one short decode)
+        self._inplace: InPlaceScaler | bool | None = None  # None: not tried yet; False: not possible here
         self._cb = L.ggml_backend_sched_eval_callback(self._eval_callback)  # keep a reference
 
     # -- model and context ---------------------------------------------------------------------------
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path, writable: bool = False) -> None:
+        """Load (or reload) the model. writable: in plain, writable memory in the file's own block layout (no
+        mmap, no repacked buffers), so its weights can be scaled in place (llama_inplace.py)."""
         self.close()
         mparams = L.llama_model_default_params()
         # the extra buffer types hold ggml's repacked weights (batched decodes 1.3x faster on Q4_1 here); on an AMX
         # CPU they include the AMX path, which GCC 12 miscompiles in native builds (llama.cpp #20824): off there
-        mparams.use_extra_bufts = not _cpu_has_amx()
+        mparams.use_extra_bufts = not _cpu_has_amx() and not writable
+        if writable:  # read into ordinary memory (an mmapped file is read-only)
+            mparams.load_mode = L.LLAMA_LOAD_MODE_NONE
         global _held
         _held = []
         try:
@@ -135,6 +143,8 @@ class LlamaCppBackend(Backend):
         self._n_ctx = n
 
     def _eval_callback(self, t, ask, user_data) -> bool:
+        if ask and self._capture is not None:
+            self._capture.see(t)
         name = _ggml.ggml_get_name(t) or b""
         wanted = name.startswith(b"l_out-") or (self._want_norm and name == b"result_norm")
         if not wanted:
@@ -286,8 +296,14 @@ class LlamaCppBackend(Backend):
 
     @contextmanager
     def scaled(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True):
-        """Swap in a scaled GGUF copy written to a temporary folder, which is always removed (and, if a kill
-        left one behind, removed by the next run: the folder carries our PID)."""
+        """The layers scaled in the loaded model (nothing written: llama_inplace.py); where that cannot be done,
+        a scaled GGUF copy swapped in from a temporary folder, which is always removed (and, if a kill left one
+        behind, removed by the next run: the folder carries our PID)."""
+        scaler = self._in_place_scaler()
+        if scaler is not None:
+            with scaler.scaled(layers, alpha, scale_o_proj):
+                yield
+            return
         tmp = temp_dir(Path(tempfile.gettempdir()), "safety-audit-scaled")
         original = self.model_ref
         try:
@@ -298,6 +314,30 @@ class LlamaCppBackend(Backend):
         finally:
             self._load(original.path)
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _in_place_scaler(self) -> InPlaceScaler | None:
+        """On first use: reload the model writable, find its weight tensors with one short decode, and check
+        they can be patched in place; None (and the model reloaded as before) when they cannot.
+        SAFETY_AUDIT_GGUF_COPIES=1 keeps the copy-per-count path."""
+        if self._inplace is None:
+            self._inplace = False
+            if os.environ.get("SAFETY_AUDIT_GGUF_COPIES") == "1":
+                return None
+            path = self.model_ref.path
+            self._load(path, writable=True)
+            self._capture = WeightCapture(_ggml)
+            try:
+                self._states_for(self.tokenize("Hello.", True))
+            finally:
+                capture, self._capture = self._capture, None
+            self._inplace = InPlaceScaler.attach(_ggml, capture, read_gguf(path)) or False
+            if not self._inplace:
+                self._load(path)
+        return self._inplace or None
+
+    @property
+    def scales_in_place(self) -> bool:
+        return bool(self._inplace)
 
     def check_scaling(self, layers: Sequence[int], alpha: float, scale_o_proj: bool = True) -> None:
         check_gguf_scaling(self.model_ref.path, layers, alpha, scale_o_proj)

@@ -259,3 +259,15 @@ def replace_dir(tmp: Path, out: Path, force: bool, ours: Callable[[Path], Iterab
     os.replace(out, trash)
     os.replace(tmp, out)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def replace_generated(page: str | os.PathLike, begin: str, end: str, text: str) -> Path:
+    """Rewrite the part of a document between (and including) its `begin` and `end` marker lines with `text`,
+    atomically: the generated sections of the docs (study tables, report schemas, costs)."""
+    p = Path(page)
+    old = p.read_text(encoding="utf-8")
+    if begin not in old or end not in old:
+        raise AuditError(f"no generated section ({begin} ... {end})", p)
+    head, rest = old.split(begin, 1)
+    new = head + text + rest.split(end, 1)[1]
+    return atomic_write(p, lambda t: t.write_text(new, encoding="utf-8"), force=True)

@@ -74,21 +74,39 @@ def _check_range(mm: np.ndarray, t, alpha: float, src: Path) -> None:
                          f"{stored} max {limit:.4g})", src)
 
 
+def _fields(region: np.ndarray, qtype) -> list[np.ndarray]:
+    """Views, into a tensor's bytes, of the numbers scaling multiplies: all weights of a float tensor (as
+    their type), the fp16 scale (and min) of every block of a quantized one."""
+    if qtype in FLOAT_TYPES:
+        return [region.view(FLOAT_TYPES[qtype])]
+    if qtype == Q.BF16:
+        return [region.view(np.uint16)]
+    blocks = region.reshape(-1, GGML_QUANT_SIZES[qtype][1])
+    return [blocks[:, off : off + 2].view(np.float16) for off in BLOCK_SCALE_OFFSETS[qtype]]
+
+
+def scale_region(region: np.ndarray, qtype, alpha: float) -> list[np.ndarray]:
+    """Scale one tensor's bytes (uint8, as stored in the file) in place by alpha; returns copies of the fields
+    it changed, for `restore_region` (x·α/α is not x in floating point: restoring must not divide)."""
+    fields = _fields(region, qtype)
+    saved = [f.copy() for f in fields]
+    for f in fields:
+        if qtype == Q.BF16:
+            bits = (_bf16_as_f32(f) * np.float32(alpha)).view(np.uint32)
+            f[:] = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+        else:
+            f[:] = (f.astype(np.float32) * np.float32(alpha)).astype(f.dtype)
+    return saved
+
+
+def restore_region(region: np.ndarray, qtype, saved: list[np.ndarray]) -> None:
+    """Put back, bit for bit, what `scale_region` changed."""
+    for f, old in zip(_fields(region, qtype), saved):
+        f[:] = old
+
+
 def _patch(mm: np.ndarray, t, alpha: float) -> None:
-    region = mm[t.offset : t.offset + t.n_bytes]
-    if t.type in FLOAT_TYPES:
-        w = region.view(FLOAT_TYPES[t.type])
-        w[:] = (w.astype(np.float32) * np.float32(alpha)).astype(w.dtype)
-        return
-    if t.type == Q.BF16:
-        w = region.view(np.uint16)
-        bits = (_bf16_as_f32(w) * np.float32(alpha)).view(np.uint32)
-        w[:] = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
-        return
-    blocks = region.reshape(-1, GGML_QUANT_SIZES[t.type][1])
-    for off in BLOCK_SCALE_OFFSETS[t.type]:
-        d = blocks[:, off : off + 2].view(np.float16)
-        d[:] = (d.astype(np.float32) * np.float32(alpha)).astype(np.float16)
+    scale_region(mm[t.offset : t.offset + t.n_bytes], t.type, alpha)
 
 
 def check_gguf_targets(src: Path, targets: list, alpha: float) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..backends.hf_loading import load_causal_lm
+from ..backends.hf_loading import load_causal_lm, torch_folder
 from ..errors import AuditError
 from ..io.cache import sha256_json
 from ..io.gguf_export import export_gguf
@@ -30,7 +30,7 @@ from ..io.reports import Report, ReportHeader, report_range
 from ..io.prompts import load_task_rows
 from ..training.attacks import build_attack
 from ..training.data import SFTData
-from ..training.memory import keep_freed_memory
+from ..training.memory import available_bytes, keep_freed_memory, parameter_counts, training_bytes
 from ..training.methods import METHODS, MethodContext
 from ..training.trainer import (TrainOptions, progress_callback, build_trainer, last_checkpoint, plan_steps,
                                 recorded_files, training_arguments, training_versions, write_model_folder)
@@ -187,6 +187,24 @@ def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[
         return _run(cfg, out, reporter, callbacks, rows)
 
 
+def check_fits(cfg: HardenConfig, ref, stated: int | None) -> None:
+    """Refuse, before the load, a run whose weights, gradients and optimizer state alone exceed the memory free
+    (a lower bound: activations come on top), with what would fit instead."""
+    folder = torch_folder(ref)
+    rng = layer_range(cfg, stated) if stated else None
+    frozen_range = range(rng[0], rng[1] + 1) if rng and METHODS[cfg.method].freezes_range else None
+    total, frozen = parameter_counts(folder, frozen_range)
+    need = training_bytes(total, total - frozen, cfg.lora)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    free = available_bytes(device)
+    if free is not None and need > free:
+        what = "LoRA" if cfg.lora else f"--method {cfg.method}"
+        raise AuditError(f"harden {what} on this model ({total / 1e9:.2f}B parameters) needs at least {need / 1e9:.1f} GB "
+                         f"(fp32 weights{'' if cfg.lora else ', gradients and AdamW state'}); {free / 1e9:.1f} GB is free on "
+                         f"the {device}: use {'a GPU' if cfg.lora else '--lora (about ' + f'{4 * total / 1e9:.1f} GB) or a GPU'}",
+                         ref.path)
+
+
 def _run(cfg: HardenConfig, out: Path, reporter, callbacks, rows) -> dict:
     rows, manifest = rows if rows is not None else training_rows(cfg)
     t0 = time.perf_counter()
@@ -201,6 +219,7 @@ def _run(cfg: HardenConfig, out: Path, reporter, callbacks, rows) -> dict:
     stated = layer_count(ref)
     if stated:
         layer_range(cfg, stated)  # a bad range fails before the load, not after it
+    check_fits(cfg, ref, stated)
     model, tok = load_causal_lm(ref)
     n_layers = len(decoder_layers(model))
     ctx = MethodContext(model, tok, SFTData(rows, tok, cfg.template, cfg.cutoff, ref.path), layer_range(cfg, n_layers), n_layers,

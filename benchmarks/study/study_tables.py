@@ -24,6 +24,7 @@ from study import (FREEZE_BLOCK, LOCATED, REBUILD, SPPFT_RANGE, STUDY, Cell, Loc
                    rebuild_folders)
 
 from auditor.core.metrics import mcnemar_exact  # noqa: E402
+from auditor.io.files import replace_generated  # noqa: E402
 from auditor.core.refusal import make_classifier  # noqa: E402
 
 README = HERE.parents[1] / "docs" / "study.md"  # where the generated section lives (it was the README's)
@@ -344,11 +345,7 @@ def main() -> None:
     if args.print:
         print(text)
         return
-    readme = README.read_text()
-    if BEGIN not in readme or END not in readme:
-        raise SystemExit(f"{README} has no study markers ({BEGIN} ... {END})")
-    head, rest = readme.split(BEGIN, 1)
-    README.write_text(head + text + rest.split(END, 1)[1])
+    replace_generated(README, BEGIN, END, text)
     print(f"{README.name}: study section regenerated ({len(text.splitlines())} lines)")
 
 
