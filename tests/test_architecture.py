@@ -239,3 +239,15 @@ def test_the_report_schema_page_is_what_the_code_writes():
     page = (ROOT / "docs" / "reports.md").read_text()
     assert report_schemas.section() in page, "docs/reports.md is stale: run python scripts/report_schemas.py"
     assert "`initial_range`" in page and "`harmful_rate`" in page
+
+
+def test_the_cost_page_is_generated_from_the_committed_measurements():
+    """docs/costs.md's tables come from benchmarks/results/bench_scale.json (python benchmarks/cost_model.py)."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cost_model
+
+    text = cost_model.section(json.loads(cost_model.RESULT.read_text()))
+    assert text in (ROOT / "docs" / "costs.md").read_text(), "docs/costs.md is stale: run python benchmarks/cost_model.py"
+    assert "llama-3.2-1b (1.07B)" in text and "8B (Llama-3.1-8B)" in text

@@ -102,3 +102,18 @@ def test_nfft_freezes_conv1d_output_columns():
 def test_selector_rejects_layers_outside_the_model():
     with pytest.raises(AuditError, match="outside the model"):
         linear_maps(llama(), [5])
+
+
+def test_a_family_without_decoder_blocks_is_refused_naming_it():
+    """A model whose blocks cannot be found (a state-space model, say) is refused in one line naming its family,
+    before anything is scaled or frozen."""
+    from types import SimpleNamespace
+
+    class Mystery(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = SimpleNamespace(model_type="mamba", num_hidden_layers=4)
+            self.mixer = torch.nn.Linear(4, 4)
+
+    with pytest.raises(AuditError, match=r"decoder layers of this mamba model .* not supported"):
+        linear_maps(Mystery(), [1])

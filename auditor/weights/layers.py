@@ -48,7 +48,9 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     for _, mod in model.named_modules():
         if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
             return mod
-    raise AuditError("cannot find the decoder layers of this model")
+    family = getattr(cfg, "model_type", None) or type(model).__name__
+    raise AuditError(f"cannot find the decoder layers of this {family} model (no list of {n} blocks): this family is "
+                     "not supported")
 
 
 def check_range(layers: Iterable[int], n_layers: int) -> list[int]:
