@@ -1,7 +1,7 @@
 """Per-count cost of scaling a GGUF's layers for locate: a scaled copy of the file per count (before) against
 scaling the loaded model in memory (llama_inplace.py), on the bundled model, in one process, interleaved.
 
-    python benchmarks/bench_gguf_scaling.py [--counts 5] [--prompts 24] [--threads 2]
+    python benchmarks/bench_gguf_scaling.py [--counts 5] [--prompts 24] [--threads 2] [--model FILE.gguf]
 
 Per count: the seconds to enter and leave `scaled()` (copy: write the copy, reload it, reload the source;
 in place: patch and restore the tensors), the bytes written to disk, and the decode of the count's prompts
@@ -33,13 +33,18 @@ def main() -> None:
     ap.add_argument("--counts", type=int, default=5)
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default=None, help="another GGUF (e.g. a random-weight 1B shape from _shapes.py)")
     a = ap.parse_args()
     cpu = cpu_info()
     print(f"CPU: {cpu['model']} · flags {cpu['flags']} · load {load_avg()}", flush=True)
-    ref = resolve_model(None)
+    ref = resolve_model(a.model)
     prompts = list(load_prompts("over-rejection").prompts[: a.prompts])
     clf = make_classifier("opening")
-    layers, alpha = range(8, 15), 1.2
+    from auditor.io.models import layer_count
+
+    n = layer_count(ref)
+    layers = range(8, 15) if a.model is None else range(n // 3, 2 * n // 3)  # the bundled: its usual range
+    alpha = 1.2
     backends = {}
     for mode in ("copy", "in_place"):
         os.environ["SAFETY_AUDIT_GGUF_COPIES"] = "1" if mode == "copy" else "0"
@@ -71,7 +76,7 @@ def main() -> None:
         b.close()
     for m, v in result["median"].items():
         print(f"{m}: scale+restore {v['scale_and_restore'] * 1000:.0f} ms, decode {v['decode'] * 1000:.0f} ms per count")
-    print(f"wrote {write('bench_gguf_scaling', result)}")
+    print(f"wrote {write('bench_gguf_scaling' + ('' if a.model is None else '-' + ref.path.stem), result)}")
 
 
 if __name__ == "__main__":
