@@ -192,3 +192,15 @@ def test_piped_logs_never_break_a_line(tmp_path, tiny_model_dir):
     gone = subprocess.run([sys.executable, "-m", "auditor.cli", "scan", str(deep / "nothing-here.gguf")],
                           capture_output=True, text=True, timeout=120)
     assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1 and str(deep) in gone.stderr
+
+
+def test_a_torch_model_too_large_for_the_memory_is_refused_before_the_load(tiny_model_dir, monkeypatch):
+    """Weights alone beyond the free memory: one line with the need, the free memory and what would fit."""
+    from auditor.backends.hf import TorchBackend
+    from auditor.workflows import options
+
+    monkeypatch.setattr(options, "available_bytes", lambda device="cpu": 1000)
+    monkeypatch.setattr(TorchBackend, "__init__", lambda *a, **k: pytest.fail("loaded before the memory check"))
+    r = run(["scan", str(tiny_model_dir), "--backend", "torch", "--dtype", "float32", "--bootstrap", "0"])
+    assert r.exit_code == 2 and "need 0.0 GB in float32 on the cpu, and 0.0 GB is free" in r.output, r.output
+    assert "--backend llama" in r.output and "Traceback" not in r.output

@@ -14,10 +14,12 @@ import torch
 
 from ..backends import Backend, REGISTRY, check_capabilities, choose_backend
 from ..backends.devices import DTYPE_CHOICES, check_placement, resolve_device, resolve_dtype
+from ..backends.hf_loading import torch_folder
 from ..errors import AuditError
 from ..io.config import setting
 from ..io.models import ModelRef, remote_model, resolve_model
 from ..io.reports import ReportHeader
+from ..training.memory import available_bytes, parameter_counts
 
 
 @dataclass
@@ -124,9 +126,25 @@ class Target:
     def loaded(self) -> bool:
         return self._backend is not None
 
+    def check_fits(self) -> None:
+        """A torch model whose weights alone exceed the memory free on its device is refused before the load, in
+        one line with what would fit (parameters counted on the meta device from config.json). A device map
+        spreads it, and llama.cpp maps its file: neither is checked."""
+        if self.backend_name != "torch" or self.opts.device_map:
+            return
+        device = resolve_device(self.opts.device)
+        dtype = resolve_dtype(self.opts.dtype, device)
+        total, _ = parameter_counts(torch_folder(self.ref), None)
+        need, free = total * dtype.itemsize, available_bytes(device)
+        if free is not None and need > free:
+            raise AuditError(f"this model's {total / 1e9:.2f}B parameters need {need / 1e9:.1f} GB in "
+                             f"{str(dtype).removeprefix('torch.')} on the {device}, and {free / 1e9:.1f} GB is free: use "
+                             f"its GGUF with --backend llama, --dtype bfloat16, a GPU or --device-map auto", self.ref.path)
+
     def backend(self, reporter=None) -> Backend:
         """The loaded backend, loaded on the first call."""
         if self._backend is None:
+            self.check_fits()
             if reporter is not None:
                 reporter.status(f"loading {self.label} ({self.backend_name} backend)")
             self._backend = REGISTRY[self.backend_name].load_class()(self.ref, **self.opts.backend_kwargs(self.backend_name))
