@@ -96,3 +96,19 @@ def test_a_model_that_cannot_be_patched_in_place_falls_back_to_copies(monkeypatc
         assert b.generate(PROMPTS[:1], "alpaca", 6) == plain
     finally:
         b.close()
+
+
+def test_locate_switches_to_in_place_scaling_before_its_baseline(monkeypatch, tmp_path):
+    """On a CPU with repacked buffers the in-place layout runs other kernels: the unscaled baseline must be counted
+    on the same ones as the scaled counts, so the switch happens before the first count."""
+    from auditor.workflows.locate import LocateConfig, run_locate
+
+    events = []
+    real_prepare, real_generate = llamacpp.LlamaCppBackend._in_place_scaler, llamacpp.LlamaCppBackend.generate
+    monkeypatch.setattr(llamacpp.LlamaCppBackend, "_in_place_scaler",
+                        lambda self: events.append("in place") or real_prepare(self))
+    monkeypatch.setattr(llamacpp.LlamaCppBackend, "generate",
+                        lambda self, *a, **k: events.append("count") or real_generate(self, *a, **k))
+    run_locate(LocateConfig(start=(8, 14), alpha=1.2, limit=4, classifier="keyword", max_new_tokens=2, patience=1,
+                            controls=False, journal=str(tmp_path / "j.jsonl")))
+    assert events and events[0] == "in place", events[:3]

@@ -108,6 +108,11 @@ class Backend(abc.ABC):
         """Raise what `scaled` would raise for these layers and alpha (an overflow), changing nothing."""
         raise self.unable(WEIGHT_SCALING)
 
+    def prepare_scaling(self) -> None:
+        """Called before a run's first count when it will scale weights: a backend that computes scaled counts
+        another way (llama.cpp: another memory layout) switches now, so the unscaled baseline is computed the
+        same way as every scaled count. Nothing to do by default."""
+
     @property
     def in_flight(self) -> int:
         """How many prompts the backend works on at once (callers size their chunks by it)."""

@@ -335,6 +335,9 @@ class LlamaCppBackend(Backend):
                 self._load(path)
         return self._inplace or None
 
+    def prepare_scaling(self) -> None:
+        self._in_place_scaler()  # the baseline then runs on the same kernels (no repacked buffers) as the counts
+
     @property
     def scales_in_place(self) -> bool:
         return bool(self._inplace)

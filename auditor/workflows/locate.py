@@ -279,6 +279,7 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     with target:
         started = _start_range(cfg, target, reporter) if cfg.survey is None else None
         backend = target.backend(reporter)
+        backend.prepare_scaling()
         if cfg.alpha:  # an α the search may apply to any layer: refused now if it overflows, not after the counts
             backend.check_scaling(range(backend.n_layers), cfg.alpha, cfg.scale_o_proj)
         key = count_key(cfg, target, classifier, prompts)
