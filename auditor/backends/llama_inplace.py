@@ -25,12 +25,10 @@ from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
-from gguf import GGMLQuantizationType as Q
 
-from ..weights.gguf_scaling import BLOCK_SCALE_OFFSETS, FLOAT_TYPES, gguf_targets, restore_region, scale_region
+from ..weights.gguf_scaling import SCALABLE, gguf_targets, restore_region, scale_region
 
 GGML_MAX_SRC = 10
-SCALABLE = {*FLOAT_TYPES, Q.BF16, *BLOCK_SCALE_OFFSETS}
 DEVICE_BUFFERS = ("CUDA", "Metal", "Vulkan", "ROCm")  # a GPU's own buffers: tensor_get/set copy to and from them
 _WEIGHT = re.compile(rb"blk\.\d+\.[a-z_]+\.weight")
 

@@ -30,7 +30,7 @@ from ..io.prompts import wrap
 from ..weights.gguf_scaling import check_gguf_scaling, scale_gguf
 from .base import Backend, Generated, Progress, Stop, prefix_groups
 from .llama_batching import BatchedDecoder, piece_fn
-from .llama_inplace import InPlaceScaler, WeightCapture, bind
+from .llama_inplace import GgmlTensor, InPlaceScaler, WeightCapture, bind
 
 _GGML_LOG_ERROR, _GGML_LOG_CONT = 4, 5  # ggml's enum today: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 _last_level = 0
@@ -58,7 +58,6 @@ _ggml.ggml_nelements.argtypes = [ctypes.c_void_p]
 _ggml.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
 _ggml.ggml_backend_tensor_get.restype = None
 bind(_ggml)
-_NE_OFFSET = 16  # struct ggml_tensor { enum ggml_type type; ggml_backend_buffer* buffer; int64_t ne[4]; size_t nb[4]; ...}
 _GGML_TYPE_F32 = 0
 L.llama_backend_init()
 AUTO_BATCH = 32  # sequences per decode: benchmarks/bench_generate.py
@@ -70,10 +69,6 @@ def _cpu_has_amx() -> bool:
             return any(line.startswith("flags") and "amx_tile" in line.split() for line in f)
     except OSError:
         return True  # unknown: the safe side
-
-
-class _TensorView(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_size_t * 4)]
 
 
 class LlamaCppBackend(Backend):
@@ -151,7 +146,7 @@ class LlamaCppBackend(Backend):
             return False if ask else True
         if ask:
             return True
-        view = _TensorView.from_address(t)
+        view = GgmlTensor.from_address(t)
         d, rows = int(view.ne[0]), int(view.ne[1])
         if view.type != _GGML_TYPE_F32 or d != self.hidden_size:
             return True

@@ -167,7 +167,6 @@ def configs(kw: dict, *classes: type, prefix: str = "", **given) -> list:
 
 
 REMOTE = ("base_url", "served_model", "api_key_env", "allow_insecure_http")  # the openai backend's own options
-PLACEMENT = ("device", "dtype", "device_map")
 
 
 def check_outputs(force: bool, *paths) -> None:

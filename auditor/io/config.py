@@ -34,10 +34,6 @@ def field_of(config: type, name: str) -> dataclasses.Field:
     return {f.name: f for f in dataclasses.fields(config)}[name]
 
 
-def help_of(config: type, name: str) -> str:
-    return field_of(config, name).metadata.get("help", "")
-
-
 def default_of(config: type, name: str) -> Any:
     f = field_of(config, name)
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -30,6 +30,7 @@ BLOCK_SCALE_OFFSETS: dict[Q, tuple[int, ...]] = {
     Q.Q6_K: (208,), Q.Q3_K: (108,),
 }
 FLOAT_TYPES = {Q.F32: np.float32, Q.F16: np.float16}
+SCALABLE = {*FLOAT_TYPES, Q.BF16, *BLOCK_SCALE_OFFSETS}
 GGUF_LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "attn_qkv", "ffn_gate", "ffn_up", "ffn_down",
                "ffn_gate_up", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
 GGUF_O_PROJ = ("attn_output",)
@@ -46,16 +47,9 @@ def _bf16_as_f32(bits: np.ndarray) -> np.ndarray:
 
 
 def _scaled_values(mm: np.ndarray, t) -> np.ndarray:
-    """The numbers scaling multiplies by α, as float32: the weights of a float tensor, the fp16 scales (and
-    mins) of a quantized one."""
-    region = mm[t.offset : t.offset + t.n_bytes]
-    if t.type in FLOAT_TYPES:
-        return region.view(FLOAT_TYPES[t.type]).astype(np.float32)
-    if t.type == Q.BF16:
-        return _bf16_as_f32(region.view(np.uint16))
-    blocks = region.reshape(-1, GGML_QUANT_SIZES[t.type][1])
-    return np.concatenate([blocks[:, off : off + 2].view(np.float16).astype(np.float32).ravel()
-                           for off in BLOCK_SCALE_OFFSETS[t.type]])
+    """The numbers scaling multiplies by α (`_fields`), as float32."""
+    as_f32 = _bf16_as_f32 if t.type == Q.BF16 else (lambda f: f.astype(np.float32))
+    return np.concatenate([as_f32(f).ravel() for f in _fields(mm[t.offset : t.offset + t.n_bytes], t.type)])
 
 
 def _check_range(mm: np.ndarray, t, alpha: float, src: Path) -> None:
@@ -112,7 +106,7 @@ def _patch(mm: np.ndarray, t, alpha: float) -> None:
 def check_gguf_targets(src: Path, targets: list, alpha: float) -> None:
     """Every target's type can be scaled, and α times its largest value fits that type: before any copy."""
     for t in targets:
-        if t.type not in FLOAT_TYPES and t.type != Q.BF16 and t.type not in BLOCK_SCALE_OFFSETS:
+        if t.type not in SCALABLE:
             raise AuditError(f"cannot scale tensor '{t.name}': quant type {t.type.name} is not supported", src)
     source = np.memmap(src, dtype=np.uint8, mode="r")
     try:

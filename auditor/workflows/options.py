@@ -122,10 +122,6 @@ class Target:
     def precision(self) -> list[str]:
         return self.opts.precision_key(self.backend_name)
 
-    @property
-    def loaded(self) -> bool:
-        return self._backend is not None
-
     def check_fits(self) -> None:
         """A torch model whose weights alone exceed the memory free on its device is refused before the load, in
         one line with what would fit (parameters counted on the meta device from config.json). A device map
