@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import platform
 
+from ..weights.layers import block_parameters
+
 
 def keep_freed_memory() -> bool:
     """Have glibc serve big tensors from its heap and keep what is freed, instead of an mmap/munmap per
@@ -25,9 +27,7 @@ def parameter_counts(folder, layers: range | None) -> tuple[int, int]:
     """(all parameters, those of the chosen layers' linear maps) of the model in an HF folder, counted on the
     meta device: nothing is read but config.json, so it is cheap at any size (remote code stays off)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ..weights.layers import block_parameters
+    from transformers import AutoConfig, AutoModelForCausalLM  # heavy: only when a run is checked
 
     cfg = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     with torch.device("meta"):
