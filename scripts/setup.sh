@@ -33,6 +33,20 @@ if ! $VENV/bin/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ 
   quiet $PIP install -q --no-cache-dir "$WHEELHOUSE"/llama_cpp_python-*.whl
 fi
 
+# llama.cpp's HF->GGUF converter, from the same sdist the wheel above was built from (auditor/io/hf_to_gguf.py)
+CONVERT="$VENV/share/llama.cpp-convert"
+if [ "$(cat "$CONVERT/VERSION" 2>/dev/null)" != "$LLAMA_VERSION" ]; then
+  SDIST=$(mktemp -d)
+  quiet $PIP download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_VERSION" -d "$SDIST" >/dev/null
+  SRC="llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp"
+  tar xzf "$SDIST"/llama_cpp_python-"$LLAMA_VERSION".tar.gz -C "$SDIST" \
+    "$SRC/convert_hf_to_gguf.py" "$SRC/conversion" "$SRC/gguf-py" "$SRC/LICENSE"
+  rm -rf "$CONVERT.tmp" && mkdir -p "$CONVERT.tmp"
+  mv "$SDIST/$SRC"/{convert_hf_to_gguf.py,conversion,gguf-py,LICENSE} "$CONVERT.tmp"/
+  echo "$LLAMA_VERSION" > "$CONVERT.tmp/VERSION"
+  rm -rf "$CONVERT" "$SDIST" && mv "$CONVERT.tmp" "$CONVERT"
+fi
+
 # this package, editable: only when its packaging changed (a re-run installs nothing and prints nothing)
 STAMP="$VENV/.safety-audit-installed"
 WANT=$(cat pyproject.toml setup.py | sha256sum | cut -d" " -f1)

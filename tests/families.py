@@ -24,7 +24,10 @@ FAMILIES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 8}, STANDARD),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 8}, STANDARD),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 8, "sliding_window": 16}, STANDARD),
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 8, "sliding_window": 16}, STANDARD),
+    # query_pre_attn_scalar = head_dim, as in Gemma-3 1B/4B/12B: llama.cpp takes Gemma-3's attention scale from
+    # the model size (27B: hidden/heads, else head_dim), not from this key (Gemma-2 reads it: kept at 256 there)
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 8, "sliding_window": 16,
+                                                          "query_pre_attn_scalar": 8}, STANDARD),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 2},
              {"self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"}),
     "granite": ("GraniteConfig", "GraniteForCausalLM", {"residual_multiplier": 0.5, "logits_scaling": 2.0}, STANDARD),

@@ -107,6 +107,26 @@ def test_sppft_freezes_exactly_the_chosen_layers(family_dir, tmp_path, lora):
     assert any(not torch.equal(after[n], before[n]) for n in others), f"{family}: nothing outside the frozen layers trained"
 
 
+def test_nfft_freezes_whole_neurons_of_every_map_kind(family_dir, tmp_path):
+    """NFFT ranks output neurons of every linear map, fused ones included, and freezes at least SPPFT's
+    budget; each frozen row is bit-identical after training, and the maps it froze rows of still trained."""
+    family, folder = family_dir
+    out = tmp_path / "out"
+    rep = run_harden(HardenConfig(out=str(out), model=str(folder), method="nfft", layers=LAYERS, n_rows=4, max_steps=1,
+                                  batch_size=2, cutoff=400, lr=1e-2, save_steps=10))
+    before, after = load_file(str(folder / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    model = families.build(family, vocab_size=3)
+    maps = {f"{m.name}.weight": m.out_axis for m in linear_maps(model)}
+    budget = sum(p.numel() for p in block_parameters(model, LAYERS).values())
+    rows = rep["frozen"]["rows"]
+    assert rows and set(rows) <= set(maps) and rep["frozen"]["frozen_parameters"] >= budget, family
+    for name, frozen_rows in rows.items():
+        b, a = before[name].movedim(maps[name], 0), after[name].movedim(maps[name], 0)
+        assert torch.equal(a[frozen_rows], b[frozen_rows]), (family, name)
+        free = sorted(set(range(b.shape[0])) - set(frozen_rows))
+        assert not free or not torch.equal(a[free], b[free]), (family, name)
+
+
 def test_attention_maps_every_layer(family_dir):
     family, folder = family_dir
     rep = run_attention(AttentionConfig(model=str(folder), dtype="float32", malicious="Steal a car.", normal="Say hello."))

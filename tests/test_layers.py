@@ -117,3 +117,43 @@ def test_a_family_without_decoder_blocks_is_refused_naming_it():
 
     with pytest.raises(AuditError, match=r"decoder layers of this mamba model .* not supported"):
         linear_maps(Mystery(), [1])
+
+
+MOE = {"mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 2, "num_experts_per_tok": 1}),
+       "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {"num_experts": 2, "num_experts_per_tok": 1,
+                                                               "moe_intermediate_size": 16, "head_dim": 8}),
+       "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", {"num_local_experts": 2, "num_experts_per_tok": 1, "head_dim": 8})}
+
+
+@pytest.mark.parametrize("family", sorted(MOE))
+def test_a_mixture_of_experts_is_refused_rather_than_half_scaled(family, tmp_path, monkeypatch):
+    """transformers 5 keeps the experts as stacked 3-D parameters, not linear layers: scaling or freezing only
+    the attention of a layer would be a silent half-run. Refused in one line naming the family and what would be
+    missed, by locate before its scan; the states are still read (scan needs no linear maps)."""
+    import transformers
+    from click.testing import CliRunner
+    from conftest import make_tokenizer
+
+    from auditor.backends import open_backend
+    from auditor.cli import main
+    from auditor.io.models import resolve_model
+
+    config, model_class, extra = MOE[family]
+    tok = make_tokenizer()
+    cfg = getattr(transformers, config)(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                        num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+                                        pad_token_id=2, **extra)
+    model = getattr(transformers, model_class)(cfg)
+    with pytest.raises(AuditError) as e:
+        linear_maps(model, [1])
+    msg = str(e.value)
+    assert f"this {family} model keeps weights outside linear layers (a mixture of experts)" in msg
+    assert "mlp.experts.gate_up_proj" in msg and "\n" not in msg
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert tuple(open_backend(resolve_model(tmp_path), "torch").states_for_ids([[1, 5, 6], [1, 7]]).shape) == (3, 2, 32)
+    scans = []
+    monkeypatch.setattr("auditor.workflows.locate.run_scan", lambda *a, **k: scans.append(a))
+    r = CliRunner().invoke(main, ["locate", str(tmp_path), "--backend", "torch", "--limit", "2", "-q"])
+    assert r.exit_code == 2 and "keeps weights outside linear layers" in r.output and not scans
+    assert "Traceback" not in r.output

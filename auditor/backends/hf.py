@@ -128,8 +128,13 @@ class TorchBackend(Backend):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        """Any id the embedding has (pads are masked). A tokenizer can name a pad token the model has no row
+        for: transformers gives a Qwen2 tokenizer without one an added <|endoftext|> past the vocabulary."""
+        rows = self.model.get_input_embeddings().num_embeddings
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if candidate is not None and 0 <= candidate < rows:
+                return candidate
+        return 0
 
     @torch.inference_mode()
     def complete(self, queries: Sequence[str], template: str, max_new_tokens: int = 16,

@@ -71,11 +71,29 @@ def linear_maps(model: torch.nn.Module, layers: Iterable[int] | None = None) -> 
     full_names = {id(m): n for n, m in model.named_modules()}
     out = []
     for k in chosen:
+        found = []
         for rel, mod in blocks[k].named_modules():
             if isinstance(mod, linear + conv1d):
-                out.append(LinearMap(k, full_names[id(mod)], mod, 1 if isinstance(mod, conv1d) else 0,
-                                     any(rel == s or rel.endswith("." + s) for s in O_PROJ_NAMES)))
+                found.append(LinearMap(k, full_names[id(mod)], mod, 1 if isinstance(mod, conv1d) else 0,
+                                       any(rel == s or rel.endswith("." + s) for s in O_PROJ_NAMES)))
+        _check_covered(model, blocks[k], found)
+        out += found
     return out
+
+
+def _check_covered(model: torch.nn.Module, block: torch.nn.Module, maps: list[LinearMap]) -> None:
+    """Scaling, freezing and neuron ranking act on linear maps. A block that keeps matrices elsewhere (a
+    mixture of experts' stacked expert weights and router, in transformers 5) would be half scaled and half
+    frozen, so it is refused, naming the family and what would be missed."""
+    covered = {id(p) for m in maps for p in m.module.parameters()}
+    missed = [n for n, p in block.named_parameters() if p.dim() >= 2 and id(p) not in covered]
+    if missed:
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        family = getattr(cfg, "model_type", None) or type(model).__name__
+        kind = " (a mixture of experts)" if any("expert" in n for n in missed) else ""
+        raise AuditError(f"this {family} model keeps weights outside linear layers{kind}, such as "
+                         f"{', '.join(missed[:3])}: scaling or freezing its layers would miss them, so this family "
+                         "is not supported by locate, harden or nfft (scan and attention work)")
 
 
 def block_parameters(model: torch.nn.Module, layers: Iterable[int]) -> dict[str, torch.nn.Parameter]:

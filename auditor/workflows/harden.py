@@ -23,6 +23,7 @@ from ..backends.hf_loading import load_causal_lm, torch_folder
 from ..errors import AuditError
 from ..io.cache import sha256_json
 from ..io.gguf_export import export_gguf
+from ..io.hf_to_gguf import check_convertible, convert_hf_folder
 from ..io.config import check_least, setting
 from ..io.files import check_folder_writable, exclusive, refuse_foreign
 from ..io.models import layer_count, resolve_model
@@ -68,7 +69,8 @@ class HardenConfig:
     method_settings: Any = setting(None, "The method's own settings: an instance of its `Settings` class (lisa: "
                                          "LisaSettings); None: its defaults.", cli=False)
     resume: bool = setting(False, "Continue a killed run from its last checkpoint (DIR.checkpoints).")
-    gguf: str | None = setting(None, "Also write DIR/model.<type>.gguf with the input GGUF's metadata and tensor names.",
+    gguf: str | None = setting(None, "Also write DIR/model.<type>.gguf: a GGUF input's metadata and tensor names "
+                               "with the trained weights; an HF input through llama.cpp's own converter.",
                                choices="gguf-types")
     group_by_length: bool = setting(False, "Batches of similar length (less padding; the reference build uses it).",
                                     cli=False)
@@ -215,7 +217,7 @@ def _run(cfg: HardenConfig, out: Path, reporter, callbacks, rows) -> dict:
         torch.set_num_threads(cfg.threads)
     ref = resolve_model(cfg.model)
     if cfg.gguf and not ref.is_gguf:
-        raise AuditError("--gguf needs a GGUF input model (its metadata and tensor names are reused)", ref.path)
+        check_convertible(ref.path)  # llama.cpp's converter, tried on the input now rather than after training
     stated = layer_count(ref)
     if stated:
         layer_range(cfg, stated)  # a bad range fails before the load, not after it
@@ -264,11 +266,24 @@ def _report(cfg, ref, ctx, rows, manifest, frozen, n_frozen, n_total, steps, res
                         trainer.state.global_step, training_versions(), round(time.perf_counter() - t0, 1)).to_dict()
 
 
+def _with_sentencepiece(folder: Path, source: Path) -> Path:
+    """The converter reads a SentencePiece model for most families; a tokenizer saved by transformers may not
+    carry one, so the input's is copied beside the trained weights."""
+    spm = source / "tokenizer.model"
+    if spm.is_file() and not (folder / spm.name).exists():
+        shutil.copy(spm, folder / spm.name)
+    return folder
+
+
 def _write(cfg, out, ref, model, tok, report, reporter) -> None:
     extra_files = None
     if cfg.gguf:
         reporter.status(f"writing the GGUF ({cfg.gguf})")
-        extra_files = lambda folder: export_gguf(ref.path, model.state_dict(), folder / f"model.{cfg.gguf}.gguf", cfg.gguf)
+        name = f"model.{cfg.gguf}.gguf"
+        if ref.is_gguf:  # the input's own metadata and tensor names, with the trained weights
+            extra_files = lambda folder: export_gguf(ref.path, model.state_dict(), folder / name, cfg.gguf)
+        else:
+            extra_files = lambda folder: convert_hf_folder(_with_sentencepiece(folder, ref.path), folder / name, cfg.gguf)
         report["gguf"] = f"model.{cfg.gguf}.gguf"
     write_model_folder(out, model, tok, report, cfg.force, extra_files)
     shutil.rmtree(out.with_name(out.name + ".checkpoints"), ignore_errors=True)

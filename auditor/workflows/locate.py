@@ -277,11 +277,12 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
     t0 = time.perf_counter()
     with target:
-        started = _start_range(cfg, target, reporter) if cfg.survey is None else None
         backend = target.backend(reporter)
+        # refused before the scan and the counts: a family whose layers cannot be scaled (a mixture of experts),
+        # or an α the search may apply to any layer that overflows
+        backend.check_scaling(range(backend.n_layers), cfg.alpha or 1.0, cfg.scale_o_proj)
+        started = _start_range(cfg, target, reporter) if cfg.survey is None else None
         backend.prepare_scaling()
-        if cfg.alpha:  # an α the search may apply to any layer: refused now if it overflows, not after the counts
-            backend.check_scaling(range(backend.n_layers), cfg.alpha, cfg.scale_o_proj)
         key = count_key(cfg, target, classifier, prompts)
         journal = CountJournal(Path(cfg.journal) if cfg.journal else cached_journal("locate", key), key)
         count = RefusalCounter(backend, prompts, classifier, cfg.template, cfg.scale_o_proj, journal, reporter)
