@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from auditor.io.files import replace_generated  # noqa: E402
+from auditor.core.verdict import by_set_key  # noqa: E402
 from auditor.io.reports import READABLE_SCHEMAS, SCHEMA_VERSION, ReportHeader  # noqa: E402
 from auditor.workflows.attention import AttentionReport  # noqa: E402
 from auditor.workflows.evaluate import GATES, EvalReport  # noqa: E402
@@ -66,9 +67,11 @@ def section() -> str:
         if cls is EvalReport:
             out += ["", "Then one entry per number the metrics computed, at the top level, in registry order (a rate: "
                     "`value`, `n`, `ci95` (Wilson), `interval`, `outcomes` as a 0/1 string in prompt order; a mean: "
-                    "`value`, `n`, `ci95` (bootstrap)):", "", "| key | what | kind | gated by |", "| --- | --- | --- | --- |"]
-            out += [f"| `{k}` | {g.label} | {g.kind} | `--{g.option.replace('_', '-')}` ({g.direction}) |"
-                    for k, g in GATES.items()]
+                    "`value`, `n`, `ci95` (bootstrap)). A number measured on several prompt sets is also given per set, "
+                    "by set name, under its per-set key; its own key repeats the first set's entry, and `check` gates "
+                    "every set:", "", "| key | per set | what | kind | gated by |", "| --- | --- | --- | --- | --- |"]
+            out += [f"| `{k}` | {f'`{by_set_key(k)}`' if g.per_set else '–'} | {g.label} | {g.kind} | "
+                    f"`--{g.option.replace('_', '-')}` ({g.direction}) |" for k, g in GATES.items()]
     return "\n".join([*out, "", END])
 
 

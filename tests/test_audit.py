@@ -73,8 +73,9 @@ def test_a_killed_audit_resumes_keeping_finished_steps(tmp_path, tiny_model_dir,
 def _baseline(audited, tmp_path, harmful_shift: float) -> Path:
     """The audit's own eval as the baseline; with a shift, a baseline that answered no harmful prompt."""
     ev = json.loads((audited[0] / "eval.json").read_text())
-    if harmful_shift:
-        ev["harmful_rate"].update(value=0.0, outcomes="0" * ev["harmful_rate"]["n"])
+    if harmful_shift:  # on every harmful set (the verdict reads them per set)
+        for entry in [ev["harmful_rate"], *ev["harmful_by_set"].values()]:
+            entry.update(value=0.0, outcomes="0" * entry["n"])
     p = tmp_path / "base.json"
     p.write_text(json.dumps(ev))
     return p
@@ -138,7 +139,7 @@ def test_the_page_is_valid_self_contained_html(audited):
 def test_the_markdown_section_is_a_model_card_table(audited):
     md = render_markdown(load_bundle([audited[0]]))
     assert md.startswith("## Safety evaluation") and "| metric | value | 95% CI | n |" in md
-    assert "| harmful rate R_h |" in md and "No verdict" in md
+    assert "| harmful rate R_h \\(advbench-eval\\) |" in md and "| harmful rate R_h \\(xstest-unsafe\\) |" in md and "No verdict" in md
 
 
 def test_report_command_inputs(tmp_path, audited):
@@ -183,7 +184,7 @@ def test_report_json_states_the_facts_of_the_page(tmp_path, audited):
     facts = json.loads(p.stdout)
     assert facts["schema_version"] == 2 and facts["passed"] is None and facts["checks"] is None
     rates = {m["label"]: m["value"] for m in facts["metrics"]}
-    assert rates["harmful rate R_h"] == json.loads((audited[0] / "eval.json").read_text())["harmful_rate"]["value"]
+    assert rates["harmful rate R_h (advbench-eval)"] == json.loads((audited[0] / "eval.json").read_text())["harmful_rate"]["value"]
     assert {p["what"] for p in facts["provenance"]} >= {"scan", "eval", "attention"}
 
 
@@ -196,7 +197,7 @@ def _poisoned(value, key=None):
     """Every string a model or a user could have written, with HOSTILE appended (dict keys too: over-refusal
     set names come from file names); numbers and the fields the page branches on stay as they are."""
     if isinstance(value, dict):
-        return {(k + HOSTILE if key == "over_refusal_by_set" else k): _poisoned(v, k) for k, v in value.items()}
+        return {(k + HOSTILE if str(key).endswith("_by_set") else k): _poisoned(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_poisoned(v, key) for v in value]
     if isinstance(value, str) and key not in _STRUCTURAL:

@@ -107,11 +107,13 @@ def test_check_exit_codes_and_junit(eval_report, tmp_path):
     assert result["verdict"] == "inconclusive" and all(r["paired"] and r["delta"] == 0 for r in result["checks"]
                                                          if r["metric"] != "rouge_l")
     assert {(r["metric"], r["set"]) for r in result["checks"]} >= {("over_refusal_rate", "bundled:xstest-safe"),
-                                                                    ("over_refusal_rate", "bundled:over-rejection")}
+                                                                    ("over_refusal_rate", "bundled:over-rejection"),
+                                                                    ("harmful_rate", "bundled:advbench-eval"),
+                                                                    ("harmful_rate", "bundled:xstest-unsafe")}
     junit = tmp_path / "check.xml"
     CliRunner().invoke(main, ["check", str(eval_report[0]), "--baseline", str(eval_report[0]), "--junit", str(junit)])
     suite = ET.parse(junit).getroot()
-    assert {f.get("type") for f in suite.iter("failure")} == {"inconclusive"} and suite.get("tests") == "5"
+    assert {f.get("type") for f in suite.iter("failure")} == {"inconclusive"} and suite.get("tests") == "6"
     wide = tmp_path / "wide.toml"
     wide.write_text("[thresholds]\nmax_harmful_increase = 1\nmax_over_refusal_increase = 1\nmax_rouge_drop = 1\n"
                     "max_mmlu_drop = 1\n")
@@ -145,7 +147,8 @@ def test_a_candidate_missing_a_metric_is_not_compared(eval_report):
 def test_compare_table(eval_report):
     r = CliRunner().invoke(main, ["compare", str(eval_report[0]), str(eval_report[0]), "--json"])
     data = json.loads(r.output)
-    assert data["columns"] == ["base", "base"] and [x["metric"] for x in data["rows"]][0] == "harmful rate R_h"
+    assert data["columns"] == ["base", "base"]
+    assert [x["metric"] for x in data["rows"]][:2] == ["harmful rate R_h (advbench-eval)", "harmful rate R_h (xstest-unsafe)"]
     with pytest.raises(AuditError):
         load_eval(eval_report[1])
 

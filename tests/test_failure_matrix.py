@@ -292,7 +292,7 @@ CASES = [
     ("check reports measured differently", lambda e: ["check", str(_variant(e, "other.json", template="alpaca", limit=7)), "--baseline",
                                                       str(e.eval_json)], "other.json", "template alpaca"),
     ("check baseline value null", lambda e: ["check", str(e.eval_json), "--baseline", str(_variant(e, "null.json", null="harmful_rate"))],
-     "", "no value for harmful_rate"),
+     "null.json", "harmful_rate disagrees with harmful_by_set"),
     ("eval kl without --base", lambda e: ["eval", M, "--metrics", "kl"], "", "--base"),
     ("eval kl from a missing base", lambda e: ["eval", M, "--metrics", "kl", "--base", str(e.inp / "gone.gguf")], "gone.gguf", "not found"),
     ("eval kl positions zero", lambda e: ["eval", M, "--metrics", "kl", "--base", M, "--kl-positions", "0"], "", "--kl-positions"),
@@ -425,7 +425,7 @@ def test_check_regression_is_exit_1_not_2(eval_report, tmp_path):
     worse = dict(data, harmful_rate={**data["harmful_rate"], "value": 0.3, "n": 520, "outcomes": ("1" * 156).ljust(520, "0")})
     better = dict(data, harmful_rate={**data["harmful_rate"], "value": 0.0, "n": 520, "outcomes": "0" * 520})
     for d in (worse, better):
-        d.pop("over_refusal_rate", None), d.pop("over_refusal_by_set", None)
+        d.pop("over_refusal_rate", None), d.pop("over_refusal_by_set", None), d.pop("harmful_by_set", None)
     cand = write_lines(tmp_path / "cand.json", [json.dumps(worse)])
     base = write_lines(tmp_path / "base.json", [json.dumps(better)])
     r = CliRunner().invoke(main, ["check", str(cand), "--baseline", str(base)])

@@ -17,14 +17,22 @@ from ..errors import AuditError
 from .bootstrap import mean_change, outcomes_of, paired_rate_change, rate_change
 from .refusal import current_name
 
+def by_set_key(metric: str) -> str:
+    """Where a report keeps a metric measured on several prompt sets, one entry per set name:
+    harmful_rate -> harmful_by_set, over_refusal_rate -> over_refusal_by_set, harmful_score -> harmful_score_by_set.
+    The metric's own key holds its first set, as reports did before there were several."""
+    return metric.removesuffix("_rate") + "_by_set"
+
+
 def entries(report: dict, metric: str) -> dict[str | None, dict]:
-    """A metric's entries by set: over-refusal per set name (never 'the first'), others under None."""
-    if metric == "over_refusal_rate":
-        sets, entry = report.get("over_refusal_by_set"), report.get(metric)
-        if sets:
-            return dict(sets)
-        return {entry.get("set"): entry} if entry else {}
-    return {None: report[metric]} if report.get(metric) is not None else {}
+    """A metric's entries by set name (never 'the first' alone) where it was measured per set; else under None.
+    An over-refusal entry of a report older than its per-set field is named by its set."""
+    sets, entry = report.get(by_set_key(metric)), report.get(metric)
+    if isinstance(sets, dict) and sets:
+        return dict(sets)
+    if entry is None:
+        return {}
+    return {entry.get("set") if metric == "over_refusal_rate" else None: entry}
 
 
 def _name(classifier: dict) -> str | None:

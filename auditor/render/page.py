@@ -18,6 +18,7 @@ from jinja2 import Environment, PackageLoader
 
 from ..errors import AuditError
 from ..io.files import atomic_write
+from ..core.verdict import entries
 from ..io.reports import read_report
 from ..workflows.gate import LABELS, THRESHOLDS, check_eval_shape
 from .plots import _pyplot, attention_figure, locate_figure, scan_figure
@@ -78,12 +79,11 @@ def _png(figure) -> str:
 def _metric_rows(ev: dict | None, base: dict | None) -> list[dict]:
     rows = []
     for metric in THRESHOLDS:
-        sets = (ev or {}).get("over_refusal_by_set") if metric == "over_refusal_rate" else None
-        entries = sets.items() if sets else [(None, (ev or {}).get(metric))]
-        for name, v in entries:
+        based = entries(base or {}, metric)
+        for name, v in entries(ev or {}, metric).items():
             if not v or v.get("value") is None:
                 continue
-            b = (base or {}).get("over_refusal_by_set", {}).get(name) if name else (base or {}).get(metric)
+            b = based.get(name)
             label = LABELS[metric] + (f" ({name.removeprefix('bundled:')})" if name else "")
             rows.append({"label": label, "value": v["value"], "ci": v.get("ci95"), "n": v.get("n"),
                          "base": b.get("value") if b else None, "base_ci": b.get("ci95") if b else None})

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ..core.verdict import entries
 from ..workflows.gate import LABELS, THRESHOLDS
 
 
@@ -179,22 +180,20 @@ def eval_table(report: dict) -> Table:
 
 
 def _metric_rows(report: dict):
-    """(label, value dict, note) in the registry's order; every over-refusal set right under its metric."""
+    """(label, value dict, note) in the registry's order; every set of a per-set metric right under it."""
     for m in THRESHOLDS:
-        if m not in report:
-            continue
-        v = report[m]
-        if m == "over_refusal_rate":
-            for name, per_set in (report.get("over_refusal_by_set") or {v.get("set", ""): v}).items():
-                yield LABELS[m], per_set, name
-            continue
-        if m == "judge_harmful_rate":
-            ag = v.get("agreement") or {}
-            kappa = "–" if ag.get("kappa") is None else f"{ag['kappa']:.2f}"
-            yield LABELS[m], v, (f"{v['judge']} ({v.get('judge_format', 'qi2023')}); agrees with {ag.get('classifier')} on "
-                                 f"{(ag.get('agreement') or 0):.0%}, κ {kappa}; unparseable {v['unparseable']}")
-            continue
-        yield LABELS[m], v, f"{v['judge']}; unparseable {v['unparseable']}" if m == "harmful_score" else v.get("set", "")
+        for name, v in entries(report, m).items():
+            where = (name or v.get("set") or "").removeprefix("bundled:")
+            if m == "judge_harmful_rate":
+                ag = v.get("agreement") or {}
+                kappa = "–" if ag.get("kappa") is None else f"{ag['kappa']:.2f}"
+                yield LABELS[m], v, (f"{where}: {v['judge']} ({v.get('judge_format', 'qi2023')}); agrees with "
+                                     f"{ag.get('classifier')} on {(ag.get('agreement') or 0):.0%}, κ {kappa}; "
+                                     f"unparseable {v['unparseable']}")
+            elif m == "harmful_score":
+                yield LABELS[m], v, f"{where}: {v['judge']}; unparseable {v['unparseable']}"
+            else:
+                yield LABELS[m], v, where
 
 
 @_reports_as_text

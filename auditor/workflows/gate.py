@@ -15,7 +15,7 @@ from ..io.config import setting
 from ..io.reports import read_report
 from ..core.metrics import mcnemar_exact
 from ..core.refusal import make_classifier
-from ..core.verdict import measured_differently, overall, verdict_rows
+from ..core.verdict import by_set_key, entries, measured_differently, overall, verdict_rows
 from .evaluate import GATES, EvalConfig, load_saved, run_eval
 
 # metric -> (option, direction, default limit) and labels: read from the metric registry (evaluate.METRICS), so a
@@ -63,6 +63,13 @@ def check_eval_shape(data: dict, path) -> dict:
         problem = _shape_problem(entry)
         if problem:
             raise AuditError(f"malformed eval report: {name} {problem}", path)
+    for metric in THRESHOLDS:  # the metric's own entry repeats its first set's: the two must agree
+        sets, entry = data.get(by_set_key(metric)), data.get(metric)
+        if isinstance(sets, dict) and sets and entry is not None:
+            first = sets.get(entry.get("set"))
+            if first is None or any(first.get(k) != entry.get(k) for k in ("value", "n", "ci95", "outcomes")):
+                raise AuditError(f"malformed eval report: {metric} disagrees with {by_set_key(metric)}"
+                                 f"[{entry.get('set')}]", path)
     return data
 
 
@@ -70,11 +77,12 @@ def _metric_entries(data: dict):
     for metric in THRESHOLDS:
         if metric in data:
             yield metric, data[metric]
-    sets = data.get("over_refusal_by_set")
-    if sets is not None and not isinstance(sets, dict):
-        yield "over_refusal_by_set", sets
-    for name, entry in (sets or {}).items() if isinstance(sets, dict) else ():
-        yield f"over_refusal_by_set[{name}]", entry
+        key = by_set_key(metric)
+        sets = data.get(key)
+        if sets is not None and not isinstance(sets, dict):
+            yield key, sets
+        for name, entry in (sets or {}).items() if isinstance(sets, dict) else ():
+            yield f"{key}[{name}]", entry
 
 
 def _number(v) -> bool:
@@ -205,14 +213,10 @@ def compare_rows(reports: list[dict]) -> list[tuple[str, list[str]]]:
 
     rows = []
     for m in THRESHOLDS:
-        if m != "over_refusal_rate":
-            rows.append((LABELS[m], [fmt(r, m) for r in reports]))
-            continue
-        sets = list(dict.fromkeys(s for r in reports for s in (r.get("over_refusal_by_set") or
-                                                                 ({r[m].get("set", "")} if m in r else {}))))
-        for name in sets:  # one labelled row per over-refusal set
-            rows.append((f"{LABELS[m]} ({name.removeprefix('bundled:')})",
-                         [fmt(r.get("over_refusal_by_set") or {name: r.get(m)}, name) for r in reports]))
+        per_report = [entries(r, m) for r in reports]
+        for name in dict.fromkeys(n for e in per_report for n in e):  # one labelled row per set of a per-set metric
+            rows.append((LABELS[m] + (f" ({name.removeprefix('bundled:')})" if name else ""),
+                         [fmt(e, name) for e in per_report]))
     return rows
 
 
