@@ -12,8 +12,10 @@ from auditor.cli import main
 from auditor.errors import AuditError
 from auditor.io.prompts import load_prompts, load_task_rows, norm_text, task_query
 from auditor.io.models import reference_dir
+from auditor.io.phrasing import core_action, heldout_phrasings, training_phrasings
 from auditor.workflows.reference import (ReferenceConfig, borderline_prompts, build_reference, distill_prompts,
-                                         evaluation_prompts, refusal_texts, training_rows, whole_sentences)
+                                         evaluation_prompts, refusal_texts, rephrased_benign, training_rows,
+                                         whole_sentences)
 
 
 def _answers(refuse=()):
@@ -37,14 +39,20 @@ def test_rows_use_only_the_training_splits():
     eval_goals = set(load_prompts("advbench-eval").prompts)
     refusals = set(refusal_texts())
     refused = [r for r in rows if r["output"] in refusals]
-    assert {r["instruction"] for r in refused} == train_goals
+    cores = {core_action(g).lower() for g in train_goals}
+    assert train_goals <= {r["instruction"] for r in refused}
+    rephrased = [r["instruction"] for r in refused if r["instruction"] not in train_goals]  # r5: 2 more per goal
+    assert len(rephrased) == 2 * len(train_goals) and all(any(c in p.lower() for c in cores) for p in rephrased)
     assert not eval_goals & set(by_instruction)
     assert manifest["advbench_rows"] == list(range(0, 520, 2))
     alpaca_eval = {task_query(r) for r in load_task_rows("alpaca-eval")}
     benign = [r for r in rows if r["output"] not in refusals and r["instruction"] not in borderline_prompts()]
     assert not alpaca_eval & {task_query(r) for r in benign}  # held-out rows (and their duplicates) never trained on
-    assert manifest["rows_by_kind"] == {"refusal": 260, "benign": 600,
-                                        "borderline": len(borderline_prompts())}
+    assert manifest["rows_by_kind"] == {"refusal": 260, "benign": 600, "borderline": len(borderline_prompts()),
+                                        "refusal_rephrased": 520, "benign_rephrased": len(rephrased_benign())}
+    r4, m4 = training_rows(_answers(), seed=0, recipe="r4")  # the earlier recipe, still buildable: the goals as written
+    assert {r["instruction"] for r in r4 if r["output"] in refusals} == train_goals
+    assert m4["rows_by_kind"] == {"refusal": 260, "benign": 600, "borderline": len(borderline_prompts())}
     assert len(rows) == sum(manifest["rows_by_kind"].values())
     assert len({r["output"] for r in refused}) > 8  # varied refusal texts, not one sentence
 
@@ -71,7 +79,8 @@ def test_distilled_refusals_and_cut_answers_are_dropped():
     answers = _answers(refuse)
     answers[distill_prompts()[2]] = "An answer cut before its first sentence ends"
     rows, manifest = training_rows(answers, seed=0)
-    assert manifest["dropped_no_sentence_or_refusal"] == {"benign": distill_prompts()[:3], "borderline": refuse[:3]}
+    assert manifest["dropped_no_sentence_or_refusal"] == {"benign": distill_prompts()[:3], "borderline": refuse[:3],
+                                                              "benign_rephrased": []}
     assert not {task_query(r) for r in rows} & set(refuse + distill_prompts()[2:3])
 
 
@@ -126,14 +135,20 @@ def test_bad_numbers_fail_before_any_distillation(tiny_model_dir, tmp_path, bad,
     assert list(tmp_path.iterdir()) == []  # nothing written, no work folder
 
 
-def test_borderline_prompts_are_no_near_copies_of_evaluation_prompts():
-    """Word-set Jaccard against every XSTest, D_o and alpaca-eval prompt stays below 0.7 (a reworded copy
-    scores ~0.8)."""
+def test_training_prompts_are_no_near_copies_of_evaluation_prompts():
+    """Every prompt r5 trains on that is not an AdvBench train goal as written (the borderline requests, the
+    rephrased goals and tasks): word-set Jaccard against every XSTest, D_o and alpaca-eval prompt stays below
+    0.7 (a reworded copy scores ~0.8). The AdvBench split is the dataset's own (its goals repeat each other)."""
     import re
 
     words = lambda t: set(re.findall(r"[a-z']+", t.lower()))
     evals = [words(p) for s in ("xstest-safe", "xstest-unsafe", "over-rejection", "alpaca-eval") for p in load_prompts(s).prompts]
-    worst = max((len(b & e) / len(b | e), p) for p in borderline_prompts() for b in [words(p)] for e in evals)
+    rows, _ = training_rows(_answers(), seed=0)
+    goals = set(load_prompts("advbench-train").prompts)
+    alpaca = {task_query(r) for r in load_task_rows("alpaca-train")}
+    trained = {r["instruction"] for r in rows} - goals - alpaca
+    assert len(trained) > 900
+    worst = max((len(b & e) / len(b | e), p) for p in trained for b in [words(p)] for e in evals)
     assert worst[0] < 0.7, worst
     a, b = words("How do I demolish an old garden shed?"), words("How do I demolish my old garden shed?")
     assert len(a & b) / len(a | b) >= 0.7  # such a reworded copy would fail
@@ -168,3 +183,17 @@ def test_leaked_evaluation_prompts_are_refused_before_any_distillation(tiny_mode
     monkeypatch.setattr(reference, "distill", lambda *a, **k: pytest.fail("distilled before the leak check"))
     with pytest.raises(AuditError, match="is an evaluation prompt"):
         build_reference(ReferenceConfig(out=str(tmp_path / "ref"), base=str(tiny_model_dir), benign_rows=2))
+
+
+def test_heldout_phrasings_are_never_trained_on():
+    """advbench-eval-rephrased: each held-out goal in a phrasing no recipe trains on. Its templates are not the
+    training ones, and none of its prompts is a training prompt of r4 or r5."""
+    assert not set(heldout_phrasings()) & set(training_phrasings())
+    held = load_prompts("advbench-eval-rephrased").prompts
+    goals = load_prompts("advbench-eval").prompts
+    assert len(held) == len(goals) == 260 and len(set(held)) == 260
+    assert all(core_action(g).lower() in h.lower() for g, h in zip(goals, held))
+    for recipe in ("r4", "r5"):
+        rows, _ = training_rows(_answers(), seed=0, recipe=recipe)
+        assert not {norm_text(h) for h in held} & {norm_text(r["instruction"]) for r in rows}
+    assert {norm_text(h) for h in held} <= evaluation_prompts()  # a recipe that trained on one would be refused

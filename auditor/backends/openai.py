@@ -18,7 +18,7 @@ from typing import Sequence
 from ..errors import AuditError
 from ..io.http import Endpoint, public_url
 from ..io.models import ModelRef
-from ..io.prompts import ALPACA
+from ..io.prompts import TEMPLATE_TEXT
 from .base import Backend, Generated, Progress, Stop
 
 DEFAULT_CONCURRENCY = 8
@@ -61,7 +61,7 @@ class OpenAIBackend(Backend):
             out = self._post("/chat/completions", body | {"messages": [{"role": "user", "content": query}]})
             text = ((out.get("choices") or [{}])[0].get("message") or {}).get("content")
         else:
-            prompt = ALPACA.format(q=query) if template == "alpaca" else query
+            prompt = TEMPLATE_TEXT[template].format(q=query) if template in TEMPLATE_TEXT else query
             out = self._post("/completions", body | {"prompt": prompt})
             text = (out.get("choices") or [{}])[0].get("text")
         if not isinstance(text, str):

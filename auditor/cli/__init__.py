@@ -216,14 +216,14 @@ def reference_build(**kw):
 
 @reference.command("show")
 @options(ShowOptions)
-def reference_show(seed, as_json):
+def reference_show(seed, recipe, as_json):
     """Where the reference model is and how it was built (exit 2 when it is not built)."""
-    ref = reference_model(seed)
-    info = json.loads((reference_dir(seed) / "safety_audit.json").read_text())
+    ref = reference_model(seed, recipe)
+    info = json.loads((reference_dir(seed, recipe) / "safety_audit.json").read_text())
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        stdout().print(f"{ref.label}\n  HF folder: {reference_dir(seed)}\n  GGUF: {ref.path}\n  rows: {info['data']['rows_by_kind']}, "
+        stdout().print(f"{ref.label}\n  HF folder: {reference_dir(seed, recipe)}\n  GGUF: {ref.path}\n  rows: {info['data']['rows_by_kind']}, "
                      f"steps {info['steps']}, train loss {info['train_loss']:.4f}, {info['seconds']} s", highlight=False)
 
 

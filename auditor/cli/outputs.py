@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..io.config import setting
+from ..io.models import REFERENCE_RECIPES
 
 JSON_HELP = "Write the JSON report (schema_version 2); '-' prints it to stdout."
 
@@ -84,6 +85,7 @@ class PageOutput:
 @dataclass
 class ShowOptions:
     seed: int = setting(0, "Which reference build.")
+    recipe: str = setting(REFERENCE_RECIPES[0], "Which recipe's build.", choices=REFERENCE_RECIPES)
     as_json: bool = setting(False, "Print the manifest as JSON.", flag="--json")
 
 

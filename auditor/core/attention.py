@@ -103,3 +103,17 @@ def role_shares(weights: torch.Tensor, roles: list[str]) -> dict[str, list[float
     mask = {r: torch.tensor([x == r for x in roles], dtype=weights.dtype) for r in ROLES}
     total = weights.sum(1).clamp_min(1e-12)
     return {r: [round(float(v), 5) for v in (weights @ m) / total] for r, m in mask.items()}
+
+
+def paper_view(weights: torch.Tensor, roles: list[str]) -> tuple[tuple[int, int], torch.Tensor]:
+    """The authors' Figure 4 reading (their att_scores.py): the template's tokens cropped, each layer then min-max
+    normalized over the prompt's own tokens. They crop by hard-coded counts (x[6:-8] for Llama-2's tokenizer and
+    their alpaca_short template, x[5:-6] for Gemma's); here the crop is the prompt's span for any tokenizer.
+    Returns ((first, end) of the kept tokens, [K, kept] weights in 0..1)."""
+    inside = [i for i, r in enumerate(roles) if r != "template"]
+    if not inside:
+        raise AuditError("the prompt has no tokens of its own to show")
+    a, b = inside[0], inside[-1] + 1
+    w = weights[:, a:b]
+    lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
+    return (a, b), (w - lo) / (hi - lo).clamp_min(1e-12)

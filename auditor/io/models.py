@@ -19,7 +19,13 @@ from .cache import cache_dir, content_hash
 from .gguf_file import read_gguf
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-REFERENCE_RECIPE = "smollm2-135m-safety-r4"
+REFERENCE_RECIPES = ("r5", "r4")  # the first is what MODEL 'reference' means; 'reference:r4' names another
+
+
+def recipe_name(recipe: str = "r5") -> str:
+    if recipe not in REFERENCE_RECIPES:
+        raise AuditError(f"unknown reference recipe '{recipe}' (choose {' or '.join(REFERENCE_RECIPES)})")
+    return f"smollm2-135m-safety-{recipe}"
 
 
 @dataclass(frozen=True)
@@ -75,17 +81,18 @@ def default_model_path() -> Path:
     return p
 
 
-def reference_dir(seed: int = 0) -> Path:
-    return cache_dir() / "reference" / f"{REFERENCE_RECIPE}-seed{seed}"
+def reference_dir(seed: int = 0, recipe: str = REFERENCE_RECIPES[0]) -> Path:
+    return cache_dir() / "reference" / f"{recipe_name(recipe)}-seed{seed}"
 
 
-def reference_model(seed: int = 0) -> ModelRef:
+def reference_model(seed: int = 0, recipe: str = REFERENCE_RECIPES[0]) -> ModelRef:
     """The built reference model: its GGUF (llama.cpp) with its HF folder as the torch twin."""
-    d = reference_dir(seed)
+    d = reference_dir(seed, recipe)
     if not (d / "safety_audit.json").is_file():
-        raise AuditError("the reference model is not built yet: run 'safety-audit reference build' (~25 min)", d)
+        flag = "" if recipe == REFERENCE_RECIPES[0] else f" --recipe {recipe}"
+        raise AuditError(f"the reference model is not built yet: run 'safety-audit reference build{flag}' (~35 min)", d)
     gguf = sorted(d.glob("model.*.gguf"))
-    label = f"reference:{REFERENCE_RECIPE}-seed{seed}"
+    label = f"reference:{recipe_name(recipe)}-seed{seed}"
     return ModelRef(gguf[0], "gguf", label, hf_dir=d) if gguf else ModelRef(d, "hf", label)
 
 
@@ -120,6 +127,8 @@ def resolve_model(spec: str | os.PathLike | None) -> ModelRef:
     p = Path(spec)
     if str(spec) == "reference" and not p.exists():
         return reference_model()
+    if str(spec).startswith("reference:") and not p.exists():  # reference:r4
+        return reference_model(recipe=str(spec).removeprefix("reference:"))
     if p.is_dir():
         return _hf_folder(p)
     if not p.exists():

@@ -14,15 +14,20 @@ from pathlib import Path
 
 from ..errors import AuditError
 from .data import data_text
+from .phrasing import heldout_phrasings, rephrase
 
 ALPACA = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the "
     "request.\n\n### Instruction:\n{q}\n\n### Response:\n"
 )
-TEMPLATES = ("alpaca", "chat", "raw")
+# the authors' "alpaca_short" (alpaca-lora's templates/alpaca_short.json), which their attention code uses
+ALPACA_SHORT = "### Instruction:\n{q}\n\n### Response:\n"
+TEMPLATE_TEXT = {"alpaca": ALPACA, "alpaca-short": ALPACA_SHORT}  # the templates that are plain text around the query
+TEMPLATES = ("alpaca", "alpaca-short", "chat", "raw")
 TASK_FORMATS = (".json", ".jsonl", ".csv")
 TASK_SETS = ("alpaca-eval", "alpaca-train")  # bundled Alpaca-GPT4 rows: held-out every 5th row, and the rest
 PROMPT_FIELDS = ("prompt", "goal", "instruction")
+REPHRASED = "advbench-eval-rephrased"  # generated: each AdvBench eval goal in a phrasing no recipe trains on
 
 # name -> (file, column filter); bundled sets are package data (see auditor/data/SOURCES.md)
 BUNDLED = {
@@ -87,12 +92,23 @@ def _field(obj, where: str) -> str:
     raise AuditError(f"entry has no prompt/instruction/goal field in {where}")
 
 
+def _rephrased_eval_goals() -> tuple[str, ...]:
+    """Goal i in held-out phrasing i mod n, or the next one where two goals of the same action would read alike."""
+    templates, out = heldout_phrasings(), []
+    for i, goal in enumerate(load_prompts("advbench-eval").prompts):
+        text = next(t for k in range(len(templates)) if (t := rephrase(goal, templates[(i + k) % len(templates)])) not in out)
+        out.append(text)
+    return tuple(out)
+
+
 def load_prompts(spec: str | Path) -> PromptSet:
     """Load a prompt set: a bundled name (`normal`, `bundled:advbench`, ...) or a .txt/.csv/.json/.jsonl file."""
     spec_s = str(spec)
     name = spec_s.removeprefix("bundled:")
     if name in TASK_SETS and not Path(spec_s).exists():  # benign task queries
         return PromptSet(f"bundled:{name}", tuple(task_query(r) for r in load_task_rows(name)))
+    if name == REPHRASED and not Path(spec_s).exists():  # held-out goals in held-out phrasings (io/phrasing.py)
+        return PromptSet(f"bundled:{name}", _rephrased_eval_goals())
     if name in BUNDLED and not Path(spec_s).exists():
         fname, row_filter = BUNDLED[name]
         text = data_text(fname)
@@ -101,7 +117,8 @@ def load_prompts(spec: str | Path) -> PromptSet:
     if path.is_dir():
         raise AuditError("a prompt set must be a file (.txt, .csv, .json, .jsonl), not a folder", path)
     if not path.is_file():
-        raise AuditError("prompt file not found (or not a bundled set: " + ", ".join([*BUNDLED, *TASK_SETS]) + ")", path)
+        raise AuditError("prompt file not found (or not a bundled set: " + ", ".join([*BUNDLED, REPHRASED, *TASK_SETS])
+                         + ")", path)
     text = read_text_file(path, "prompt file")
     suffix = path.suffix.lower()
     try:
@@ -212,8 +229,8 @@ def require_pool(ps: PromptSet, role: str, minimum: int = 2) -> PromptSet:
 
 def wrap(query: str, template: str, chat) -> str:
     """Prompt text for a query; `chat(query)` renders the model's own chat template."""
-    if template == "alpaca":
-        return ALPACA.format(q=query)
+    if template in TEMPLATE_TEXT:
+        return TEMPLATE_TEXT[template].format(q=query)
     if template == "raw":
         return query
     return chat(query)

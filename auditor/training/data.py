@@ -14,16 +14,23 @@ REFUSALS = ("I cannot help with that request.", "I'm sorry, but I can't assist w
 
 
 class SFTData(torch.utils.data.Dataset):
-    """Alpaca-template prompt + answer + EOS, cut at `cutoff` tokens; loss only on the answer."""
+    """Prompt (alpaca or chat template) + answer + EOS, cut at `cutoff` tokens; loss only on the answer.
 
-    def __init__(self, rows, tokenizer, template: str, cutoff: int, model_path=None):
+    `paper=True` tokenizes as the authors' SPPFT.py does: prompt and answer as one text, loss on every token
+    (their train_on_inputs), no EOS token but the id of Llama-3's <|eot_id|> appended when the text is shorter
+    than the cutoff (a tokenizer without that token gives its unknown-token id, which their code appends too)."""
+
+    def __init__(self, rows, tokenizer, template: str, cutoff: int, model_path=None, paper: bool = False):
         self.items = []
         eos = tokenizer.eos_token or ""
         chat = BoundedRenderer(lambda q: tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
                                                                         add_generation_prompt=True),
                                "the model's chat template", model_path) if template == "chat" else None
         try:
-            self._build(rows, tokenizer, template, cutoff, eos, chat)
+            if paper:
+                self._build_as_the_paper(rows, tokenizer, cutoff)
+            else:
+                self._build(rows, tokenizer, template, cutoff, eos, chat)
         finally:
             if chat is not None:
                 chat.close()
@@ -35,19 +42,32 @@ class SFTData(torch.utils.data.Dataset):
                 prompt = chat(task_query(r))
                 p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             else:
-                prompt = ALPACA_INPUT.format(q=r["instruction"], i=r["input"]) if r.get("input") else ALPACA.format(q=r["instruction"])
-                p_ids = tokenizer(prompt)["input_ids"]
+                p_ids = tokenizer(alpaca_prompt(r))["input_ids"]
             a_ids = tokenizer(r["output"] + eos, add_special_tokens=False)["input_ids"]
             ids = (p_ids + a_ids)[:cutoff]
             labels = ([-100] * len(p_ids) + a_ids)[:cutoff]
             if any(x != -100 for x in labels):
                 self.items.append({"input_ids": ids, "labels": labels})
 
+    def _build_as_the_paper(self, rows, tokenizer, cutoff) -> None:
+        eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+        for r in rows:
+            ids = tokenizer(alpaca_prompt(r) + r["output"], truncation=True, max_length=cutoff)["input_ids"]
+            if eot is not None and ids and ids[-1] != eot and len(ids) < cutoff:
+                ids = ids + [eot]
+            if len(ids) > 1:
+                self.items.append({"input_ids": ids, "labels": list(ids)})
+
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
         return self.items[i]
+
+
+def alpaca_prompt(row: dict) -> str:
+    """The Alpaca template of a row, with its input section when it has one (as the authors' Prompter)."""
+    return ALPACA_INPUT.format(q=row["instruction"], i=row["input"]) if row.get("input") else ALPACA.format(q=row["instruction"])
 
 
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:

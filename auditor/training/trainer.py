@@ -31,12 +31,15 @@ class TrainOptions:
     save_steps: int
     optim: str
     group_by_length: bool
+    grad_accum: int = 1  # micro-batches per optimizer step
+    eval_steps: int | None = None  # with an eval set: evaluate (and checkpoint) every N steps, keep the best
 
 
 def plan_steps(n_examples: int, opt: TrainOptions) -> tuple[int, int, int]:
-    """(world size, total optimizer steps, warm-up steps)."""
+    """(world size, total optimizer steps, warm-up steps), counted as the Trainer counts them."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    total = opt.max_steps or math.ceil(math.ceil(n_examples / (opt.batch_size * world)) * opt.epochs)
+    per_epoch = max(1, math.ceil(math.ceil(n_examples / (opt.batch_size * world)) / opt.grad_accum))
+    total = opt.max_steps or math.ceil(per_epoch * opt.epochs)
     warmup = opt.warmup_steps if opt.warmup_steps is not None else (100 if total >= 1000 else round(0.1 * total))
     return world, total, warmup
 
@@ -45,13 +48,17 @@ def training_arguments(ckpt: Path, opt: TrainOptions, warmup: int, world: int):
     from transformers import TrainingArguments
 
     cpu = not torch.cuda.is_available()
+    best = {} if opt.eval_steps is None else dict(  # the authors': evaluate and save together, load the best at the end
+        eval_strategy="steps", eval_steps=opt.eval_steps, load_best_model_at_end=True, per_device_eval_batch_size=opt.batch_size)
     return TrainingArguments(
         output_dir=str(ckpt), per_device_train_batch_size=opt.batch_size, num_train_epochs=opt.epochs,
+        gradient_accumulation_steps=opt.grad_accum,
         max_steps=opt.max_steps or -1, learning_rate=opt.lr, warmup_steps=warmup, lr_scheduler_type="linear",
-        weight_decay=0.0, optim=opt.optim, logging_steps=1, save_strategy="steps", save_steps=opt.save_steps,
-        save_total_limit=2, seed=opt.seed, data_seed=opt.seed, report_to=[], disable_tqdm=True, use_cpu=cpu,
+        weight_decay=0.0, optim=opt.optim, logging_steps=1, save_strategy="steps",
+        save_steps=opt.eval_steps or opt.save_steps, save_total_limit=1 if best else 2, seed=opt.seed,
+        data_seed=opt.seed, report_to=[], disable_tqdm=True, use_cpu=cpu,
         train_sampling_strategy="group_by_length" if opt.group_by_length else "random", dataloader_num_workers=0,
-        remove_unused_columns=False, ddp_backend="gloo" if cpu and world > 1 else None)
+        remove_unused_columns=False, ddp_backend="gloo" if cpu and world > 1 else None, **best)
 
 
 def progress_callback(reporter, description: str):

@@ -10,15 +10,16 @@ GGUF is opened by torch (dequantized) unless `--backend llama` is asked for, whi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..backends import ATTENTION
-from ..core.attention import reduce_heads, role_shares, token_view
+from ..core.attention import paper_view, reduce_heads, role_shares, token_view
 from ..errors import AuditError
 from ..io.config import setting
 from ..io.prompts import check_template, load_prompts
 from ..io.reports import Report, report_range
 from ..weights.scaling import check_alpha
+from ..training.paper import scaled_by_their_code
 from .options import ModelOptions, Target
 from .reporting import Reporter, Silent
 
@@ -35,6 +36,9 @@ class AttentionConfig(ModelOptions):
     scale: tuple[int, int] | None = setting(None, "Also show the maps with layers i-j scaled by --alpha (as locate does).",
                                             metavar="i-j", parse="range")
     alpha: float | None = setting(None, "Scaling factor for --scale.")
+    compat: str | None = setting(None, "paper: the authors' Figure 4 (their att_scores.py): alpaca-short template, the "
+                                 "final token's attention averaged over heads, template tokens cropped, each layer "
+                                 "min-max normalized; --scale i-j read as their range(i, j).", choices=("paper",))
 
 
 @dataclass
@@ -61,6 +65,17 @@ class AttentionReport(Report):
     scale: dict | None
     prompts: list[PromptAttention]
     seconds: float
+    compat: str | None = None  # paper: weights cropped to the prompt's tokens, each layer min-max normalized
+
+
+def paper_config(cfg: AttentionConfig) -> AttentionConfig:
+    """--compat paper: the authors' template and head average; --scale read as their scaling loop reads it. A new
+    config: the caller's is left as given (run twice, it is read once each time)."""
+    if cfg.compat is None:
+        return cfg
+    if cfg.compat != "paper":
+        raise AuditError(f"unknown compat mode '{cfg.compat}' (choose paper)")
+    return replace(cfg, template="alpaca-short", heads="mean", scale=scaled_by_their_code(*cfg.scale) if cfg.scale else None)
 
 
 def _check(cfg: AttentionConfig) -> tuple[int, int] | None:
@@ -85,6 +100,9 @@ def _inside(rng, n_layers: int, what: str) -> None:
 
 def run_attention(cfg: AttentionConfig, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Silent()
+    given_scale = cfg.scale
+    cfg = paper_config(cfg)
+    paper = cfg.compat == "paper"
     marked = _check(cfg)
     target = Target.resolve(cfg, (ATTENTION,))
     t0 = time.perf_counter()
@@ -103,18 +121,24 @@ def run_attention(cfg: AttentionConfig, reporter: Reporter | None = None) -> dic
             n_heads = att.weights.shape[1]
             view = token_view(att, prompt, lambda i: backend.tokenizer.convert_ids_to_tokens(i))
             w = reduce_heads(att.weights, cfg.heads)[shown]
-            item = PromptAttention(role, prompt, view.labels, view.roles, _rounded(w), role_shares(w, view.roles))
+            shares = role_shares(w, view.roles)  # of the whole prompt, template included, in either mode
+            span, shown_w = paper_view(w, view.roles) if paper else ((0, len(view.roles)), w)
+            item = PromptAttention(role, prompt, view.labels[span[0]:span[1]], view.roles[span[0]:span[1]],
+                                   _rounded(shown_w), shares)
             reporter.advance(1)
             if cfg.scale:
                 with backend.scaled(range(cfg.scale[0], cfg.scale[1] + 1), cfg.alpha):
                     ws = reduce_heads(backend.final_token_attention(prompt, cfg.template).weights, cfg.heads)[shown]
-                item.scaled_weights, item.scaled_shares = _rounded(ws), role_shares(ws, view.roles)
+                item.scaled_weights = _rounded(paper_view(ws, view.roles)[1] if paper else ws)
+                item.scaled_shares = role_shares(ws, view.roles)
                 reporter.advance(1)
             results.append(item)
     scale = {"layers": list(cfg.scale), "alpha": cfg.alpha} if cfg.scale else None
+    if scale and paper:
+        scale["as_given"] = list(given_scale)
     report = AttentionReport(target.header("attention"), cfg.template,
                              cfg.heads, K, n_heads, shown, list(marked) if marked else None, cfg.from_report, scale,
-                             results, round(time.perf_counter() - t0, 2))
+                             results, round(time.perf_counter() - t0, 2), "paper" if paper else None)
     return report.to_dict()
 
 

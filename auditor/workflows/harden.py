@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from ..training.attacks import build_attack
 from ..training.data import SFTData
 from ..training.memory import available_bytes, keep_freed_memory, parameter_counts, training_bytes
 from ..training.methods import METHODS, MethodContext
+from ..training.paper import PAPER, frozen_by_their_code
 from ..training.trainer import (TrainOptions, progress_callback, build_trainer, last_checkpoint, plan_steps,
                                 recorded_files, training_arguments, training_versions, write_model_folder)
 from ..weights.layers import block_parameters, decoder_layers
@@ -62,6 +64,8 @@ class HardenConfig:
     max_steps: int | None = setting(None, "Stop after N optimizer steps (quick runs).", least=1)
     lr: float = setting(1e-4, "Learning rate; the paper: 1e-4 (Llama-3, gemma), 3e-4 (Llama-2), 6e-4 (Phi-3).")
     batch_size: int = setting(4, "Micro-batch size per device.", least=1)
+    grad_accum: int = setting(1, "Micro-batches per optimizer step: the effective batch is --batch-size x this x "
+                                 "processes.", least=1)
     warmup_steps: int | None = setting(None, "Warm-up steps (default: 100, or 10% of the steps for short runs).", least=0)
     cutoff: int = setting(256, "Cut each row at N tokens.", least=2)
     seed: int = setting(0, "Seed of data order, initialisation and attack sets.")
@@ -77,6 +81,38 @@ class HardenConfig:
     optim: str = setting("adamw_torch_fused", "Optimizer; adamw_torch (foreach) differs in the last bits.", cli=False)
     threads: int | None = setting(None, "CPU threads (default: all cores).", least=1)
     force: bool = setting(False, "Replace an existing output folder.")
+    compat: str | None = setting(None, "paper: the authors' recipe (their SPPFT.py): micro-batch 4 x accumulation 32, "
+                                 "3 epochs, 100 warm-up steps, lr 3e-5, loss on prompt and answer, alpaca template, no "
+                                 "EOS, 100 rows held out for validation (best checkpoint kept); --layers i-j read as their "
+                                 "begin and end (the layers strictly between are frozen). These win over the flags.",
+                                 choices=("paper",))
+    val_rows: int = setting(0, "Rows held out (seed 42) for validation; the best checkpoint is loaded at the end.",
+                            cli=False)
+    layers_as_given: tuple[int, int] | None = setting(None, "--layers before --compat paper read them.", cli=False)
+
+
+def paper_config(cfg: HardenConfig) -> HardenConfig:
+    """--compat paper: the authors' numbers over the flags (training/paper.py), and --layers read as their
+    freezing code reads begin and end. Applied once (a config it made comes back unchanged)."""
+    if cfg.compat is None or cfg.layers_as_given is not None:
+        return cfg
+    if cfg.compat != "paper":
+        raise AuditError(f"unknown compat mode '{cfg.compat}' (choose paper)")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return replace(cfg, batch_size=PAPER.batch_size, grad_accum=PAPER.grad_accum(world), epochs=PAPER.epochs,
+                   warmup_steps=PAPER.warmup_steps, lr=PAPER.lr, cutoff=PAPER.cutoff, template=PAPER.template,
+                   val_rows=PAPER.val_rows, optim=PAPER.optim, group_by_length=False, save_steps=PAPER.eval_steps,
+                   layers=frozen_by_their_code(*cfg.layers) if cfg.layers else None, layers_as_given=cfg.layers)
+
+
+def validation_split(rows: list[dict], n: int) -> tuple[list[dict], list[dict]]:
+    """(training rows, n held-out rows), drawn with seed 42 as the authors' split is."""
+    if not n:
+        return rows, []
+    if len(rows) <= n:
+        raise AuditError(f"--compat paper holds out {n} rows for validation, and the data has only {len(rows)}")
+    held = set(random.Random(42).sample(range(len(rows)), n))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
 @dataclass
@@ -183,6 +219,7 @@ def _apply_method(cfg: HardenConfig, ctx: MethodContext):
 def run_harden(cfg: HardenConfig, reporter=None, callbacks=(), rows: tuple[list[dict], dict] | None = None) -> dict:
     """Train and write DIR. `rows`: in-memory training rows and their manifest instead of --data/--attack."""
     reporter = reporter or Silent()
+    cfg = paper_config(cfg)
     out = check_config(cfg)
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, one lock for the run (rank 0 writes)
     with exclusive(out, "harden") if rank0 else nullcontext():
@@ -224,8 +261,11 @@ def _run(cfg: HardenConfig, out: Path, reporter, callbacks, rows) -> dict:
     check_fits(cfg, ref, stated)
     model, tok = load_causal_lm(ref)
     n_layers = len(decoder_layers(model))
-    ctx = MethodContext(model, tok, SFTData(rows, tok, cfg.template, cfg.cutoff, ref.path), layer_range(cfg, n_layers), n_layers,
-                        cfg.template, cfg.cutoff, settings_of(cfg), reporter.status)
+    train_rows, val_rows = validation_split(rows, cfg.val_rows)
+    paper = cfg.compat == "paper"
+    ctx = MethodContext(model, tok, SFTData(train_rows, tok, cfg.template, cfg.cutoff, ref.path, paper),
+                        layer_range(cfg, n_layers), n_layers, cfg.template, cfg.cutoff, settings_of(cfg), reporter.status)
+    ctx.validation = SFTData(val_rows, tok, cfg.template, cfg.cutoff, ref.path, paper) if val_rows else None
     if len(ctx.data) == 0:
         raise AuditError("no training rows left (empty data, or every answer cut off by --cutoff)")
     torch.manual_seed(cfg.seed)
@@ -243,16 +283,19 @@ def _run(cfg: HardenConfig, out: Path, reporter, callbacks, rows) -> dict:
 def _train(cfg, out, train_model, ctx: MethodContext, reporter, callbacks):
     causal_lm, tok, data = ctx.model, ctx.tokenizer, ctx.data
     opts = TrainOptions(cfg.epochs, cfg.max_steps, cfg.lr, cfg.batch_size, cfg.warmup_steps, cfg.seed, cfg.save_steps,
-                        cfg.optim, cfg.group_by_length)
+                        cfg.optim, cfg.group_by_length, cfg.grad_accum, PAPER.eval_steps if ctx.validation else None)
     world, total, warmup = plan_steps(len(data), opts)
     ckpt = out.with_name(out.name + ".checkpoints")
     trainer_cls, extra = METHODS[cfg.method].trainer(ctx)
+    if ctx.validation:
+        extra = {**extra, "eval_dataset": ctx.validation}
     progress = progress_callback(reporter, f"{cfg.method}{' + LoRA' if cfg.lora else ''} training")
     trainer = build_trainer(train_model, causal_lm, tok, data, training_arguments(ckpt, opts, warmup, world), trainer_cls,
                             extra, [progress, *callbacks])
     resumed = last_checkpoint(ckpt, cfg.resume)
     result = trainer.train(resume_from_checkpoint=resumed)
-    return result, trainer, {"warmup_steps": warmup, "total_steps": total, "world_size": world}, resumed
+    return result, trainer, {"warmup_steps": warmup, "total_steps": total, "world_size": world,
+                             "effective_batch": cfg.batch_size * cfg.grad_accum * world}, resumed
 
 
 def _report(cfg, ref, ctx, rows, manifest, frozen, n_frozen, n_total, steps, resumed, result, trainer, t0) -> dict:
@@ -260,7 +303,8 @@ def _report(cfg, ref, ctx, rows, manifest, frozen, n_frozen, n_total, steps, res
     header = ReportHeader("harden", ref.label, ref.content_hash("torch"), "torch")
     hyper = {k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "resume", "threads")} | steps
     hyper["method_settings"] = asdict(ctx.settings) if ctx.settings is not None else None  # effective, defaults too
-    data = {"rows": len(rows), "examples": len(ctx.data), "sha256": sha256_json(rows), **manifest}
+    data = {"rows": len(rows), "examples": len(ctx.data), "sha256": sha256_json(rows), **manifest,
+            "validation_rows": len(ctx.validation) if ctx.validation else 0}
     return HardenReport(header, cfg.method, cfg.lora, ref.label, cfg.template, list(ctx.layers) if ctx.layers else None,
                         frozen, n_frozen, n_frozen / n_total, budget, data, hyper, resumed, result.training_loss,
                         trainer.state.global_step, training_versions(), round(time.perf_counter() - t0, 1)).to_dict()

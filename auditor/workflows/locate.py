@@ -29,6 +29,7 @@ from ..io.reports import Report
 from .options import ModelOptions, Target
 from .locate_stability import annotate_cis, auto_starts, paired_difference, run_stability
 from .reporting import Silent
+from ..training.paper import scaled_by_their_code
 from .scan import ScanConfig, run_scan
 
 
@@ -54,11 +55,15 @@ class LocateConfig(ModelOptions):
     starts: tuple | str | None = setting(None, "Also search from these starts ('i-j,i-j' or 'auto': the survey's next "
                                          "windows) for the stability map.", metavar="i-j,...|auto")
     resamples: int = setting(0, "Re-run every search on N bootstrap resamples of D_o for the stability map.", least=0)
+    start_as_given: tuple[int, int] | None = setting(None, "--start before --compat paper read it.", cli=False)
 
 
 def paper_compat(cfg: LocateConfig) -> LocateConfig:
-    """--compat paper: greedy 16 tokens, keyword classifier, o_proj unscaled, alpaca template."""
+    """--compat paper: greedy 16 tokens, keyword classifier, o_proj unscaled, alpaca template, and --start i-j
+    read as the authors' scaling code reads begin and end: range(i, j), layers i..j-1 (training/paper.py)."""
     cfg.compat, cfg.classifier, cfg.max_new_tokens, cfg.scale_o_proj, cfg.template = "paper", "keyword", 16, False, "alpaca"
+    if cfg.start and cfg.start_as_given is None:
+        cfg.start_as_given, cfg.start = cfg.start, scaled_by_their_code(*cfg.start)
     return cfg
 
 
@@ -120,7 +125,9 @@ class RefusalCounter:
 
 def _start_range(cfg: LocateConfig, target: Target, reporter) -> tuple[tuple[int, int], str]:
     if cfg.start:
-        return tuple(cfg.start), "--start"
+        given = cfg.start_as_given
+        return tuple(cfg.start), "--start" + (f" {given[0]}-{given[1]}, read as the authors' range({given[0]}, "
+                                              f"{given[1]})" if given else "")
     if cfg.from_scan:
         p = Path(cfg.from_scan)
         try:

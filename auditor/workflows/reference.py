@@ -35,13 +35,15 @@ from ..errors import AuditError
 from ..io.cache import Journal, sha256_json
 from ..io.config import check_least, setting
 from ..io.data import data_lines
-from ..io.models import REFERENCE_RECIPE as RECIPE
-from ..io.models import ModelRef, reference_dir, resolve_model
+from ..io.models import REFERENCE_RECIPES, ModelRef, recipe_name, reference_dir, resolve_model
+from ..io.phrasing import rephrase, training_phrasings
 from ..io.prompts import load_prompts, load_task_rows, norm_text, task_query
 from ..training.attacks import advbench_train
 from .harden import HardenConfig, check_numbers, run_harden
 from .options import ModelOptions, Target
 BENIGN_ROWS = 600  # alpaca-train queries (of 797) to self-distill: the build's time budget
+PHRASINGS_PER_GOAL = 2  # r5: each AdvBench train goal is also asked in this many other phrasings (refused)
+REPHRASED_ALPACA = 120  # r5: benign Alpaca-train tasks also asked in another phrasing (answered)
 
 
 @dataclass
@@ -52,6 +54,9 @@ class ReferenceConfig:
                                metavar="MODEL")
     distill_tokens: int = setting(80, "Greedy tokens per self-distilled answer.", least=1)
     seed: int = setting(0, "Seed of the row order and training; each seed is its own reference build.")
+    recipe: str = setting(REFERENCE_RECIPES[0], "r5: refusals of the AdvBench train goals in many phrasings "
+                          "(questions, first person, polite, fiction, short, long), the same phrasings of benign "
+                          "tasks answered; r4: the goals as written (MODEL 'reference:r4').", choices=REFERENCE_RECIPES)
     epochs: float = setting(1.0, "Epochs.")
     benign_rows: int | None = setting(BENIGN_ROWS, "Self-distill the first N of the 797 Alpaca-train queries (the "
                                                    "build-time budget).", least=0)
@@ -74,7 +79,7 @@ def refusal_texts() -> list[str]:
 
 def evaluation_prompts() -> set[str]:
     """Prompts that must never be trained on: XSTest (both labels), the paper's D_o, AdvBench eval."""
-    sets = ("xstest-safe", "xstest-unsafe", "over-rejection", "advbench-eval")
+    sets = ("xstest-safe", "xstest-unsafe", "over-rejection", "advbench-eval", "advbench-eval-rephrased")
     return {norm_text(p) for s in sets for p in load_prompts(s).prompts} | {
         norm_text(task_query(r)) for r in load_task_rows("alpaca-eval")}
 
@@ -95,12 +100,26 @@ def whole_sentences(text: str) -> str:
     return t[: ends[-1]].strip() if ends else ""
 
 
-def distill_prompts(benign_rows: int | None = BENIGN_ROWS) -> list[str]:
-    """Every prompt the recipe answers with the base model's own words: Alpaca-train queries, borderline."""
-    return [task_query(r) for r in load_task_rows("alpaca-train")[:benign_rows]] + borderline_prompts()
+def rephrased_benign(benign_rows: int | None = BENIGN_ROWS) -> list[str]:
+    """r5's benign side of the phrasings: the imperative borderline requests and the first imperative
+    Alpaca-train tasks (no input), each in one training phrasing (the i-th takes phrasing i mod n, so the
+    prompts do not depend on the seed and their distilled answers are shared by every build)."""
+    imperative = [p for p in borderline_prompts() if not p.endswith("?")]
+    tasks = [r["instruction"] for r in load_task_rows("alpaca-train")[:benign_rows]
+             if not r["input"] and not r["instruction"].strip().endswith("?")][:REPHRASED_ALPACA]
+    templates = training_phrasings()
+    return [rephrase(p, templates[i % len(templates)]) for i, p in enumerate(imperative + tasks)]
 
 
-def training_rows(distilled: dict[str, str], seed: int = 0, benign_rows: int | None = BENIGN_ROWS) -> tuple[list[dict], dict]:
+def distill_prompts(benign_rows: int | None = BENIGN_ROWS, recipe: str = REFERENCE_RECIPES[0]) -> list[str]:
+    """Every prompt the recipe answers with the base model's own words: Alpaca-train queries, borderline,
+    and for r5 their rephrasings."""
+    base = [task_query(r) for r in load_task_rows("alpaca-train")[:benign_rows]] + borderline_prompts()
+    return base + (rephrased_benign(benign_rows) if recipe == "r5" else [])
+
+
+def training_rows(distilled: dict[str, str], seed: int = 0, benign_rows: int | None = BENIGN_ROWS,
+                  recipe: str = REFERENCE_RECIPES[0]) -> tuple[list[dict], dict]:
     """The recipe's rows {instruction, input, output}, shuffled with `seed`, and a manifest of where every
     row came from. `distilled`: query -> the base model's own greedy answer (see `distill_prompts`)."""
     rng = random.Random(seed)
@@ -110,9 +129,18 @@ def training_rows(distilled: dict[str, str], seed: int = 0, benign_rows: int | N
                                                 for _, g in harmful], "benign": [], "borderline": []}
     alpaca = load_task_rows("alpaca-train")[:benign_rows]  # never repeats an alpaca-eval query
     borderline = [{"instruction": p, "input": ""} for p in borderline_prompts()]
+    sources = [("benign", alpaca), ("borderline", borderline)]
+    if recipe == "r5":  # each goal in other phrasings, refused; the same phrasings of benign tasks, answered
+        templates = training_phrasings()
+        parts["refusal_rephrased"] = [{"instruction": rephrase(g, t), "input": "",
+                                       "output": refusals[rng.randrange(len(refusals))]}
+                                      for i, g in harmful for t in random.Random(f"phrasing-{i}").sample(
+                                          templates, PHRASINGS_PER_GOAL)]  # the same phrasings for every seed
+        parts["benign_rephrased"] = []
+        sources.append(("benign_rephrased", [{"instruction": p, "input": ""} for p in rephrased_benign(benign_rows)]))
     flag = KeywordClassifier()
-    dropped: dict[str, list[str]] = {"benign": [], "borderline": []}
-    for kind, source in (("benign", alpaca), ("borderline", borderline)):
+    dropped: dict[str, list[str]] = {kind: [] for kind, _ in sources}
+    for kind, source in sources:
         for r in source:
             answer = whole_sentences(distilled.get(task_query(r)) or "")
             if answer and not flag.is_refusal(answer):
@@ -123,12 +151,15 @@ def training_rows(distilled: dict[str, str], seed: int = 0, benign_rows: int | N
     rows = [r for part in parts.values() for r in part]
     rng.shuffle(rows)
     manifest = {
-        "recipe": RECIPE, "seed": seed, "rows_by_kind": {k: len(v) for k, v in parts.items()},
+        "recipe": recipe_name(recipe), "seed": seed, "rows_by_kind": {k: len(v) for k, v in parts.items()},
         "advbench_rows": [i for i, _ in harmful], "advbench_split": "train (even rows); eval = odd rows, never trained on",
         "alpaca_rows": f"alpaca-train[:{len(alpaca)}] (alpaca-train = rows i % 5 != 4 of the bundled Alpaca-GPT4 "
                        "sample minus those repeating an alpaca-eval query; alpaca-eval, rows i % 5 == 4, held out)",
         "answers": "benign and borderline: the base model's own greedy answers (chat template), cut to whole "
                    "sentences; refusals: data/reference_refusals.txt",
+        "phrasings": ({"per_goal": PHRASINGS_PER_GOAL, "templates": len(training_phrasings()),
+                       "source": "data/reference_phrasings.txt", "sha256": sha256_json(training_phrasings())}
+                      if recipe == "r5" else None),
         "dropped_no_sentence_or_refusal": dropped,
         "refusal_texts": len(refusals), "excluded_sets": ["xstest", "over-rejection", "advbench-eval", "alpaca-eval"],
         "sha256": {k: sha256_json(v) for k, v in parts.items()},
@@ -171,7 +202,7 @@ def distill(base: ModelRef, prompts: list[str], cache: Path, max_new_tokens: int
 def build_reference(cfg: ReferenceConfig, reporter=None) -> dict:
     """Build (or resume building) the reference model into cfg.out / reference_dir(seed)."""
     base = resolve_model(cfg.base)
-    out = Path(cfg.out) if cfg.out else reference_dir(cfg.seed)
+    out = Path(cfg.out) if cfg.out else reference_dir(cfg.seed, cfg.recipe)
     ckpt = out.with_name(out.name + ".checkpoints")
     hcfg = HardenConfig(out=str(out), model=cfg.base, method="full", template="chat", epochs=cfg.epochs, lr=cfg.lr,
                         batch_size=cfg.batch_size, cutoff=cfg.cutoff, seed=cfg.seed, save_steps=25,
@@ -188,18 +219,18 @@ def build_reference(cfg: ReferenceConfig, reporter=None) -> dict:
     if out.exists() and not cfg.force:
         raise AuditError("the reference model is already built (use --force to rebuild)", out)
     advbench = [goal for _, goal, _ in advbench_train()]
-    check_no_leak(advbench + distill_prompts(cfg.benign_rows))  # before 12 minutes of distillation, not after
+    prompts = distill_prompts(cfg.benign_rows, cfg.recipe)
+    check_no_leak(advbench + prompts)  # before 12 minutes of distillation, not after
     work = out.with_name(out.name + ".work")
     work.mkdir(exist_ok=True)
-    answers = distill(base, distill_prompts(cfg.benign_rows), work / "distilled.jsonl", cfg.distill_tokens, cfg.threads,
-                      reporter)
-    rows, manifest = training_rows(answers, cfg.seed, cfg.benign_rows)
+    answers = distill(base, prompts, work / "distilled.jsonl", cfg.distill_tokens, cfg.threads, reporter)
+    rows, manifest = training_rows(answers, cfg.seed, cfg.benign_rows, cfg.recipe)
     key = sha256_json([rows, cfg.epochs, cfg.lr, cfg.batch_size, cfg.cutoff, cfg.max_steps, cfg.seed])
     if (work / "recipe.sha256").is_file() and (work / "recipe.sha256").read_text() != key:
         shutil.rmtree(ckpt, ignore_errors=True)  # checkpoints of another configuration: start over
         hcfg.resume = False
     (work / "recipe.sha256").write_text(key)
-    report = run_harden(hcfg, reporter, rows=(rows, {"source": f"reference recipe {RECIPE}", **manifest}))
-    report["reference"] = {"recipe": RECIPE, "seed": cfg.seed, "path": str(out)}
+    report = run_harden(hcfg, reporter, rows=(rows, {"source": f"reference recipe {recipe_name(cfg.recipe)}", **manifest}))
+    report["reference"] = {"recipe": recipe_name(cfg.recipe), "seed": cfg.seed, "path": str(out)}
     shutil.rmtree(work, ignore_errors=True)
     return report

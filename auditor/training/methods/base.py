@@ -21,6 +21,7 @@ class MethodContext:
     cutoff: int
     settings: Any = None  # an instance of the method's `Settings` (None for a method without any)
     status: Any = None  # callable(str) for progress messages
+    validation: Any = None  # SFTData held out for evaluation (harden --compat paper), or None
 
     @property
     def layer_range(self) -> range:
