@@ -61,11 +61,12 @@ def test_default_scan_command_on_bundled_model():
 def test_locate_runs_on_both_backends(backend, compat):
     from auditor.workflows.locate import LocateConfig, paper_compat, run_locate
 
-    cfg = LocateConfig(backend=backend, template="chat", limit=6, classifier="opening", alpha=1.1, start=(8, 9),
-                       patience=1, controls=False)
+    cfg = LocateConfig(backend=backend, template="chat", limit=6, classifier="opening", alpha=1.1,
+                       start=(8, 10) if compat else (8, 9), patience=1, controls=False)
     if compat:
-        cfg = paper_compat(cfg)
+        cfg = paper_compat(cfg)  # --start 8-10 read as the authors' range(8, 10): layers 8..9
     rep = run_locate(cfg)
+    assert rep["start"] == [8, 9]
     assert rep["backend"] == backend and rep["n_layers"] == 30 and rep["n_prompts"] == 6
     assert 0 <= rep["baseline"] <= 6 and all(0 <= r["count"] <= 6 for r in rep["sweep"])
     i, j = rep["safety_layers"]

@@ -41,15 +41,15 @@ def test_rows_use_only_the_training_splits():
     refused = [r for r in rows if r["output"] in refusals]
     cores = {core_action(g).lower() for g in train_goals}
     assert train_goals <= {r["instruction"] for r in refused}
-    rephrased = [r["instruction"] for r in refused if r["instruction"] not in train_goals]  # r5: 2 more per goal
-    assert len(rephrased) == 2 * len(train_goals) and all(any(c in p.lower() for c in cores) for p in rephrased)
+    rephrased = [r["instruction"] for r in refused if r["instruction"] not in train_goals]  # r5: 1 more per goal
+    assert len(rephrased) == len(train_goals) and all(any(c in p.lower() for c in cores) for p in rephrased)
     assert not eval_goals & set(by_instruction)
     assert manifest["advbench_rows"] == list(range(0, 520, 2))
     alpaca_eval = {task_query(r) for r in load_task_rows("alpaca-eval")}
     benign = [r for r in rows if r["output"] not in refusals and r["instruction"] not in borderline_prompts()]
     assert not alpaca_eval & {task_query(r) for r in benign}  # held-out rows (and their duplicates) never trained on
     assert manifest["rows_by_kind"] == {"refusal": 260, "benign": 600, "borderline": len(borderline_prompts()),
-                                        "refusal_rephrased": 520, "benign_rephrased": len(rephrased_benign())}
+                                        "refusal_rephrased": 260, "benign_rephrased": len(rephrased_benign())}
     r4, m4 = training_rows(_answers(), seed=0, recipe="r4")  # the earlier recipe, still buildable: the goals as written
     assert {r["instruction"] for r in r4 if r["output"] in refusals} == train_goals
     assert m4["rows_by_kind"] == {"refusal": 260, "benign": 600, "borderline": len(borderline_prompts())}

@@ -52,7 +52,7 @@ def test_tables_and_paired_tests_come_from_the_files(tmp_path, monkeypatch):
     assert study.finished(full) and not study.finished(study.Cell("normal", "lisa"))
     text = study_tables.section()
     assert f"Cells finished: **2 of {len(study.grid())}** on the recorded builds (`python benchmarks/study/study.py --list`)." in text
-    assert "| normal | full | 0 | 0 | 0.300 | 0.290–0.310 | 0.020 | – | 0.300 | – | 10.0 min |" in text
+    assert "| normal | full | 0 | 0 | 0.300 | 0.290–0.310 | – | 0.020 | – | 0.300 | – | 10.0 min |" in text  # no XSTest-unsafe
     assert "| normal | sppft vs full | ref 0 ft 0 | 0.000 | 0.300 | 0 | 12 | 0.00049 | +0.000 | – |" in text
     assert "| implicit | full | 0 | 0 | not run yet |" in text
 
@@ -145,7 +145,7 @@ def test_cells_of_two_reference_builds_never_mix(tmp_path, monkeypatch, tiny_mod
     build = tmp_path / "ref"
     shutil.copytree(tiny_model_dir, build)
     (build / "safety_audit.json").write_text(json.dumps({"versions": training_versions()}))
-    monkeypatch.setattr(models, "reference_dir", lambda seed=0: build)
+    monkeypatch.setattr(models, "reference_dir", lambda seed=0, recipe="r5": build)
     monkeypatch.setattr(study, "STUDY", tmp_path / "study")
     monkeypatch.setattr(study_tables, "STUDY", tmp_path / "study")
     monkeypatch.setattr(study, "REFERENCES", tmp_path / "study" / "references.json")
@@ -305,7 +305,7 @@ def test_a_rebuild_from_scratch_says_which_known_build_it_is(tmp_path, monkeypat
         if weights["bytes"] is not None:
             next(build.glob("*.safetensors")).write_bytes(weights["bytes"])
 
-    monkeypatch.setattr(models, "reference_dir", lambda seed=0: build)
+    monkeypatch.setattr(models, "reference_dir", lambda seed=0, recipe="r5": build)
     monkeypatch.setattr(reference, "build_reference", build_reference)
     monkeypatch.setattr(study, "REFERENCES", tmp_path / "references.json")
     assert "now its recorded build" in study.rebuild(0)

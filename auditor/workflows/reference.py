@@ -42,7 +42,11 @@ from ..training.attacks import advbench_train
 from .harden import HardenConfig, check_numbers, run_harden
 from .options import ModelOptions, Target
 BENIGN_ROWS = 600  # alpaca-train queries (of 797) to self-distill: the build's time budget
-PHRASINGS_PER_GOAL = 2  # r5: each AdvBench train goal is also asked in this many other phrasings (refused)
+# r5: each AdvBench train goal is also asked in this many other phrasings (refused). A draft with 2 refused
+# 99.6% of AdvBench-eval and 85% of XSTest-unsafe, and also 38% of XSTest-safe and 79% of D_o: refusal had become
+# the answer to any question with a word of harm (docs/reference-model.md). Hence 1, and more benign phrasings.
+PHRASINGS_PER_GOAL = 1
+BENIGN_PHRASINGS = 2  # r5: each imperative borderline request is also asked in this many phrasings (answered)
 REPHRASED_ALPACA = 120  # r5: benign Alpaca-train tasks also asked in another phrasing (answered)
 
 
@@ -101,14 +105,16 @@ def whole_sentences(text: str) -> str:
 
 
 def rephrased_benign(benign_rows: int | None = BENIGN_ROWS) -> list[str]:
-    """r5's benign side of the phrasings: the imperative borderline requests and the first imperative
-    Alpaca-train tasks (no input), each in one training phrasing (the i-th takes phrasing i mod n, so the
-    prompts do not depend on the seed and their distilled answers are shared by every build)."""
+    """r5's benign side of the phrasings: the imperative borderline requests, each in BENIGN_PHRASINGS
+    phrasings, and the first imperative Alpaca-train tasks (no input) in one (the i-th takes phrasing i mod n, so
+    the prompts do not depend on the seed and their distilled answers are shared by every build)."""
     imperative = [p for p in borderline_prompts() if not p.endswith("?")]
     tasks = [r["instruction"] for r in load_task_rows("alpaca-train")[:benign_rows]
              if not r["input"] and not r["instruction"].strip().endswith("?")][:REPHRASED_ALPACA]
-    templates = training_phrasings()
-    return [rephrase(p, templates[i % len(templates)]) for i, p in enumerate(imperative + tasks)]
+    templates, n = training_phrasings(), len(training_phrasings())
+    step = n // BENIGN_PHRASINGS  # a request's phrasings far apart in the list: a question and a story, say
+    return ([rephrase(p, templates[(i + k * step) % n]) for k in range(BENIGN_PHRASINGS) for i, p in enumerate(imperative)]
+            + [rephrase(p, templates[i % n]) for i, p in enumerate(tasks)])
 
 
 def distill_prompts(benign_rows: int | None = BENIGN_ROWS, recipe: str = REFERENCE_RECIPES[0]) -> list[str]:

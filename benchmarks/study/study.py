@@ -64,6 +64,8 @@ SPPFT_RANGE = (5, 12)
 FREEZE_BLOCK = (21, 28)
 LOCATED = ("sppft", "nfft")  # methods whose range is the build's located one (NFFT: as many parameters, as neurons)
 ROWS, EPOCHS, LR = 400, 1.0, 1e-4
+# every committed cell is on reference recipe r4; r5's cells (docs/reference-model.md) go in their own folder when run
+RECIPE = "r4"
 
 
 @dataclass(frozen=True)
@@ -209,8 +211,8 @@ def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
     result = {"cell": asdict(cell), "id": cell.id, "layers": list(cell.layers) if cell.layers else None,
               "reference_sha256": sha,
               "recipe": {"rows": ROWS, "epochs": EPOCHS, "lr": LR, "template": "chat"}, "train": train,
-              "eval": {k: ev.get(k) for k in ("harmful_rate", "over_refusal_by_set", "rouge_l", "mmlu_accuracy", "classifier",
-                                              "max_new_tokens", "model_sha256")},
+              "eval": {k: ev.get(k) for k in ("harmful_rate", "harmful_by_set", "over_refusal_by_set", "rouge_l",
+                                              "mmlu_accuracy", "classifier", "max_new_tokens", "model_sha256")},
               "seconds": {"train": round(t1 - t0, 1), "eval": round(time.perf_counter() - t1, 1)},
               "machine": {"cpu": cpu_info(), "cpu_id": cpu_id(), "python": platform.python_version(),
                           "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY")}}
@@ -241,11 +243,11 @@ def _reference(seed: int, sibling: bool = False) -> tuple[Path, str]:
     from auditor.workflows.reference import ReferenceConfig, build_reference
 
     _check_packages(seed)
-    ref_dir = reference_dir(seed)
+    ref_dir = reference_dir(seed, RECIPE)
     built = not (ref_dir / "safety_audit.json").is_file()
     if built:
         print(f"   building reference seed {seed} (resumable)", flush=True)
-        build_reference(ReferenceConfig(seed=seed))
+        build_reference(ReferenceConfig(seed=seed, recipe=RECIPE))
     sha = resolve_model(str(ref_dir)).content_hash("torch")
     known = _recorded_builds()
     versions = json.loads((ref_dir / "safety_audit.json").read_text()).get("versions", {})
@@ -293,8 +295,8 @@ def rebuild(seed: int) -> str:
     earlier rebuild, or a new one): ~25 min, no cells."""
     from auditor.io.models import reference_dir
 
-    if (reference_dir(seed) / "safety_audit.json").is_file():
-        raise SystemExit(f"a build of reference seed {seed} is already in {reference_dir(seed)}: move it aside to rebuild")
+    if (reference_dir(seed, RECIPE) / "safety_audit.json").is_file():
+        raise SystemExit(f"a build of reference seed {seed} is already in {reference_dir(seed, RECIPE)}: move it aside to rebuild")
     first = str(seed) not in _recorded_builds()
     sha = _reference(seed, sibling=True)[1]
     rec = _recorded_builds()[str(seed)]
@@ -351,7 +353,7 @@ def run_localization(loc: Localization) -> None:
     import subprocess
 
     ref_dir, _ = _reference(loc.ref_seed)
-    model = "reference" if loc.ref_seed == 0 else str(ref_dir)  # 'reference' is seed 0 (its GGUF twin for the contrast)
+    model = f"reference:{RECIPE}" if loc.ref_seed == 0 else str(ref_dir)  # seed 0 by name (its GGUF twin for the contrast)
     STUDY.mkdir(parents=True, exist_ok=True)
     if not loc.scan_json.is_file():
         subprocess.run([sys.executable, "-m", "auditor.cli", *loc.scan_command(model)], check=True)

@@ -79,14 +79,18 @@ def _cell_row(head: str, r: dict) -> str:
     train = f"{r['train']['seconds'] / 60:.1f} min" if r.get("train") else "–"
     if (r.get("train") or {}).get("resumed_from"):  # the seconds of the last piece only
         train += " (resumed)"
-    return head + (f" {_fmt(e['harmful_rate'])} | {ci[0]:.3f}–{ci[1]:.3f} | {_fmt(sets.get('bundled:xstest-safe'))} | "
-                   f"{_fmt(sets.get('bundled:over-rejection'))} | {_fmt(e.get('rouge_l'))} | {_fmt(e.get('mmlu_accuracy'))} | {train} |")
+    unsafe = (e.get("harmful_by_set") or {}).get("bundled:xstest-unsafe")  # measured on cells run since eval took sets
+    return head + (f" {_fmt(e['harmful_rate'])} | {ci[0]:.3f}–{ci[1]:.3f} | {_fmt(unsafe)} | "
+                   f"{_fmt(sets.get('bundled:xstest-safe'))} | {_fmt(sets.get('bundled:over-rejection'))} | "
+                   f"{_fmt(e.get('rouge_l'))} | {_fmt(e.get('mmlu_accuracy'))} | {train} |")
 
 
 def cell_table(results: dict[str, dict]) -> list[str]:
-    """Every grid cell on its seed's recorded build; a cell not run there yet, on each rebuild that ran it."""
-    lines = ["| data | method (frozen) | ref seed | ft seed | R_h | 95% CI | XSTest-safe | D_o | Rouge-L | MMLU | train |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Every grid cell on its seed's recorded build; a cell not run there yet, on each rebuild that ran it. R_h on
+    each harmful set the cell measured: AdvBench-eval always, XSTest-unsafe ('–' on cells run before eval took
+    several sets)."""
+    lines = ["| data | method (frozen) | ref seed | ft seed | R_h AdvBench | 95% CI | R_h XSTest-unsafe | XSTest-safe | D_o | "
+             "Rouge-L | MMLU | train |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rebuilds = _rebuilds()
     for cell in grid():
         head = f"| {cell.data} | {cell.method}{_frozen_label(cell)} | {cell.ref_seed} | {cell.ft_seed}"
@@ -94,7 +98,7 @@ def cell_table(results: dict[str, dict]) -> list[str]:
             lines.append(_cell_row(head + " |", results[cell.id]))
             continue
         elsewhere = [(sha, found[cell.id]) for sha, _, found in rebuilds if cell.id in found]
-        lines += [_cell_row(head + f" (rebuild {sha}) |", r) for sha, r in elsewhere] or [head + " | not run yet | | | | | | |"]
+        lines += [_cell_row(head + f" (rebuild {sha}) |", r) for sha, r in elsewhere] or [head + " | not run yet | | | | | | | |"]
     return lines
 
 
