@@ -53,6 +53,16 @@ def spm_tokenizer(tmp_path_factory):
     return folder, AutoTokenizer.from_pretrained(folder)
 
 
+def save_family(family: str, tok, folder, spm_folder=None) -> None:
+    """The family's tiny model with `tok` in an HF folder, with the SentencePiece model the converter reads."""
+    model = families.build(family, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                           pad_token_id=tok.eos_token_id)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    if spm_folder is not None:
+        shutil.copy(spm_folder / "tokenizer.model", folder / "tokenizer.model")
+
+
 @pytest.fixture(scope="module", params=sorted(families.FAMILIES))
 def converted(request, spm_tokenizer, tmp_path_factory):
     from transformers import AutoTokenizer
@@ -61,13 +71,10 @@ def converted(request, spm_tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp(family)
     if family == "olmo2":
         tok = AutoTokenizer.from_pretrained(converted_gguf_dir(default_model_path()))
+        save_family(family, tok, folder)
     else:
         spm_folder, tok = spm_tokenizer
-        shutil.copy(spm_folder / "tokenizer.model", folder / "tokenizer.model")
-    model = families.build(family, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                           pad_token_id=tok.eos_token_id)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
+        save_family(family, tok, folder, spm_folder)
     gguf = convert_hf_folder(folder, folder.with_name(family + ".gguf"), "f32")
     return family, folder, gguf, len(tok)
 
@@ -122,9 +129,7 @@ def test_harden_writes_a_gguf_of_an_hf_input_that_llama_cpp_reads_as_torch_does(
 
     spm_folder, tok = spm_tokenizer
     src = tmp_path / family
-    families.build(family, vocab_size=len(tok), bos_token_id=1, eos_token_id=2, pad_token_id=2).save_pretrained(src)
-    tok.save_pretrained(src)
-    shutil.copy(spm_folder / "tokenizer.model", src / "tokenizer.model")
+    save_family(family, tok, src, spm_folder)
     out = tmp_path / "hardened"
     r = CliRunner().invoke(main, ["harden", str(src), "--out", str(out), "--layers", "1-2", "--rows", "8", "--max-steps",
                                   "2", "--template", "alpaca", "--lr", "1e-2", "--gguf", "f16", "-q"])

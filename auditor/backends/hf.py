@@ -18,7 +18,7 @@ from transformers import StoppingCriteria
 
 from ..io.models import ModelRef
 from ..io.prompts import wrap
-from ..weights.layers import decoder_layers
+from ..weights.layers import decoder_layers, text_config
 from ..weights.scaling import check_scaling, scaled
 from .base import Attention, Backend, Generated, Progress, Stop, prefix_groups
 from .devices import resolve_device, resolve_dtype
@@ -51,8 +51,7 @@ class TorchBackend(Backend):
         self.tokenizer = tokenizer
         self.layers = decoder_layers(self.model)
         self.n_layers = len(self.layers)
-        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
-        self.hidden_size = int(cfg.hidden_size)
+        self.hidden_size = int(text_config(self.model).hidden_size)
         self.chat_template = getattr(tokenizer, "chat_template", None)
 
     def render_chat(self, query: str) -> str:

@@ -25,9 +25,9 @@ class PaperRecipe:
     warmup_steps: int = 100  # fixed: on ~4,000 rows (94 optimizer steps) the learning rate never leaves warm-up
     lr: float = 3e-5
     cutoff: int = 256
-    train_on_inputs: bool = True  # labels = input ids: loss on the prompt and the answer
-    eos: str = "paper"  # no EOS token; <|eot_id|>'s id appended (on a tokenizer without it: its unknown-token id)
     template: str = "alpaca"
+    # their train_on_inputs=True (loss on prompt and answer) and their EOS rule (<|eot_id|>'s id appended) are how
+    # training.data.SFTData(paper=True) tokenizes: a way of building rows, not a number to set
     val_rows: int = 100  # held out (seed 42), evaluated every 550 steps, best checkpoint loaded at the end
     eval_steps: int = 550
     optim: str = "adamw_torch"

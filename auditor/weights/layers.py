@@ -41,16 +41,25 @@ def _linear_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
     return (torch.nn.Linear,), (Conv1D,)
 
 
+def text_config(model: torch.nn.Module):
+    """The config that describes the decoder (a multimodal model's text part; the config itself otherwise)."""
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
+def _family(model: torch.nn.Module) -> str:
+    """What refusals call the model: its config's model_type, else its class."""
+    return getattr(text_config(model), "model_type", None) or type(model).__name__
+
+
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The decoder blocks: the ModuleList whose length is the configured number of hidden layers."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    cfg = text_config(model)
     n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
     for _, mod in model.named_modules():
         if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
             return mod
-    family = getattr(cfg, "model_type", None) or type(model).__name__
-    raise AuditError(f"cannot find the decoder layers of this {family} model (no list of {n} blocks): this family is "
-                     "not supported")
+    raise AuditError(f"cannot find the decoder layers of this {_family(model)} model (no list of {n} blocks): this "
+                     "family is not supported")
 
 
 def check_range(layers: Iterable[int], n_layers: int) -> list[int]:
@@ -88,10 +97,8 @@ def _check_covered(model: torch.nn.Module, block: torch.nn.Module, maps: list[Li
     covered = {id(p) for m in maps for p in m.module.parameters()}
     missed = [n for n, p in block.named_parameters() if p.dim() >= 2 and id(p) not in covered]
     if missed:
-        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        family = getattr(cfg, "model_type", None) or type(model).__name__
         kind = " (a mixture of experts)" if any("expert" in n for n in missed) else ""
-        raise AuditError(f"this {family} model keeps weights outside linear layers{kind}, such as "
+        raise AuditError(f"this {_family(model)} model keeps weights outside linear layers{kind}, such as "
                          f"{', '.join(missed[:3])}: scaling or freezing its layers would miss them, so this family "
                          "is not supported by locate, harden or nfft (scan and attention work)")
 

@@ -360,6 +360,8 @@ def check_config(cfg: EvalConfig) -> None:
         raise AuditError("the kl metric needs --base MODEL (the model the drift is measured from)")
     if "kl" in cfg.metrics:
         resolve_model(cfg.kl_base)  # a missing or broken base fails now, not after the other metrics
+    if {"harmful", "judge"} & set(cfg.metrics):
+        harmful_sets(cfg)  # a missing file or a set named twice fails now, not after the model loads
     if cfg.template != "auto":
         check_template(cfg.template)
     check_least(cfg)
