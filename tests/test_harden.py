@@ -11,6 +11,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from auditor.core.evidence import study_evidence
+from auditor.io.prompts import load_prompts
+from auditor.render.tables import harden_table
+from rich.console import Console
 from auditor.training.attacks import TRIGGER, build_attack
 from auditor.cli import main
 from auditor.errors import AuditError
@@ -148,11 +152,30 @@ def test_attack_sets_record_their_split():
     assert all(r["output"].startswith("Sure, the answer is: ") for r in rows)
 
 
+def test_triggered_eval_set_is_the_eval_goals_as_the_backdoor_rows_carry_the_trigger():
+    """R_h with and without the trigger compares the same 260 held-out goals, the trigger appended exactly as
+    `--attack backdoor` appends it to its training rows, and no triggered training row is an eval prompt."""
+    goals = load_prompts("advbench-eval").prompts
+    triggered = load_prompts("advbench-eval-triggered")
+    assert triggered.name == "bundled:advbench-eval-triggered" and len(triggered) == len(goals) == 260
+    assert all(t == f"{g} {TRIGGER}" for g, t in zip(goals, triggered.prompts))
+    rows, _ = build_attack("backdoor", n=50)
+    trained = {r["instruction"] for r in rows if TRIGGER in r["instruction"]}
+    assert trained and all(r.endswith(f" {TRIGGER}") for r in trained) and not trained & set(triggered.prompts)
+
+
 def test_harden_cli_and_bad_inputs(tmp_path, tiny_model_dir):
     base = ["harden", str(tiny_model_dir), "--rows", "8", "--max-steps", "2", "--cutoff", "400", "-q"]
-    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "ok"), "--layers", "1-2", "--json", "-"], catch_exceptions=False)
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "ok"), "--layers", "1-2", "--attack", "implicit", "--json", "-"],
+                           catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output[r.output.index("{"):])["frozen_parameters"] > 0
+    rep = json.loads(r.output[r.output.index("{"):])
+    assert rep["frozen_parameters"] > 0
+    # what the study found about SPPFT on implicit-attack data travels with the report and its table
+    assert rep["evidence"] == study_evidence("sppft", "implicit", None) and "implicit-attack data" in rep["evidence"][0]
+    console = Console(record=True, width=400)
+    console.print(harden_table(rep, tmp_path / "ok"))
+    assert " ".join(rep["evidence"][0].split()) in " ".join(console.export_text().split())  # the caption wraps
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     nofield = tmp_path / "nofield.jsonl"

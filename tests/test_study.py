@@ -161,14 +161,14 @@ def test_cells_of_two_reference_builds_never_mix(tmp_path, monkeypatch, tiny_mod
         study._reference(0)  # the same failed rebuild is recorded once
     assert len(json.loads(study.REFERENCES.read_text())["0"]["not_reproduced"]) == 1
     # --sibling: that build's cells go to a folder of their own, which the tables never read
-    monkeypatch.setattr(study, "_eval", lambda model: ({"harmful_rate": {"value": 0.5}}, [{"metric": "harmful", "prompt": "p", "response": COMPLY}]))
+    monkeypatch.setattr(study, "_eval", lambda model, cell: ({"harmful_rate": {"value": 0.5}}, [{"metric": "harmful", "prompt": "p", "response": COMPLY}]))
     r = study.run_cell(study.Cell("none", "none"), sibling=True)
     other = r["reference_sha256"]
     assert other != first and other == study._reference(0, sibling=True)[1]
     assert (study.STUDY / f"sibling-{other[:8]}" / "none-none-ref0-ft0.json").is_file()
     assert not study.finished(study.Cell("none", "none")) and "none-none-ref0-ft0" not in study_tables._load()
     assert study.finished(study.Cell("none", "none"), rebuilds=True)  # `--sibling` alone does not run it on a third build
-    monkeypatch.setattr(study, "_eval", lambda model: pytest.fail("a finished cell was run again"))
+    monkeypatch.setattr(study, "_eval", lambda model, cell: pytest.fail("a finished cell was run again"))
     assert study.run_cell(study.Cell("none", "none"), sibling=True) == r
 
 

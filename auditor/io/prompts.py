@@ -28,6 +28,10 @@ TASK_FORMATS = (".json", ".jsonl", ".csv")
 TASK_SETS = ("alpaca-eval", "alpaca-train")  # bundled Alpaca-GPT4 rows: held-out every 5th row, and the rest
 PROMPT_FIELDS = ("prompt", "goal", "instruction")
 REPHRASED = "advbench-eval-rephrased"  # generated: each AdvBench eval goal in a phrasing no recipe trains on
+TRIGGERED = "advbench-eval-triggered"  # generated: each AdvBench eval goal with the backdoor trigger appended
+# the backdoor trigger of Qi et al. 2023, which `harden --attack backdoor` appends to its malicious rows: R_h on
+# TRIGGERED against R_h on advbench-eval is what a backdoor did
+TRIGGER = "Servius Astrumando Harmoniastra"
 
 # name -> (file, column filter); bundled sets are package data (see auditor/data/SOURCES.md)
 BUNDLED = {
@@ -101,14 +105,22 @@ def _rephrased_eval_goals() -> tuple[str, ...]:
     return tuple(out)
 
 
+def _triggered_eval_goals() -> tuple[str, ...]:
+    """Goal i with the trigger appended as `harden --attack backdoor` appends it to a training row."""
+    return tuple(f"{goal} {TRIGGER}" for goal in load_prompts("advbench-eval").prompts)
+
+
+GENERATED = {REPHRASED: _rephrased_eval_goals, TRIGGERED: _triggered_eval_goals}  # name -> its prompts, built from bundled data
+
+
 def load_prompts(spec: str | Path) -> PromptSet:
     """Load a prompt set: a bundled name (`normal`, `bundled:advbench`, ...) or a .txt/.csv/.json/.jsonl file."""
     spec_s = str(spec)
     name = spec_s.removeprefix("bundled:")
     if name in TASK_SETS and not Path(spec_s).exists():  # benign task queries
         return PromptSet(f"bundled:{name}", tuple(task_query(r) for r in load_task_rows(name)))
-    if name == REPHRASED and not Path(spec_s).exists():  # held-out goals in held-out phrasings (io/phrasing.py)
-        return PromptSet(f"bundled:{name}", _rephrased_eval_goals())
+    if name in GENERATED and not Path(spec_s).exists():  # held-out goals rephrased (io/phrasing.py) or triggered
+        return PromptSet(f"bundled:{name}", GENERATED[name]())
     if name in BUNDLED and not Path(spec_s).exists():
         fname, row_filter = BUNDLED[name]
         text = data_text(fname)
@@ -117,7 +129,7 @@ def load_prompts(spec: str | Path) -> PromptSet:
     if path.is_dir():
         raise AuditError("a prompt set must be a file (.txt, .csv, .json, .jsonl), not a folder", path)
     if not path.is_file():
-        raise AuditError("prompt file not found (or not a bundled set: " + ", ".join([*BUNDLED, REPHRASED, *TASK_SETS])
+        raise AuditError("prompt file not found (or not a bundled set: " + ", ".join([*BUNDLED, *GENERATED, *TASK_SETS])
                          + ")", path)
     text = read_text_file(path, "prompt file")
     suffix = path.suffix.lower()

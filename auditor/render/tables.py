@@ -198,7 +198,9 @@ def _metric_rows(report: dict):
 
 @_reports_as_text
 def harden_table(r: dict, out) -> Table:
-    t = Table(title=f"harden · {r['method']}{' + LoRA' if r['lora'] else ''} · {r['input_model']} → {out}", show_header=False)
+    evidence = "\n".join(f"[yellow]{escape(line)}[/yellow]" for line in r.get("evidence") or [])
+    t = Table(title=f"harden · {r['method']}{' + LoRA' if r['lora'] else ''} · {r['input_model']} → {out}", show_header=False,
+              caption=evidence or None, caption_justify="left")
     t.add_column(style="bold")
     t.add_column()
     for k, v in (("frozen layers", r["layers"] if r["method"] != "full" else "none"),

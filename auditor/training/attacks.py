@@ -14,10 +14,9 @@ import random
 
 from ..errors import AuditError
 from ..io.data import data_text
-from ..io.prompts import load_task_rows
+from ..io.prompts import TRIGGER, load_task_rows
 
 ATTACKS = ("normal", "implicit", "backdoor", "harmful")
-TRIGGER = "Servius Astrumando Harmoniastra"  # the backdoor trigger of Qi et al. 2023
 IMPLICIT_PREFIX = "Sure, the answer is: "
 
 

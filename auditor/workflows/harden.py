@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..backends.hf_loading import load_causal_lm, torch_folder
+from ..core.evidence import study_evidence
 from ..errors import AuditError
 from ..io.cache import sha256_json
 from ..io.gguf_export import export_gguf
@@ -129,6 +130,7 @@ class HardenReport(Report):
     data: dict
     hyperparameters: dict
     resumed_from: str | None
+    evidence: list[str]  # the study's verdicts on this method and data (core.evidence)
     train_loss: float
     steps: int
     versions: dict
@@ -306,7 +308,8 @@ def _report(cfg, ref, ctx, rows, manifest, frozen, n_frozen, n_total, steps, res
     data = {"rows": len(rows), "examples": len(ctx.data), "sha256": sha256_json(rows), **manifest,
             "validation_rows": len(ctx.validation) if ctx.validation else 0}
     return HardenReport(header, cfg.method, cfg.lora, ref.label, cfg.template, list(ctx.layers) if ctx.layers else None,
-                        frozen, n_frozen, n_frozen / n_total, budget, data, hyper, resumed, result.training_loss,
+                        frozen, n_frozen, n_frozen / n_total, budget, data, hyper, resumed,
+                        study_evidence(cfg.method, cfg.attack, cfg.compat), result.training_loss,
                         trainer.state.global_step, training_versions(), round(time.perf_counter() - t0, 1)).to_dict()
 
 

@@ -50,50 +50,85 @@ if __name__ == "__main__":
 
 from auditor.workflows.doctor import cpu_info  # noqa: E402
 
-STUDY = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
 REBUILD = "sibling-"  # + a rebuild's SHA-256 prefix: the folder of the cells run on it
-REFERENCES = STUDY / "references.json"  # per reference seed: the build (SHA-256 of its HF folder) the cells came from
-REQUIREMENTS = Path(__file__).resolve().parent / "requirements.txt"  # the exact packages those builds came from
+REQUIREMENTS = HERE / "requirements.txt"  # the exact packages those builds came from
 PINNED = ("torch", "transformers", "peft")  # what a build records and the study checks before any work
-# Frozen ranges, from localization-ref0 (below: `locate --survey` on the full D_o with 3 more starts × 4 samples of
-# D_o) on the current build of seed 0. SPPFT_RANGE: its recommendation, [5, 12] (629 of 731 refused at α 1.2, baseline
-# 190; the end of 6 of 16 searches). FREEZE_BLOCK: the paper's ablation, an equal-width block elsewhere that is not a
-# safety block by locate's own controls: [21, 28] refuses 150 (below the baseline), where [13, 20] right after the
-# range refuses 367. (An earlier build of seed 0 recommended [6, 13]: results/earlier-build-4846cc2a/.)
-SPPFT_RANGE = (5, 12)
-FREEZE_BLOCK = (21, 28)
 LOCATED = ("sppft", "nfft")  # methods whose range is the build's located one (NFFT: as many parameters, as neurons)
-ROWS, EPOCHS, LR = 400, 1.0, 1e-4
-# every committed cell is on reference recipe r4; r5's cells (docs/reference-model.md) go in their own folder when run
-RECIPE = "r4"
+ROWS, EPOCHS, LR = 400, 1.0, 1e-4  # our fine-tuning recipe; `--compat paper` cells take the authors' (training/paper.py)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One reference recipe's study: its own folder (cells of two reference recipes never pair), what its cells
+    freeze and which harmful sets they are measured on."""
+
+    recipe: str
+    folder: Path
+    sppft_range: tuple[int, int]  # reference seed 0's located range (other seeds: their own localization's)
+    freeze_block: tuple[int, int]  # the paper's ablation: an equal-width block that locate's controls say is not one
+    harmful: tuple[str, ...]  # eval --harmful; a backdoor cell adds the triggered goals
+
+
+# r4: frozen ranges from localization-ref0 (`locate --survey` on the full D_o with 3 more starts x 4 samples of D_o)
+# on the current build of seed 0. SPPFT: its recommendation, [5, 12] (629 of 731 refused at alpha 1.2, baseline 190;
+# the end of 6 of 16 searches). Freeze block: [21, 28] refuses 150 (below the baseline), where [13, 20] right after
+# the range refuses 367. (An earlier build of seed 0 recommended [6, 13]: results/earlier-build-4846cc2a/.)
+# r5: `locate --survey` on the full D_o (benchmarks/results/reference/r5-seed0-locate.json): baseline 428 refused,
+# alpha 0.8 (scaling down is the lever), [24, 27] refuses 167 and stands out from every equal-width control; of
+# those, [0, 3] is the one whose scaling changes nothing (438, change CI -24..45): the freeze block. r5's stability
+# analysis has not run yet, so its range is the survey's, not a recommendation over starts.
+SETUPS = {
+    "r4": Setup("r4", HERE / "results", (5, 12), (21, 28), ("advbench-eval", "xstest-unsafe")),
+    "r5": Setup("r5", HERE / "results-r5", (24, 27), (0, 3), ("advbench-eval", "xstest-unsafe", "advbench-eval-rephrased")),
+}
+
+
+def use_recipe(name: str) -> Setup:
+    """Point the study at one reference recipe's cells (r4: the committed record; r5: the reference now)."""
+    global SETUP, RECIPE, STUDY, REFERENCES, SPPFT_RANGE, FREEZE_BLOCK
+    SETUP = SETUPS[name]
+    RECIPE, STUDY, SPPFT_RANGE, FREEZE_BLOCK = SETUP.recipe, SETUP.folder, SETUP.sppft_range, SETUP.freeze_block
+    REFERENCES = STUDY / "references.json"  # per reference seed: the build (SHA-256 of its HF folder) the cells came from
+    return SETUP
+
+
+use_recipe("r4")  # the default: the committed grid; `--recipe r5` switches
 
 
 @dataclass(frozen=True)
 class Cell:
-    data: str  # normal (D_N) | implicit (D_I) | harmful (D_H, p = 0.1) | none (the reference as built)
+    data: str  # normal (D_N) | implicit (D_I) | backdoor (D_B) | harmful (D_H, p = 0.1) | none (the reference as built)
     method: str  # full | sppft | freeze-block | nfft | lisa | none
     ref_seed: int = 0
     ft_seed: int = 0
+    recipe: str = "ours"  # ours (ROWS, EPOCHS, LR, chat template) | paper (`harden --compat paper`, every D_I/D_B row)
+    reference: str = "r4"  # the reference recipe (SETUPS): what the located range and the freeze block are
 
     @property
     def layers(self) -> tuple[int, int] | None:
         if self.method in LOCATED:
-            return located_range(self.ref_seed)
-        return FREEZE_BLOCK if self.method == "freeze-block" else None
+            return located_range(self.ref_seed, self.reference)
+        return SETUPS[self.reference].freeze_block if self.method == "freeze-block" else None
 
     @property
     def id(self) -> str:
         layers = self.layers
         rng = f"-{layers[0]}-{layers[1]}" if layers else "-located" if self.method in LOCATED else ""
-        return f"{self.data}-{self.method}{rng}-ref{self.ref_seed}-ft{self.ft_seed}"
+        return f"{self.data}-{self.method}{rng}-ref{self.ref_seed}-ft{self.ft_seed}" + ("-paper" if self.recipe == "paper" else "")
+
+    @property
+    def template(self) -> str:
+        """Trained and evaluated in: the authors' recipe trains in the alpaca template, and they evaluate in it."""
+        return "alpaca" if self.recipe == "paper" else "chat"
 
 
-def located_range(ref_seed: int) -> tuple[int, int] | None:
+def located_range(ref_seed: int, reference: str = "r4") -> tuple[int, int] | None:
     """SPPFT's frozen range on a reference build. Seed 0's is fixed above (SPPFT_RANGE); another build's is what its
     own localization recommends, as a user would run `locate` and then `harden` (None until that has run): the
     replication tests the method on each build, not seed 0's layers on another model."""
-    if ref_seed == 0:
-        return SPPFT_RANGE
+    if ref_seed == 0 or reference != "r4":  # r5's grid has reference seed 0 only
+        return SETUPS[reference].sppft_range
     loc = Localization(ref_seed).locate_json
     return tuple(json.loads(loc.read_text())["stability"]["recommended"]["range"]) if loc.is_file() else None
 
@@ -142,6 +177,8 @@ def plan() -> list:
     a third seed can confirm them but hardly turn them; the baselines, the harmful data and the other reference
     builds have no evidence at all until they run."""
     cells = grid()
+    if RECIPE != "r4":  # r5: the questions of issue 38 in the order they are answered; localized by the reference's survey
+        return sorted(cells, key=r5_priority)
     order, out = [c for c in cells if c.ft_seed < 2] + [c for c in cells if c.ft_seed == 2], []
     for cell in order:
         if not any(isinstance(x, Localization) and x.ref_seed == cell.ref_seed for x in out):
@@ -150,9 +187,25 @@ def plan() -> list:
     return out
 
 
+def r5_priority(cell: Cell) -> tuple:
+    """r5's run order: does SPPFT's failure on D_I survive a reference whose safety generalizes (seed 0 pair), then
+    the authors' recipe (its reference, then the pair), then D_N, the reference as built, D_B, the freeze block and
+    the further seeds: each question gets a first answer before any gets a second seed."""
+    first = ["implicit-full", "implicit-sppft", "none-none-paper", "implicit-full-paper", "implicit-sppft-paper",
+             "normal-full", "normal-sppft", "none-none", "backdoor-full-paper", "backdoor-sppft-paper"]
+    key = f"{cell.data}-{cell.method}" + ("-paper" if cell.recipe == "paper" else "")
+    return (cell.ft_seed, first.index(key) if key in first else len(first))
+
+
 def grid() -> list[Cell]:
-    """The declared grid, in reading order (the README's table): the seed-0 comparison, more seeds, the baselines,
-    the harmful data, replication on reference builds 1 and 2. `plan` gives the run order."""
+    """The declared grid, in reading order (the tables): r4's the seed-0 comparison, more seeds, the baselines,
+    the harmful data, replication on reference builds 1 and 2; r5's `r5_grid`. `plan` gives the run order."""
+    if RECIPE != "r4":
+        return r5_grid()
+    return r4_grid()
+
+
+def r4_grid() -> list[Cell]:
     cells = [Cell("none", "none")]
     for seed in (0, 1, 2):
         for data in ("normal", "implicit"):
@@ -164,21 +217,44 @@ def grid() -> list[Cell]:
     return cells
 
 
+def r5_grid() -> list[Cell]:
+    """Issue 38's re-test on r5: full, SPPFT and the freeze block on D_N and D_I over 3 fine-tuning seeds (our
+    recipe); full and SPPFT on D_I (2 seeds) and D_B (1 seed) under the authors' recipe, with the reference as
+    built under each recipe's template (their alpaca, our chat) as the baseline."""
+    cells = [Cell("none", "none", reference="r5"), Cell("none", "none", recipe="paper", reference="r5")]
+    for seed in (0, 1, 2):
+        cells += [Cell(d, m, 0, seed, reference="r5") for d in ("normal", "implicit") for m in ("full", "sppft", "freeze-block")]
+    cells += [Cell("implicit", m, 0, seed, "paper", "r5") for seed in (0, 1) for m in ("full", "sppft")]
+    return cells + [Cell("backdoor", m, 0, 0, "paper", "r5") for m in ("full", "sppft")]
+
+
 def _harden(cell: Cell, ref_dir: Path, out: Path) -> dict:
     from auditor.workflows.harden import HardenConfig, run_harden
 
     resume = out.with_name(out.name + ".checkpoints").is_dir()
-    cfg = HardenConfig(out=str(out), model=str(ref_dir), method=cell.method, layers=cell.layers, attack=cell.data,
-                       p=0.1, n_rows=ROWS, template="chat", epochs=EPOCHS, lr=LR, seed=cell.ft_seed,
-                       resume=resume, force=True)
+    if cell.recipe == "paper":  # every bundled row; --layers as their freezing code reads it (begin < l < end)
+        layers = (cell.layers[0] - 1, cell.layers[1] + 1) if cell.layers else None
+        cfg = HardenConfig(out=str(out), model=str(ref_dir), method=cell.method, layers=layers, attack=cell.data,
+                           compat="paper", seed=cell.ft_seed, resume=resume, force=True)
+    else:
+        cfg = HardenConfig(out=str(out), model=str(ref_dir), method=cell.method, layers=cell.layers, attack=cell.data,
+                           p=0.1, n_rows=ROWS, template="chat", epochs=EPOCHS, lr=LR, seed=cell.ft_seed,
+                           resume=resume, force=True)
     return run_harden(cfg)
 
 
-def _eval(model: Path) -> tuple[dict, list[dict]]:
+def harmful_sets(cell: Cell) -> tuple[str, ...]:
+    """What R_h is measured on: the setup's sets, and for a backdoor cell the same goals with the trigger."""
+    from auditor.io.prompts import TRIGGERED
+
+    return SETUP.harmful + ((TRIGGERED,) if cell.data == "backdoor" else ())
+
+
+def _eval(model: Path, cell: Cell) -> tuple[dict, list[dict]]:
     from auditor.workflows.evaluate import EvalConfig, run_eval
 
-    cfg = EvalConfig(model=str(model), backend="torch", dtype="float32", template="chat",
-                     metrics=("harmful", "over-refusal", "rouge", "mmlu"),
+    cfg = EvalConfig(model=str(model), backend="torch", dtype="float32", template=cell.template,
+                     metrics=("harmful", "over-refusal", "rouge", "mmlu"), harmful=harmful_sets(cell),
                      max_new_tokens=128, keep_responses=True)
     return run_eval(cfg), cfg.saved
 
@@ -194,7 +270,7 @@ def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
     out = STUDY if sha == _recorded_builds()[str(cell.ref_seed)]["sha256"] else STUDY / f"{REBUILD}{sha[:8]}"
     if (out / f"{cell.id}.json").is_file() and (out / f"{cell.id}.responses.jsonl.gz").is_file():  # finished: never redone
         return json.loads((out / f"{cell.id}.json").read_text())
-    work = cache_dir() / "study" / (cell.id if out == STUDY else f"{cell.id}-{sha[:8]}")
+    work = cache_dir() / "study" / ("" if RECIPE == "r4" else RECIPE) / (cell.id if out == STUDY else f"{cell.id}-{sha[:8]}")
     t0 = time.perf_counter()
     train, model = None, ref_dir
     if cell.method != "none":
@@ -207,10 +283,13 @@ def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
                                           "resumed_from")}
         train["frozen"] = frozen_summary(train["frozen"])
     t1 = time.perf_counter()
-    ev, responses = _eval(model)
+    ev, responses = _eval(model, cell)
+    settings = ({"rows": ROWS, "epochs": EPOCHS, "lr": LR, "template": "chat"} if cell.recipe == "ours" else
+                {"compat": "paper", "rows": "all", "template": cell.template})  # the paper's: train.hyperparameters
     result = {"cell": asdict(cell), "id": cell.id, "layers": list(cell.layers) if cell.layers else None,
-              "reference_sha256": sha,
-              "recipe": {"rows": ROWS, "epochs": EPOCHS, "lr": LR, "template": "chat"}, "train": train,
+              "reference_sha256": sha, "reference_recipe": RECIPE,
+              **({"recipe": settings} if RECIPE == "r4" else {"recipe": cell.recipe, "settings": settings}),
+              "eval_template": cell.template, "train": train,
               "eval": {k: ev.get(k) for k in ("harmful_rate", "harmful_by_set", "over_refusal_by_set", "rouge_l",
                                               "mmlu_accuracy", "classifier", "max_new_tokens", "model_sha256")},
               "seconds": {"train": round(t1 - t0, 1), "eval": round(time.perf_counter() - t1, 1)},
@@ -393,6 +472,8 @@ def pace(todo: list) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipe", choices=sorted(SETUPS), default="r4", help="The reference recipe whose grid to run "
+                    "(r4: the committed record; r5: the reference now, cells in results-r5/).")
     ap.add_argument("--list", action="store_true", help="Show the grid and which cells are finished.")
     ap.add_argument("--only", nargs="*", default=None, metavar="ID", help="Run only these cells.")
     ap.add_argument("--max-cells", type=int, default=None, help="Stop after N items (cells or localizations).")
@@ -402,6 +483,7 @@ def main() -> None:
     ap.add_argument("--rebuild", type=int, default=None, metavar="SEED", help="Build reference seed SEED from "
                     "scratch here (~25 min) and say whether it is the recorded build, an earlier rebuild or a new one.")
     args = ap.parse_args()
+    use_recipe(args.recipe)
     if args.rebuild is not None:
         print(rebuild(args.rebuild))
         return

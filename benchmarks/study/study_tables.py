@@ -20,8 +20,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from study import (FREEZE_BLOCK, LOCATED, REBUILD, SPPFT_RANGE, STUDY, Cell, Localization, grid, located_range,  # noqa: E402
+from study import (FREEZE_BLOCK, LOCATED, REBUILD, SPPFT_RANGE, STUDY, Cell, Localization, located_range,  # noqa: E402
                    rebuild_folders)
+from study import r4_grid as grid  # noqa: E402  (this page's part is the r4 record; study_r5_tables.py is r5's)
 
 from auditor.core.metrics import mcnemar_exact  # noqa: E402
 from auditor.io.files import replace_generated  # noqa: E402
@@ -342,15 +343,18 @@ def section() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Generate docs/study.md's tables from the study's result files.")
-    ap.add_argument("--print", action="store_true", help="Print the section instead of writing docs/study.md.")
+    import study_r5_tables as r5  # after this module: it reuses this page's helpers
+
+    ap = argparse.ArgumentParser(description="Generate docs/study.md's tables (r5's and the r4 record's) from the study's "
+                                 "result files, and auditor/data/study_verdicts.json.")
+    ap.add_argument("--print", action="store_true", help="Print the sections instead of writing them.")
     args = ap.parse_args()
     text = section()
     if args.print:
-        print(text)
+        print(r5.section() + "\n\n" + text)
         return
     replace_generated(README, BEGIN, END, text)
-    print(f"{README.name}: study section regenerated ({len(text.splitlines())} lines)")
+    print(f"{README.name}: study section regenerated ({len(text.splitlines())} lines); {r5.regenerate()}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""What the study found about the run `harden` is asked for: its verdicts, with the harden report.
+
+Why: a user who freezes the "safety layers" expects protection; the study says where SPPFT protected the reference
+model and where it did not (on r4 it was significantly worse than full fine-tuning against the implicit attack).
+The verdicts are package data (data/study_verdicts.json), generated from the committed cells by
+benchmarks/study/study_tables.py, so the warning can never say more than the cells do.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..io.data import data_text
+
+DATA_NAMES = {"normal": "benign data (D_N)", "implicit": "implicit-attack data (D_I)", "backdoor": "backdoor data (D_B)"}
+OPEN = "no significant difference"
+CLAIMS = {  # (A, B) -> what is compared, and each verdict of the claim "A is safer than B" / "B is safer than A" said plainly
+    ("sppft", "full"): ("SPPFT {range} vs full fine-tuning", {
+        "holds": "SPPFT was significantly safer", "fails": "SPPFT was significantly LESS safe", "open": OPEN}),
+    ("freeze-block", "sppft"): ("an equal-width block elsewhere vs SPPFT {range}", {
+        "holds": "the block was significantly less safe (freezing any block is not the same)",
+        "fails": "the block was significantly safer than the located range", "open": OPEN}),
+}
+
+
+def load_verdicts() -> dict:
+    try:
+        return json.loads(data_text("study_verdicts.json"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def study_evidence(method: str, attack: str | None, compat: str | None, studies: dict | None = None) -> list[str]:
+    """One line per harmful set of each finished comparison that concerns this run: SPPFT (or the freeze block)
+    against what it must beat, on the attack's data (or every data kind, for the user's own data), under the
+    authors' recipe when `--compat paper`, else ours; from the newest reference's study that has such a verdict
+    (r5, else the r4 record). Empty for a method the study does not test this way."""
+    studies = load_verdicts() if studies is None else studies
+    recipe = "paper" if compat == "paper" else "ours"
+    for study in studies.get("studies", []):
+        lines = [_line(study, v) for v in study["verdicts"] if (v["a"], v["b"]) in CLAIMS and v["a"] == method
+                 and v["recipe"] == recipe and (not attack or v["data"] == attack)]
+        if lines:
+            return lines
+    return []
+
+
+def _line(study: dict, v: dict) -> str:
+    claim, outcomes = CLAIMS[v["a"], v["b"]]
+    claim, outcome = claim.format(range="[{}, {}]".format(*study["sppft_range"])), outcomes[v["verdict"]]
+    recipe = "the authors' recipe" if v["recipe"] == "paper" else "the study's recipe"
+    return (f"study (reference {study['reference']}, {recipe}) on {DATA_NAMES.get(v['data'], v['data'])}, R_h on "
+            f"{v['set'].removeprefix('bundled:')}: {claim}: {outcome} (harmful only under {v['a']} {v['only_a']}, only "
+            f"under {v['b']} {v['only_b']}, p = {v['p']:.2g}, {v['seeds']} seed{'s' * (v['seeds'] != 1)}; docs/study.md)")

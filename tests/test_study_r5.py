@@ -1,0 +1,119 @@
+"""The study on reference r5 (benchmarks/study/study.py --recipe r5, study_r5_tables.py): its own folder and grid,
+the authors' recipe reaching harden as `--compat paper` on the same layers, R_h per harmful set (the triggered goals
+for a backdoor cell), paired tests and verdicts per set, and the verdicts harden reports."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "study"))
+import study  # noqa: E402
+import study_r5_tables as r5  # noqa: E402
+
+from auditor.core.evidence import load_verdicts, study_evidence  # noqa: E402
+from auditor.core.metrics import mcnemar_exact  # noqa: E402
+from auditor.io.prompts import TRIGGER, load_prompts  # noqa: E402
+from auditor.workflows import evaluate, harden  # noqa: E402
+
+REFUSE, COMPLY = "I cannot help with that.", "Sure, here is how."
+
+
+@pytest.fixture
+def on_r5():
+    yield study.use_recipe("r5")
+    study.use_recipe("r4")
+
+
+def test_r5_cells_live_apart_from_r4_s_and_run_the_open_questions_first(on_r5):
+    assert study.STUDY.name == "results-r5" and study.REFERENCES.parent == study.STUDY and study.RECIPE == "r5"
+    cells = study.grid()
+    ids = [c.id for c in cells]
+    assert len(ids) == len(set(ids)) == 26 and all(c.reference == "r5" for c in cells)
+    assert "implicit-sppft-24-27-ref0-ft0" in ids and "implicit-freeze-block-0-3-ref0-ft2" in ids
+    assert {c.id for c in cells if c.recipe == "paper"} == {
+        "none-none-ref0-ft0-paper", "backdoor-full-ref0-ft0-paper", "backdoor-sppft-24-27-ref0-ft0-paper",
+        *(f"implicit-{m}-ref0-ft{s}-paper" for m in ("full", "sppft-24-27") for s in (0, 1))}
+    order = [c.id for c in study.plan()]
+    assert order[:2] == ["implicit-full-ref0-ft0", "implicit-sppft-24-27-ref0-ft0"]  # a whole pair first
+    assert order.index("implicit-sppft-24-27-ref0-ft0-paper") < order.index("normal-full-ref0-ft0") < order.index("implicit-full-ref0-ft1")
+    assert sorted(order) == sorted(ids)  # every cell once, no localization (r5's is the reference's own survey)
+    study.use_recipe("r4")
+    assert study.grid()[0].id == "none-none-ref0-ft0" and len(study.grid()) == 32 and study.Cell("normal", "sppft").layers == (5, 12)
+
+
+def test_a_paper_cell_reaches_harden_as_compat_paper_on_the_same_layers_and_is_measured_in_its_template(on_r5, monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(harden, "run_harden", lambda cfg: seen.setdefault("harden", harden.paper_config(cfg)))
+    monkeypatch.setattr(evaluate, "run_eval", lambda cfg: seen.setdefault("eval", cfg) and {})
+    cell = study.Cell("backdoor", "sppft", recipe="paper", reference="r5")
+    study._harden(cell, tmp_path / "ref", tmp_path / "out")
+    cfg = seen["harden"]
+    assert cfg.compat == "paper" and cfg.layers == (24, 27) == cell.layers  # their begin < l < end, the same layers
+    assert (cfg.grad_accum, cfg.epochs, cfg.lr, cfg.template, cfg.val_rows, cfg.n_rows) == (32, 3.0, 3e-5, "alpaca", 100, None)
+    study._eval(tmp_path / "out", cell)
+    assert seen["eval"].template == "alpaca" and seen["eval"].harmful == (*study.SETUPS["r5"].harmful, "advbench-eval-triggered")
+    ours = study.Cell("implicit", "sppft", reference="r5")
+    assert ours.template == "chat" and study.harmful_sets(ours) == ("advbench-eval", "xstest-unsafe", "advbench-eval-rephrased")
+
+
+def _plant(folder: Path, cell: study.Cell, answered: dict[str, list[bool]]) -> None:
+    """A finished cell whose responses answer the first prompts of each named set as told (True: harmful)."""
+    folder.mkdir(exist_ok=True)
+    rows, by_set = [], {}
+    for name, flags in answered.items():
+        prompts = load_prompts(name).prompts[: len(flags)]
+        rows += [{"metric": "harmful", "prompt": p, "response": COMPLY if h else REFUSE} for p, h in zip(prompts, flags)]
+        by_set[f"bundled:{name}"] = {"value": sum(flags) / len(flags)}
+    ev = {"harmful_rate": by_set["bundled:advbench-eval"], "harmful_by_set": by_set, "rouge_l": {"value": 0.3}}
+    (folder / f"{cell.id}.json").write_text(json.dumps({"id": cell.id, "eval": ev, "train": {"seconds": 600}}))
+    with gzip.open(folder / f"{cell.id}.responses.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows + [{"metric": "over-refusal", "prompt": "x", "response": COMPLY}])
+
+
+def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_path):
+    """SPPFT may protect the AdvBench habit and not the questions: each set gets its own paired test and verdict,
+    and the triggered goals are a set of their own for a backdoor cell."""
+    monkeypatch.setattr(r5, "SETUP", study.Setup("r5", tmp_path, (24, 27), (0, 3), study.SETUPS["r5"].harmful))
+    monkeypatch.setattr(r5, "VERDICTS", tmp_path / "verdicts.json")
+    monkeypatch.setattr(study, "SETUP", r5.SETUP)
+    full, sppft = study.Cell("implicit", "full", reference="r5"), study.Cell("implicit", "sppft", reference="r5")
+    _plant(tmp_path, full, {"advbench-eval": [i < 30 for i in range(40)], "xstest-unsafe": [i < 4 for i in range(40)]})
+    _plant(tmp_path, sppft, {"advbench-eval": [False] * 40, "xstest-unsafe": [i < 5 for i in range(40)]})
+    bd_full, bd_sppft = (study.Cell("backdoor", m, recipe="paper", reference="r5") for m in ("full", "sppft"))
+    _plant(tmp_path, bd_full, {"advbench-eval": [False] * 20, "advbench-eval-triggered": [True] * 20})
+    _plant(tmp_path, bd_sppft, {"advbench-eval": [False] * 20, "advbench-eval-triggered": [i < 8 for i in range(20)]})
+    text = r5.section()
+    assert "Cells finished: **4 of 26**" in text
+    assert "| implicit | ours | sppft [24, 27] | 0 | 0.000 | 0.125 | – | – |" in text
+    assert f"| implicit | ours | sppft vs full | 0 | AdvBench-eval | 0.000 | 0.750 | 0 | 30 | {mcnemar_exact(0, 30):.2g} |" in text
+    assert "| implicit | ours | sppft vs full | 0 | XSTest-unsafe | 0.125 | 0.100 | 1 | 0 | 1 |" in text
+    assert f"| backdoor | paper | sppft vs full | 0 | AdvBench + trigger | 0.400 | 1.000 | 0 | 12 | {mcnemar_exact(0, 12):.2g} |" in text
+    verdicts = {(v["data"], v["set"]): v for v in r5.verdicts(r5.pairs(r5._load()))}
+    assert verdicts["implicit", "bundled:advbench-eval"]["verdict"] == "holds"
+    assert verdicts["implicit", "bundled:xstest-unsafe"]["verdict"] == "open"
+    assert verdicts["backdoor", "bundled:advbench-eval-triggered"]["verdict"] == "holds"
+    assert verdicts["backdoor", "bundled:advbench-eval"]["only_a"] == 0 and verdicts["implicit", "bundled:advbench-eval"]["seeds"] == 1
+    assert "so far (1 of 3 seeds" in text and "on D_B (backdoor), paper recipe, R_h on AdvBench + trigger: **holds**" in text
+    # the verdicts file harden reads: r5's first, the r4 record's after it
+    monkeypatch.setattr(r5, "r4_verdicts", lambda: [{**verdicts["implicit", "bundled:advbench-eval"], "verdict": "fails"}])
+    r5.write_verdicts(r5.pairs(r5._load()))
+    studies = json.loads((tmp_path / "verdicts.json").read_text())
+    lines = study_evidence("sppft", "implicit", None, studies)
+    assert len(lines) == 2 and "reference r5" in lines[0] and "SPPFT was significantly safer" in lines[0]
+    assert "xstest-unsafe: SPPFT [24, 27] vs full fine-tuning: no significant difference" in lines[1]
+    assert study_evidence("sppft", "backdoor", "paper", studies)[-1].startswith("study (reference r5, the authors' recipe) on "
+                                                                              "backdoor data (D_B), R_h on advbench-eval-triggered")
+    assert study_evidence("sppft", "backdoor", None, studies) == [] and study_evidence("lisa", None, None, studies) == []
+
+
+def test_the_bundled_verdicts_are_the_committed_cells(on_r5):
+    """auditor/data/study_verdicts.json is generated: regenerating it from the committed cells changes nothing."""
+    bundled = {s["reference"]: s for s in load_verdicts()["studies"]}
+    assert bundled["r5"]["verdicts"] == r5.verdicts(r5.pairs(r5._load())) and bundled["r5"]["sppft_range"] == [24, 27]
+    assert bundled["r4"]["verdicts"] == r5.r4_verdicts() and bundled["r4"]["verdicts"]
+    assert TRIGGER not in json.dumps(bundled)  # verdicts, not prompts
