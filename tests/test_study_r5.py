@@ -41,7 +41,10 @@ def test_r5_cells_live_apart_from_r4_s_and_run_the_open_questions_first(on_r5):
     order = [c.id for c in study.plan()]
     assert order[:2] == ["implicit-full-ref0-ft0", "implicit-sppft-24-27-ref0-ft0"]  # a whole pair first
     assert order.index("implicit-sppft-24-27-ref0-ft0-paper") < order.index("normal-full-ref0-ft0") < order.index("implicit-full-ref0-ft1")
-    assert sorted(order) == sorted(ids)  # every cell once, no localization (r5's is the reference's own survey)
+    # every cell once; the stability analysis of r5's localization after the seed-0 cells (they freeze the survey's range)
+    assert sorted(order) == sorted(ids + ["localization-ref0"])
+    assert order.index("backdoor-sppft-24-27-ref0-ft0-paper") < order.index("localization-ref0") < order.index("implicit-full-ref0-ft1")
+    assert str(study.Localization(0).locate_json).endswith("results-r5/localization-ref0.locate.json")
     study.use_recipe("r4")
     assert study.grid()[0].id == "none-none-ref0-ft0" and len(study.grid()) == 32 and study.Cell("normal", "sppft").layers == (5, 12)
 

@@ -177,8 +177,10 @@ def plan() -> list:
     a third seed can confirm them but hardly turn them; the baselines, the harmful data and the other reference
     builds have no evidence at all until they run."""
     cells = grid()
-    if RECIPE != "r4":  # r5: the questions of issue 38 in the order they are answered; localized by the reference's survey
-        return sorted(cells, key=r5_priority)
+    if RECIPE != "r4":  # r5: the questions of issue 38 in the order they are answered, then the stability analysis of
+        cells = sorted(cells, key=r5_priority)  # r5's localization (its cells freeze the survey's range, declared above)
+        first = sum(c.ft_seed == 0 for c in cells)
+        return cells[:first] + [Localization(0)] + cells[first:]
     order, out = [c for c in cells if c.ft_seed < 2] + [c for c in cells if c.ft_seed == 2], []
     for cell in order:
         if not any(isinstance(x, Localization) and x.ref_seed == cell.ref_seed for x in out):
