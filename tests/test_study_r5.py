@@ -102,6 +102,12 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
     assert verdicts["backdoor", "bundled:advbench-eval-triggered"]["verdict"] == "holds"
     assert verdicts["backdoor", "bundled:advbench-eval"]["only_a"] == 0 and verdicts["implicit", "bundled:advbench-eval"]["seeds"] == 1
     assert "so far (1 of 3 seeds" in text and "on D_B (backdoor), paper recipe, R_h on AdvBench + trigger: **holds**" in text
+    monkeypatch.setattr(r5, "r4_verdicts", lambda: [])
+    readme = r5.summary(r5.pairs(r5._load()))
+    assert ("- r5, D_I (implicit attack), our recipe: AdvBench-eval SPPFT safer (p = 1.9e-09); XSTest-unsafe no significant "
+            "difference (p = 1) (1 of 3 seeds).") in readme and "- r5, D_N (benign), our recipe: not run yet." in readme
+    assert "- r5, D_B (backdoor), the authors' recipe: AdvBench-eval no significant difference (p = 1); AdvBench + trigger SPPFT " \
+           "safer (p = 0.00049) (1 of 1 seeds)." in readme
     # the verdicts file harden reads: r5's first, the r4 record's after it
     monkeypatch.setattr(r5, "r4_verdicts", lambda: [{**verdicts["implicit", "bundled:advbench-eval"], "verdict": "fails"}])
     r5.write_verdicts(r5.pairs(r5._load()))
@@ -115,7 +121,10 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
 
 
 def test_the_bundled_verdicts_are_the_committed_cells(on_r5):
-    """auditor/data/study_verdicts.json is generated: regenerating it from the committed cells changes nothing."""
+    """auditor/data/study_verdicts.json and the README's verdicts are generated: regenerating them from the
+    committed cells changes nothing."""
+    readme = r5.USER_README.read_text()
+    assert r5.summary(r5.pairs(r5._load())) in readme
     bundled = {s["reference"]: s for s in load_verdicts()["studies"]}
     assert bundled["r5"]["verdicts"] == r5.verdicts(r5.pairs(r5._load())) and bundled["r5"]["sppft_range"] == [24, 27]
     assert bundled["r4"]["verdicts"] == r5.r4_verdicts() and bundled["r4"]["verdicts"]
