@@ -141,6 +141,7 @@ class Localization:
     ref_seed: int = 0
     resamples: int = 3
     fixed_starts: tuple[str, ...] = ("11-12", "25-26")  # the hand-picked start of the README, a late block
+    folder: Path | None = None  # where its files are: the study being run (STUDY) unless told
 
     @property
     def id(self) -> str:
@@ -148,11 +149,11 @@ class Localization:
 
     @property
     def scan_json(self) -> Path:
-        return STUDY / f"{self.id}.scan.json"
+        return (self.folder or STUDY) / f"{self.id}.scan.json"
 
     @property
     def locate_json(self) -> Path:
-        return STUDY / f"{self.id}.locate.json"
+        return (self.folder or STUDY) / f"{self.id}.locate.json"
 
     def starts(self, scan: dict) -> str:
         """The fixed starts and this build's own scan's initial range (its last two layers), so each build is searched

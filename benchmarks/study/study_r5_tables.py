@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from study import SETUPS, Cell, harmful_sets, r5_grid  # noqa: E402
-from study_tables import README, _discordant, _fmt, _verdict  # noqa: E402
+from study_tables import README, _discordant, _fmt, _verdict, localization  # noqa: E402
 
 from auditor.core.metrics import mcnemar_exact  # noqa: E402
 from auditor.core.refusal import make_classifier  # noqa: E402
@@ -151,7 +151,8 @@ def section() -> str:
         f"{SETUP.freeze_block[0]}–{SETUP.freeze_block[1]} (`benchmarks/study/study.py`, Setup r5). Our recipe: 400 rows, 1 epoch, "
         "lr 1e-4, chat template; the authors' (`harden --compat paper`): every bundled row, 3 epochs, effective batch 128, "
         "lr 3e-5 with 100 warm-up steps, loss on prompt and answer, alpaca template, evaluated in that template.", "",
-        *cell_table(results), "", "Paired comparisons, per harmful set (the same prompts under both methods):", "",
+        "r5's localization with the stability analysis (`results-r5/localization-ref0.*`, run after the seed-0 cells):", "",
+        *localization((0,), SETUP.folder), "", *cell_table(results), "", "Paired comparisons, per harmful set (the same prompts under both methods):", "",
         *comparisons(results, found), "", "The verdicts, per harmful set (pooled over the finished fine-tuning seeds; "
         "p < 0.01 and the discordant prompts favouring the claim):", "", *verdict_lines(found), "", END])
 

@@ -283,14 +283,14 @@ def _span(r) -> str:
     return f"{r[0]}–{r[1]}" if r else "none"
 
 
-def localization(seeds=(0, 1, 2)) -> list[str]:
+def localization(seeds=(0, 1, 2), folder: Path | None = None) -> list[str]:
     """Per reference build: the scan's ranges, locate's answer from the survey, and the stability analysis."""
     lines = ["| ref seed | scan: initial range | differential range (vs bundled) | survey's best window | locate (from the survey) "
              "| refusals (95% CI) / baseline | stability: recommended | verdict | searches ending there | layers in ≥ half |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     ends = []
     for seed in seeds:
-        loc = Localization(seed)
+        loc = Localization(seed, folder=folder)
         scan_p, loc_p = loc.scan_json, loc.locate_json
         sc = json.loads(scan_p.read_text()) if scan_p.is_file() else None
         scan = f"{_span(sc.get('initial_range'))} | {_span(sc.get('differential_range'))}" if sc else "not run yet | not run yet"
