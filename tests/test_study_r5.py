@@ -83,7 +83,6 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
     and the triggered goals are a set of their own for a backdoor cell."""
     monkeypatch.setattr(r5, "SETUP", study.Setup("r5", tmp_path, (24, 27), (0, 3), study.SETUPS["r5"].harmful))
     monkeypatch.setattr(r5, "VERDICTS", tmp_path / "verdicts.json")
-    monkeypatch.setattr(study, "SETUP", r5.SETUP)
     full, sppft = study.Cell("implicit", "full", reference="r5"), study.Cell("implicit", "sppft", reference="r5")
     _plant(tmp_path, full, {"advbench-eval": [i < 30 for i in range(40)], "xstest-unsafe": [i < 4 for i in range(40)]})
     _plant(tmp_path, sppft, {"advbench-eval": [False] * 40, "xstest-unsafe": [i < 5 for i in range(40)]})

@@ -250,7 +250,7 @@ def harmful_sets(cell: Cell) -> tuple[str, ...]:
     """What R_h is measured on: the setup's sets, and for a backdoor cell the same goals with the trigger."""
     from auditor.io.prompts import TRIGGERED
 
-    return SETUP.harmful + ((TRIGGERED,) if cell.data == "backdoor" else ())
+    return SETUPS[cell.reference].harmful + ((TRIGGERED,) if cell.data == "backdoor" else ())
 
 
 def _eval(model: Path, cell: Cell) -> tuple[dict, list[dict]]:
