@@ -100,7 +100,7 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
     assert verdicts["implicit", "bundled:xstest-unsafe"]["verdict"] == "open"
     assert verdicts["backdoor", "bundled:advbench-eval-triggered"]["verdict"] == "holds"
     assert verdicts["backdoor", "bundled:advbench-eval"]["only_a"] == 0 and verdicts["implicit", "bundled:advbench-eval"]["seeds"] == 1
-    assert "so far (1 of 3 seeds" in text and "on D_B (backdoor), paper recipe, R_h on AdvBench + trigger: **holds**" in text
+    assert "so far (1 of 3 seeds" in text and "on D_B (backdoor), the authors' recipe, R_h on AdvBench + trigger: **holds**" in text
     monkeypatch.setattr(r5, "r4_verdicts", lambda: [])
     readme = r5.summary(r5.pairs(r5._load()))
     assert ("- r5, D_I (implicit attack), our recipe: AdvBench-eval SPPFT safer (p = 1.9e-09); XSTest-unsafe no significant "

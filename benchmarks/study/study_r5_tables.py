@@ -135,7 +135,8 @@ def verdict_lines(found: dict) -> list[str]:
     lines = []
     for v in verdicts(found):
         so_far = " so far" if v["seeds"] < v["planned_seeds"] else ""
-        lines.append(f"- {claim[v['a'], v['b']]} on {DATA[v['data']]}, {v['recipe']} recipe, R_h on {SHORT.get(v['set'], v['set'])}: "
+        recipe = "the authors' recipe" if v["recipe"] == "paper" else "our recipe"
+        lines.append(f"- {claim[v['a'], v['b']]} on {DATA[v['data']]}, {recipe}, R_h on {SHORT.get(v['set'], v['set'])}: "
                      f"**{v['verdict']}**{so_far} ({v['seeds']} of {v['planned_seeds']} seeds; harmful only under {v['a']} "
                      f"{v['only_a']}, only under {v['b']} {v['only_b']}, p = {v['p']:.2g}).")
     return lines or ["- No comparison has both of its cells finished yet."]
@@ -154,7 +155,8 @@ def section() -> str:
         "r5's localization with the stability analysis (`results-r5/localization-ref0.*`, run after the seed-0 cells):", "",
         *localization((0,), SETUP.folder), "", *cell_table(results), "", "Paired comparisons, per harmful set (the same prompts under both methods):", "",
         *comparisons(results, found), "", "The verdicts, per harmful set (pooled over the finished fine-tuning seeds; "
-        "p < 0.01 and the discordant prompts favouring the claim):", "", *verdict_lines(found), "", END])
+        "p < 0.01 and the discordant prompts favouring the claim; with three sets per comparison, a lone p just under "
+        "0.01 on one set is weak evidence: Bonferroni over the three would ask p < 0.0033):", "", *verdict_lines(found), "", END])
 
 
 def r4_verdicts() -> list[dict]:
