@@ -112,6 +112,18 @@ def comparisons(results: dict[str, dict], found: dict) -> list[str]:
     return lines if len(lines) > 2 else ["No comparison has both of its cells finished yet."]
 
 
+def _entry(data: str, recipe: str, a_m: str, b_m: str, name: str, oa: int, ob: int, seeds: int, **extra) -> dict:
+    """One pooled verdict (r5's and the r4 record's alike): the claim is that the located range is the safer."""
+    better, worse = (ob, oa) if a_m == "sppft" else (oa, ob)
+    p = mcnemar_exact(oa, ob)
+    return {"data": data, "recipe": recipe, "a": a_m, "b": b_m, "set": name, "seeds": seeds, **extra, "only_a": oa,
+            "only_b": ob, "p": p, "verdict": _verdict(better, worse, p).strip("*").split(":")[0]}
+
+
+def _recipe_name(recipe: str) -> str:
+    return "the authors' recipe" if recipe == "paper" else "our recipe"
+
+
 def verdicts(found: dict) -> list[dict]:
     """Per comparison and harmful set, pooled over the finished seeds: holds, fails or open (docs/METHOD.md §1.5)."""
     out = []
@@ -121,11 +133,7 @@ def verdicts(found: dict) -> list[dict]:
         for name in dict.fromkeys(n for r in rows for n in r["per_set"]):
             oa = sum(r["per_set"][name][0] for r in rows if name in r["per_set"])
             ob = sum(r["per_set"][name][1] for r in rows if name in r["per_set"])
-            better, worse = (ob, oa) if a_m == "sppft" else (oa, ob)  # the claim: the located range is the safer
-            p = mcnemar_exact(oa, ob)
-            out.append({"data": data, "recipe": recipe, "a": a_m, "b": b_m, "set": name, "seeds": len(rows),
-                        "planned_seeds": planned, "only_a": oa, "only_b": ob, "p": p,
-                        "verdict": _verdict(better, worse, p).strip("*").split(":")[0]})
+            out.append(_entry(data, recipe, a_m, b_m, name, oa, ob, len(rows), planned_seeds=planned))
     return out
 
 
@@ -135,16 +143,15 @@ def verdict_lines(found: dict) -> list[str]:
     lines = []
     for v in verdicts(found):
         so_far = " so far" if v["seeds"] < v["planned_seeds"] else ""
-        recipe = "the authors' recipe" if v["recipe"] == "paper" else "our recipe"
-        lines.append(f"- {claim[v['a'], v['b']]} on {DATA[v['data']]}, {recipe}, R_h on {SHORT.get(v['set'], v['set'])}: "
+        lines.append(f"- {claim[v['a'], v['b']]} on {DATA[v['data']]}, {_recipe_name(v['recipe'])}, R_h on {SHORT.get(v['set'], v['set'])}: "
                      f"**{v['verdict']}**{so_far} ({v['seeds']} of {v['planned_seeds']} seeds; harmful only under {v['a']} "
                      f"{v['only_a']}, only under {v['b']} {v['only_b']}, p = {v['p']:.2g}).")
     return lines or ["- No comparison has both of its cells finished yet."]
 
 
-def section() -> str:
-    results = _load()
-    found = pairs(results)
+def section(results: dict[str, dict] | None = None, found: dict | None = None) -> str:
+    results = _load() if results is None else results
+    found = pairs(results) if found is None else found
     done = sum(c.id in results for c in r5_grid())
     return "\n".join([
         BEGIN, "", f"Cells finished: **{done} of {len(r5_grid())}** (`python benchmarks/study/study.py --recipe r5 --list`). "
@@ -167,14 +174,12 @@ def r4_verdicts() -> list[dict]:
     for data, a_m, b_m, _ in r4.TARGETS:
         rows = found.get((data, a_m, b_m, 0), [])
         if rows:
-            oa, ob, p, _ = r4._pooled(rows)
-            better, worse = (ob, oa) if a_m == "sppft" else (oa, ob)
-            out.append({"data": data, "recipe": "ours", "a": a_m, "b": b_m, "set": "bundled:advbench-eval", "seeds": len(rows),
-                        "only_a": oa, "only_b": ob, "p": p, "verdict": _verdict(better, worse, p).strip("*").split(":")[0]})
+            oa, ob, _, _ = r4._pooled(rows)
+            out.append(_entry(data, "ours", a_m, b_m, "bundled:advbench-eval", oa, ob, len(rows)))
     return out
 
 
-def summary(found: dict) -> str:
+def summary(found: dict, r4: list[dict] | None = None) -> str:
     """The README's answer, one line per question: SPPFT against full fine-tuning per data and recipe, each harmful
     set's verdict (r5), then the r4 record's."""
     by_key: dict[tuple, list[dict]] = {}
@@ -184,33 +189,34 @@ def summary(found: dict) -> str:
     for data, recipe, a_m, b_m in COMPARISONS:
         if (a_m, b_m) != ("sppft", "full"):
             continue
-        head = f"- r5, {DATA[data]}, {'the authors' + chr(39) + ' recipe' if recipe == 'paper' else 'our recipe'}: "
+        head = f"- r5, {DATA[data]}, {_recipe_name(recipe)}: "
         vs = by_key.get((data, recipe, a_m, b_m))
         if not vs:
             lines.append(head + "not run yet.")
             continue
         lines.append(head + "; ".join(f"{SHORT.get(v['set'], v['set'])} {SAID[v['verdict']]} (p = {v['p']:.2g})" for v in vs)
                      + f" ({vs[0]['seeds']} of {vs[0]['planned_seeds']} seeds).")
-    r4 = {v["data"]: v for v in r4_verdicts() if (v["a"], v["b"]) == ("sppft", "full")}
+    r4 = {v["data"]: v for v in (r4_verdicts() if r4 is None else r4) if (v["a"], v["b"]) == ("sppft", "full")}
     lines.append("- r4 record (AdvBench-eval only): " + "; ".join(f"{DATA[d]} {SAID[v['verdict']]} (p = {v['p']:.2g})"
                                                                for d, v in r4.items()) + ".")
     return "\n".join(lines + [SUMMARY_END])
 
 
-def write_verdicts(found: dict) -> None:
+def write_verdicts(found: dict, r4: list[dict] | None = None) -> None:
     """The verdicts as package data: `harden` reports what the study says about the run it is asked for, from the
     newest reference that has a verdict on it."""
     studies = [{"reference": "r5", "sppft_range": list(SETUP.sppft_range), "verdicts": verdicts(found)},
-               {"reference": "r4", "sppft_range": list(SETUPS["r4"].sppft_range), "verdicts": r4_verdicts()}]
+               {"reference": "r4", "sppft_range": list(SETUPS["r4"].sppft_range), "verdicts": r4_verdicts() if r4 is None else r4}]
     write_json(VERDICTS, {"schema": 1, "source": "docs/study.md (benchmarks/study/study_tables.py)", "studies": studies},
                force=True)
 
 
 def regenerate() -> str:
     """Rewrite the r5 section of docs/study.md and the verdicts file (study_tables.py calls this after r4's section)."""
-    text = section()
+    results = _load()
+    found, r4 = pairs(results), r4_verdicts()  # every saved response read and classified once
+    text = section(results, found)
     replace_generated(README, BEGIN, END, text)
-    found = pairs(_load())
-    write_verdicts(found)
-    replace_generated(USER_README, SUMMARY_BEGIN, SUMMARY_END, summary(found))
+    write_verdicts(found, r4)
+    replace_generated(USER_README, SUMMARY_BEGIN, SUMMARY_END, summary(found, r4))
     return f"r5 study section and README's verdicts regenerated ({len(text.splitlines())} lines); {VERDICTS.name} written"
