@@ -19,6 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from study import SETUPS, Cell, harmful_sets, r5_grid  # noqa: E402
+import study_tables as r4_tables  # noqa: E402
 from study_tables import README, _discordant, _fmt, _verdict, localization  # noqa: E402
 
 from auditor.core.metrics import mcnemar_exact  # noqa: E402
@@ -168,13 +169,11 @@ def section(results: dict[str, dict] | None = None, found: dict | None = None) -
 
 def r4_verdicts() -> list[dict]:
     """The r4 record's targets (R_h on AdvBench-eval, pooled over its seeds on reference seed 0), in the same form."""
-    import study_tables as r4
-
-    found, out = r4.paired(r4._load()), []
-    for data, a_m, b_m, _ in r4.TARGETS:
+    found, out = r4_tables.paired(r4_tables._load()), []
+    for data, a_m, b_m, _ in r4_tables.TARGETS:
         rows = found.get((data, a_m, b_m, 0), [])
         if rows:
-            oa, ob, _, _ = r4._pooled(rows)
+            oa, ob, _, _ = r4_tables._pooled(rows)
             out.append(_entry(data, "ours", a_m, b_m, "bundled:advbench-eval", oa, ob, len(rows)))
     return out
 
