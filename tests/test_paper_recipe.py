@@ -97,6 +97,27 @@ def test_grad_accum_is_an_option_for_everyone(tiny_model_dir, tmp_path, monkeypa
     assert all(x == -100 for x in seen.train.items[0]["labels"][:3])  # ours: loss on the answer only
 
 
+def test_the_authors_recipe_in_the_chat_template_keeps_everything_else_theirs(tiny_model, tiny_model_dir):
+    """A chat model's refusals live in its chat template: `--compat paper --template chat` renders the prompt there,
+    and every other setting, the loss on every token and their end-of-text rule stay theirs."""
+    from auditor.workflows.harden import paper_config
+
+    _, tok = tiny_model
+    theirs = paper_config(HardenConfig(out="o", model=str(tiny_model_dir), compat="paper"))
+    chat = paper_config(HardenConfig(out="o", model=str(tiny_model_dir), compat="paper", template="chat", lr=1e-3))
+    assert theirs.template == "alpaca" and chat.template == "chat"  # the default is theirs; an explicit choice stays
+    assert (chat.lr, chat.grad_accum, chat.epochs, chat.val_rows) == (theirs.lr, theirs.grad_accum, theirs.epochs, 100)
+    rows = load_task_rows("alpaca-train")[:6]
+    items = SFTData(rows, tok, "chat", 256, str(tiny_model_dir), paper=True).items
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    for row, item in zip(rows, items):
+        prompt = tok.apply_chat_template([{"role": "user", "content": row["instruction"] + (f"\n\n{row['input']}" if row["input"] else "")}],
+                                         tokenize=False, add_generation_prompt=True)
+        ids = tok(prompt + row["output"], truncation=True, max_length=256, add_special_tokens=False)["input_ids"]
+        assert item["input_ids"] == (ids + [eot] if len(ids) < 256 else ids) and item["labels"] == item["input_ids"]
+    assert [i["input_ids"] for i in SFTData(rows, tok, "alpaca", 256, paper=True).items] == [_their_tokens(tok, r) for r in rows]
+
+
 def test_their_layer_numbering():
     assert frozen_by_their_code(4, 15) == (5, 14)  # SPPFT.py's default begin_num=4, end_num=15
     assert scaled_by_their_code(5, 15) == (5, 14)  # scaling.py's range(start_num, end_num)

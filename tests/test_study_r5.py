@@ -36,14 +36,17 @@ def test_r5_cells_live_apart_from_r4_s_and_run_the_open_questions_first(on_r5):
     assert len(ids) == len(set(ids)) == 26 and all(c.reference == "r5" for c in cells)
     assert "implicit-sppft-24-27-ref0-ft0" in ids and "implicit-freeze-block-0-3-ref0-ft2" in ids
     assert {c.id for c in cells if c.recipe == "paper"} == {
-        "none-none-ref0-ft0-paper", "backdoor-full-ref0-ft0-paper", "backdoor-sppft-24-27-ref0-ft0-paper",
-        *(f"implicit-{m}-ref0-ft{s}-paper" for m in ("full", "sppft-24-27") for s in (0, 1))}
+        "none-none-ref0-ft0-paper", "backdoor-full-ref0-ft0-paper-chat", "backdoor-sppft-24-27-ref0-ft0-paper-chat",
+        *(f"implicit-{m}-ref0-ft{s}-paper-chat" for m in ("full", "sppft-24-27") for s in (0, 1))}
+    # r5's refusals live in its chat template: the authors' recipe fine-tunes there; the reference is measured in both
+    assert {c.template for c in cells if c.recipe == "paper" and c.data != "none"} == {"chat"}
+    assert next(c for c in cells if c.id == "none-none-ref0-ft0-paper").template == "alpaca"
     order = [c.id for c in study.plan()]
     assert order[:2] == ["implicit-full-ref0-ft0", "implicit-sppft-24-27-ref0-ft0"]  # a whole pair first
-    assert order.index("implicit-sppft-24-27-ref0-ft0-paper") < order.index("normal-full-ref0-ft0") < order.index("implicit-full-ref0-ft1")
+    assert order.index("implicit-sppft-24-27-ref0-ft0-paper-chat") < order.index("normal-full-ref0-ft0") < order.index("implicit-full-ref0-ft1")
     # every cell once; the stability analysis of r5's localization after the seed-0 cells (they freeze the survey's range)
     assert sorted(order) == sorted(ids + ["localization-ref0"])
-    assert order.index("backdoor-sppft-24-27-ref0-ft0-paper") < order.index("localization-ref0") < order.index("implicit-full-ref0-ft1")
+    assert order.index("backdoor-sppft-24-27-ref0-ft0-paper-chat") < order.index("localization-ref0") < order.index("implicit-full-ref0-ft1")
     assert str(study.Localization(0).locate_json).endswith("results-r5/localization-ref0.locate.json")
     study.use_recipe("r4")
     assert study.grid()[0].id == "none-none-ref0-ft0" and len(study.grid()) == 32 and study.Cell("normal", "sppft").layers == (5, 12)
@@ -53,13 +56,16 @@ def test_a_paper_cell_reaches_harden_as_compat_paper_on_the_same_layers_and_is_m
     seen = {}
     monkeypatch.setattr(harden, "run_harden", lambda cfg: seen.setdefault("harden", harden.paper_config(cfg)))
     monkeypatch.setattr(evaluate, "run_eval", lambda cfg: seen.setdefault("eval", cfg) and {})
-    cell = study.Cell("backdoor", "sppft", recipe="paper", reference="r5")
-    study._harden(cell, tmp_path / "ref", tmp_path / "out")
-    cfg = seen["harden"]
-    assert cfg.compat == "paper" and cfg.layers == (24, 27) == cell.layers  # their begin < l < end, the same layers
-    assert (cfg.grad_accum, cfg.epochs, cfg.lr, cfg.template, cfg.val_rows, cfg.n_rows) == (32, 3.0, 3e-5, "alpaca", 100, None)
-    study._eval(tmp_path / "out", cell)
-    assert seen["eval"].template == "alpaca" and seen["eval"].harmful == (*study.SETUPS["r5"].harmful, "advbench-eval-triggered")
+    for template in ("alpaca", "chat"):  # the authors' own; r5's cells (where its refusals live)
+        seen.clear()
+        cell = study.Cell("backdoor", "sppft", recipe="paper", reference="r5", template=template)
+        study._harden(cell, tmp_path / "ref", tmp_path / "out")
+        cfg = seen["harden"]
+        assert cfg.compat == "paper" and cfg.layers == (24, 27) == cell.layers  # their begin < l < end, the same layers
+        assert (cfg.grad_accum, cfg.epochs, cfg.lr, cfg.template, cfg.val_rows, cfg.n_rows) == (32, 3.0, 3e-5, template, 100, None)
+        study._eval(tmp_path / "out", cell)
+        assert seen["eval"].template == template and seen["eval"].harmful == (*study.SETUPS["r5"].harmful, "advbench-eval-triggered")
+    assert cell in study.r5_grid() and cell.id.endswith("-paper-chat")
     ours = study.Cell("implicit", "sppft", reference="r5")
     assert ours.template == "chat" and study.harmful_sets(ours) == ("advbench-eval", "xstest-unsafe", "advbench-eval-rephrased")
 
@@ -81,12 +87,12 @@ def _plant(folder: Path, cell: study.Cell, answered: dict[str, list[bool]]) -> N
 def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_path):
     """SPPFT may protect the AdvBench habit and not the questions: each set gets its own paired test and verdict,
     and the triggered goals are a set of their own for a backdoor cell."""
-    monkeypatch.setattr(r5, "SETUP", study.Setup("r5", tmp_path, (24, 27), (0, 3), study.SETUPS["r5"].harmful))
+    monkeypatch.setattr(r5, "SETUP", study.Setup("r5", tmp_path, (24, 27), (0, 3), study.SETUPS["r5"].harmful, "chat"))
     monkeypatch.setattr(r5, "VERDICTS", tmp_path / "verdicts.json")
     full, sppft = study.Cell("implicit", "full", reference="r5"), study.Cell("implicit", "sppft", reference="r5")
     _plant(tmp_path, full, {"advbench-eval": [i < 30 for i in range(40)], "xstest-unsafe": [i < 4 for i in range(40)]})
     _plant(tmp_path, sppft, {"advbench-eval": [False] * 40, "xstest-unsafe": [i < 5 for i in range(40)]})
-    bd_full, bd_sppft = (study.Cell("backdoor", m, recipe="paper", reference="r5") for m in ("full", "sppft"))
+    bd_full, bd_sppft = (study.Cell("backdoor", m, recipe="paper", reference="r5", template="chat") for m in ("full", "sppft"))
     _plant(tmp_path, bd_full, {"advbench-eval": [False] * 20, "advbench-eval-triggered": [True] * 20})
     _plant(tmp_path, bd_sppft, {"advbench-eval": [False] * 20, "advbench-eval-triggered": [i < 8 for i in range(20)]})
     text = r5.section()
@@ -100,12 +106,12 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
     assert verdicts["implicit", "bundled:xstest-unsafe"]["verdict"] == "open"
     assert verdicts["backdoor", "bundled:advbench-eval-triggered"]["verdict"] == "holds"
     assert verdicts["backdoor", "bundled:advbench-eval"]["only_a"] == 0 and verdicts["implicit", "bundled:advbench-eval"]["seeds"] == 1
-    assert "so far (1 of 3 seeds" in text and "on D_B (backdoor), the authors' recipe, R_h on AdvBench + trigger: **holds**" in text
+    assert "so far (1 of 3 seeds" in text and "on D_B (backdoor), the authors' recipe in the chat template, R_h on AdvBench + trigger: **holds**" in text
     monkeypatch.setattr(r5, "r4_verdicts", lambda: [])
     readme = r5.summary(r5.pairs(r5._load()))
     assert ("- r5, D_I (implicit attack), our recipe: AdvBench-eval SPPFT safer (p = 1.9e-09); XSTest-unsafe no significant "
             "difference (p = 1) (1 of 3 seeds).") in readme and "- r5, D_N (benign), our recipe: not run yet." in readme
-    assert "- r5, D_B (backdoor), the authors' recipe: AdvBench-eval no significant difference (p = 1); AdvBench + trigger SPPFT " \
+    assert "- r5, D_B (backdoor), the authors' recipe in the chat template: AdvBench-eval no significant difference (p = 1); AdvBench + trigger SPPFT " \
            "safer (p = 0.00049) (1 of 1 seeds)." in readme
     # the verdicts file harden reads: r5's first, the r4 record's after it
     monkeypatch.setattr(r5, "r4_verdicts", lambda: [{**verdicts["implicit", "bundled:advbench-eval"], "verdict": "fails"}])
@@ -114,7 +120,7 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
     lines = study_evidence("sppft", "implicit", None, studies)
     assert len(lines) == 2 and "reference r5" in lines[0] and "SPPFT was significantly safer" in lines[0]
     assert "xstest-unsafe: SPPFT [24, 27] vs full fine-tuning: no significant difference" in lines[1]
-    assert study_evidence("sppft", "backdoor", "paper", studies)[-1].startswith("study (reference r5, the authors' recipe) on "
+    assert study_evidence("sppft", "backdoor", "paper", studies)[-1].startswith("study (reference r5, the authors' recipe in the chat template) on "
                                                                               "backdoor data (D_B), R_h on advbench-eval-triggered")
     assert study_evidence("sppft", "backdoor", None, studies) == [] and study_evidence("lisa", None, None, studies) == []
 

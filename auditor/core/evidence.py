@@ -49,6 +49,8 @@ def _line(study: dict, v: dict) -> str:
     claim, outcomes = CLAIMS[v["a"], v["b"]]
     claim, outcome = claim.format(range="[{}, {}]".format(*study["sppft_range"])), outcomes[v["verdict"]]
     recipe = "the authors' recipe" if v["recipe"] == "paper" else "the study's recipe"
+    if v["recipe"] == "paper" and v.get("template", "alpaca") != "alpaca":  # r5's: where its refusals live
+        recipe += f" in the {v['template']} template"
     planned = v.get("planned_seeds", v["seeds"])
     seeds = f"{v['seeds']} of {planned} seeds so far" if planned > v["seeds"] else f"{v['seeds']} seed{'s' * (v['seeds'] != 1)}"
     return (f"study (reference {study['reference']}, {recipe}) on {DATA_NAMES.get(v['data'], v['data'])}, R_h on "

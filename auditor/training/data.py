@@ -18,7 +18,9 @@ class SFTData(torch.utils.data.Dataset):
 
     `paper=True` tokenizes as the authors' SPPFT.py does: prompt and answer as one text, loss on every token
     (their train_on_inputs), no EOS token but the id of Llama-3's <|eot_id|> appended when the text is shorter
-    than the cutoff (a tokenizer without that token gives its unknown-token id, which their code appends too)."""
+    than the cutoff (a tokenizer without that token gives its unknown-token id, which their code appends too).
+    Their prompt is the alpaca template's; with `template="chat"` it is the model's chat template, the rest as theirs
+    (a chat model whose refusals live in its chat template shows its safety only there)."""
 
     def __init__(self, rows, tokenizer, template: str, cutoff: int, model_path=None, paper: bool = False):
         self.items = []
@@ -28,7 +30,7 @@ class SFTData(torch.utils.data.Dataset):
                                "the model's chat template", model_path) if template == "chat" else None
         try:
             if paper:
-                self._build_as_the_paper(rows, tokenizer, cutoff)
+                self._build_as_the_paper(rows, tokenizer, cutoff, chat)
             else:
                 self._build(rows, tokenizer, template, cutoff, eos, chat)
         finally:
@@ -49,10 +51,12 @@ class SFTData(torch.utils.data.Dataset):
             if any(x != -100 for x in labels):
                 self.items.append({"input_ids": ids, "labels": labels})
 
-    def _build_as_the_paper(self, rows, tokenizer, cutoff) -> None:
+    def _build_as_the_paper(self, rows, tokenizer, cutoff, chat=None) -> None:
         eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
         for r in rows:
-            ids = tokenizer(alpaca_prompt(r) + r["output"], truncation=True, max_length=cutoff)["input_ids"]
+            text = (chat(task_query(r)) if chat else alpaca_prompt(r)) + r["output"]
+            # a rendered chat prompt carries its own special tokens (as _build's)
+            ids = tokenizer(text, truncation=True, max_length=cutoff, add_special_tokens=chat is None)["input_ids"]
             if eot is not None and ids and ids[-1] != eot and len(ids) < cutoff:
                 ids = ids + [eot]
             if len(ids) > 1:

@@ -83,7 +83,8 @@ class HardenConfig:
     threads: int | None = setting(None, "CPU threads (default: all cores).", least=1)
     force: bool = setting(False, "Replace an existing output folder.")
     compat: str | None = setting(None, "paper: the authors' recipe (their SPPFT.py): micro-batch 4 x accumulation 32, "
-                                 "3 epochs, 100 warm-up steps, lr 3e-5, loss on prompt and answer, alpaca template, no "
+                                 "3 epochs, 100 warm-up steps, lr 3e-5, loss on prompt and answer, alpaca template (--template chat "
+                                 "keeps the model's chat template for the prompt), no "
                                  "EOS, 100 rows held out for validation (best checkpoint kept); --layers i-j read as their "
                                  "begin and end (the layers strictly between are frozen). These win over the flags.",
                                  choices=("paper",))
@@ -94,14 +95,16 @@ class HardenConfig:
 
 def paper_config(cfg: HardenConfig) -> HardenConfig:
     """--compat paper: the authors' numbers over the flags (training/paper.py), and --layers read as their
-    freezing code reads begin and end. Applied once (a config it made comes back unchanged)."""
+    freezing code reads begin and end. Applied once (a config it made comes back unchanged). The template is the
+    one exception: it is where the model's refusals live, not a number of the recipe, so an explicit `--template
+    chat` stays (the default, alpaca, is theirs)."""
     if cfg.compat is None or cfg.layers_as_given is not None:
         return cfg
     if cfg.compat != "paper":
         raise AuditError(f"unknown compat mode '{cfg.compat}' (choose paper)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return replace(cfg, batch_size=PAPER.batch_size, grad_accum=PAPER.grad_accum(world), epochs=PAPER.epochs,
-                   warmup_steps=PAPER.warmup_steps, lr=PAPER.lr, cutoff=PAPER.cutoff, template=PAPER.template,
+                   warmup_steps=PAPER.warmup_steps, lr=PAPER.lr, cutoff=PAPER.cutoff,
                    val_rows=PAPER.val_rows, optim=PAPER.optim, group_by_length=False, save_steps=PAPER.eval_steps,
                    layers=frozen_by_their_code(*cfg.layers) if cfg.layers else None, layers_as_given=cfg.layers)
 

@@ -68,6 +68,7 @@ class Setup:
     sppft_range: tuple[int, int]  # reference seed 0's located range (other seeds: their own localization's)
     freeze_block: tuple[int, int]  # the paper's ablation: an equal-width block that locate's controls say is not one
     harmful: tuple[str, ...]  # eval --harmful; a backdoor cell adds the triggered goals
+    paper_template: str = "alpaca"  # what the authors'-recipe cells train and are evaluated in
 
 
 # r4: frozen ranges from localization-ref0 (`locate --survey` on the full D_o with 3 more starts x 4 samples of D_o)
@@ -78,9 +79,13 @@ class Setup:
 # alpha 0.8 (scaling down is the lever), [24, 27] refuses 167 and stands out from every equal-width control; of
 # those, [0, 3] is the one whose scaling changes nothing (438, change CI -24..45): the freeze block. r5's stability
 # analysis has not run yet, so its range is the survey's, not a recommendation over starts.
+# r5's authors'-recipe cells train and are evaluated in the chat template (`harden --compat paper --template chat`):
+# r5 as built answers 48.5% of AdvBench-eval in the alpaca template (none-none-ref0-ft0-paper) against 0.4% in chat,
+# its refusals live in the template it was aligned in, so only there can fine-tuning be seen to take safety away.
 SETUPS = {
     "r4": Setup("r4", HERE / "results", (5, 12), (21, 28), ("advbench-eval", "xstest-unsafe")),
-    "r5": Setup("r5", HERE / "results-r5", (24, 27), (0, 3), ("advbench-eval", "xstest-unsafe", "advbench-eval-rephrased")),
+    "r5": Setup("r5", HERE / "results-r5", (24, 27), (0, 3), ("advbench-eval", "xstest-unsafe", "advbench-eval-rephrased"),
+                "chat"),
 }
 
 
@@ -104,6 +109,16 @@ class Cell:
     ft_seed: int = 0
     recipe: str = "ours"  # ours (ROWS, EPOCHS, LR, chat template) | paper (`harden --compat paper`, every D_I/D_B row)
     reference: str = "r4"  # the reference recipe (SETUPS): what the located range and the freeze block are
+    template: str = ""  # trained and evaluated in; "" = the recipe's own: chat for ours, alpaca for the authors'
+
+    def __post_init__(self):
+        if not self.template:
+            object.__setattr__(self, "template", self.own_template)
+
+    @property
+    def own_template(self) -> str:
+        """The recipe's template: the authors' recipe trains in the alpaca template, and they evaluate in it."""
+        return "alpaca" if self.recipe == "paper" else "chat"
 
     @property
     def layers(self) -> tuple[int, int] | None:
@@ -115,12 +130,8 @@ class Cell:
     def id(self) -> str:
         layers = self.layers
         rng = f"-{layers[0]}-{layers[1]}" if layers else "-located" if self.method in LOCATED else ""
-        return f"{self.data}-{self.method}{rng}-ref{self.ref_seed}-ft{self.ft_seed}" + ("-paper" if self.recipe == "paper" else "")
-
-    @property
-    def template(self) -> str:
-        """Trained and evaluated in: the authors' recipe trains in the alpaca template, and they evaluate in it."""
-        return "alpaca" if self.recipe == "paper" else "chat"
+        return (f"{self.data}-{self.method}{rng}-ref{self.ref_seed}-ft{self.ft_seed}" + ("-paper" if self.recipe == "paper" else "")
+                + (f"-{self.template}" if self.template != self.own_template else ""))
 
 
 def located_range(ref_seed: int, reference: str = "r4") -> tuple[int, int] | None:
@@ -222,13 +233,14 @@ def r4_grid() -> list[Cell]:
 
 def r5_grid() -> list[Cell]:
     """Issue 38's re-test on r5: full, SPPFT and the freeze block on D_N and D_I over 3 fine-tuning seeds (our
-    recipe); full and SPPFT on D_I (2 seeds) and D_B (1 seed) under the authors' recipe, with the reference as
-    built under each recipe's template (their alpaca, our chat) as the baseline."""
+    recipe); full and SPPFT on D_I (2 seeds) and D_B (1 seed) under the authors' recipe in r5's chat template (Setup
+    r5), with the reference as built as the baseline, in chat and in their alpaca template."""
     cells = [Cell("none", "none", reference="r5"), Cell("none", "none", recipe="paper", reference="r5")]
     for seed in (0, 1, 2):
         cells += [Cell(d, m, 0, seed, reference="r5") for d in ("normal", "implicit") for m in ("full", "sppft", "freeze-block")]
-    cells += [Cell("implicit", m, 0, seed, "paper", "r5") for seed in (0, 1) for m in ("full", "sppft")]
-    return cells + [Cell("backdoor", m, 0, 0, "paper", "r5") for m in ("full", "sppft")]
+    chat = SETUPS["r5"].paper_template  # where r5's refusals live (Setup r5); the reference in alpaca stays measured
+    cells += [Cell("implicit", m, 0, seed, "paper", "r5", chat) for seed in (0, 1) for m in ("full", "sppft")]
+    return cells + [Cell("backdoor", m, 0, 0, "paper", "r5", chat) for m in ("full", "sppft")]
 
 
 def _harden(cell: Cell, ref_dir: Path, out: Path) -> dict:
@@ -238,7 +250,7 @@ def _harden(cell: Cell, ref_dir: Path, out: Path) -> dict:
     if cell.recipe == "paper":  # every bundled row; --layers as their freezing code reads it (begin < l < end)
         layers = (cell.layers[0] - 1, cell.layers[1] + 1) if cell.layers else None
         cfg = HardenConfig(out=str(out), model=str(ref_dir), method=cell.method, layers=layers, attack=cell.data,
-                           compat="paper", seed=cell.ft_seed, resume=resume, force=True)
+                           compat="paper", template=cell.template, seed=cell.ft_seed, resume=resume, force=True)
     else:
         cfg = HardenConfig(out=str(out), model=str(ref_dir), method=cell.method, layers=cell.layers, attack=cell.data,
                            p=0.1, n_rows=ROWS, template="chat", epochs=EPOCHS, lr=LR, seed=cell.ft_seed,

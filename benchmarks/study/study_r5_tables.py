@@ -72,7 +72,8 @@ def cell_table(results: dict[str, dict]) -> list[str]:
              + " | XSTest-safe | D_o | Rouge-L | MMLU | train |", "|---" * (9 + len(names)) + "|"]
     for cell in r5_grid():
         frozen = f" [{cell.layers[0]}, {cell.layers[1]}]" if cell.layers else ""
-        head = f"| {cell.data} | {cell.recipe} | {cell.method}{frozen} | {cell.ft_seed} |"
+        recipe = cell.recipe + ("" if cell.template == cell.own_template else f" ({cell.template})")
+        head = f"| {cell.data} | {recipe} | {cell.method}{frozen} | {cell.ft_seed} |"
         r = results.get(cell.id)
         if r is None:
             lines.append(head + " not run yet |" + " |" * (4 + len(names)))
@@ -121,8 +122,10 @@ def _entry(data: str, recipe: str, a_m: str, b_m: str, name: str, oa: int, ob: i
             "only_b": ob, "p": p, "verdict": _verdict(better, worse, p).strip("*").split(":")[0]}
 
 
-def _recipe_name(recipe: str) -> str:
-    return "the authors' recipe" if recipe == "paper" else "our recipe"
+def _recipe_name(recipe: str, template: str = "alpaca") -> str:
+    if recipe != "paper":
+        return "our recipe"
+    return "the authors' recipe" + ("" if template == "alpaca" else f" in the {template} template")
 
 
 def verdicts(found: dict) -> list[dict]:
@@ -134,7 +137,8 @@ def verdicts(found: dict) -> list[dict]:
         for name in dict.fromkeys(n for r in rows for n in r["per_set"]):
             oa = sum(r["per_set"][name][0] for r in rows if name in r["per_set"])
             ob = sum(r["per_set"][name][1] for r in rows if name in r["per_set"])
-            out.append(_entry(data, recipe, a_m, b_m, name, oa, ob, len(rows), planned_seeds=planned))
+            out.append(_entry(data, recipe, a_m, b_m, name, oa, ob, len(rows), planned_seeds=planned,
+                              template=rows[0]["a"].template))
     return out
 
 
@@ -144,7 +148,7 @@ def verdict_lines(found: dict) -> list[str]:
     lines = []
     for v in verdicts(found):
         so_far = " so far" if v["seeds"] < v["planned_seeds"] else ""
-        lines.append(f"- {claim[v['a'], v['b']]} on {DATA[v['data']]}, {_recipe_name(v['recipe'])}, R_h on {SHORT.get(v['set'], v['set'])}: "
+        lines.append(f"- {claim[v['a'], v['b']]} on {DATA[v['data']]}, {_recipe_name(v['recipe'], v['template'])}, R_h on {SHORT.get(v['set'], v['set'])}: "
                      f"**{v['verdict']}**{so_far} ({v['seeds']} of {v['planned_seeds']} seeds; harmful only under {v['a']} "
                      f"{v['only_a']}, only under {v['b']} {v['only_b']}, p = {v['p']:.2g}).")
     return lines or ["- No comparison has both of its cells finished yet."]
@@ -159,7 +163,9 @@ def section(results: dict[str, dict] | None = None, found: dict | None = None) -
         f"SPPFT freezes r5's located range {SETUP.sppft_range[0]}–{SETUP.sppft_range[1]} and the freeze block is "
         f"{SETUP.freeze_block[0]}–{SETUP.freeze_block[1]} (`benchmarks/study/study.py`, Setup r5). Our recipe: 400 rows, 1 epoch, "
         "lr 1e-4, chat template; the authors' (`harden --compat paper`): every bundled row, 3 epochs, effective batch 128, "
-        "lr 3e-5 with 100 warm-up steps, loss on prompt and answer, alpaca template, evaluated in that template.", "",
+        "lr 3e-5 with 100 warm-up steps, loss on prompt and answer, in r5's chat template (`--compat paper --template chat`: r5 "
+        "refuses in the template it was aligned in, and answers half of AdvBench-eval in alpaca, `none-none-ref0-ft0-paper`), "
+        "evaluated in that template.", "",
         "r5's localization with the stability analysis (`results-r5/localization-ref0.*`, run after the seed-0 cells):", "",
         *localization((0,), SETUP.folder), "", *cell_table(results), "", "Paired comparisons, per harmful set (the same prompts under both methods):", "",
         *comparisons(results, found), "", "The verdicts, per harmful set (pooled over the finished fine-tuning seeds; "
@@ -188,7 +194,7 @@ def summary(found: dict, r4: list[dict] | None = None) -> str:
     for data, recipe, a_m, b_m in COMPARISONS:
         if (a_m, b_m) != ("sppft", "full"):
             continue
-        head = f"- r5, {DATA[data]}, {_recipe_name(recipe)}: "
+        head = f"- r5, {DATA[data]}, {_recipe_name(recipe, SETUP.paper_template)}: "
         vs = by_key.get((data, recipe, a_m, b_m))
         if not vs:
             lines.append(head + "not run yet.")
