@@ -97,7 +97,8 @@ def test_grad_accum_is_an_option_for_everyone(tiny_model_dir, tmp_path, monkeypa
     assert all(x == -100 for x in seen.train.items[0]["labels"][:3])  # ours: loss on the answer only
 
 
-def test_the_authors_recipe_in_the_chat_template_keeps_everything_else_theirs(tiny_model, tiny_model_dir):
+def test_the_authors_recipe_in_the_chat_template_keeps_everything_else_theirs(tiny_model, tiny_model_dir, tmp_path,
+                                                                             monkeypatch):
     """A chat model's refusals live in its chat template: `--compat paper --template chat` renders the prompt there,
     and every other setting, the loss on every token and their end-of-text rule stay theirs."""
     from auditor.workflows.harden import paper_config
@@ -116,6 +117,13 @@ def test_the_authors_recipe_in_the_chat_template_keeps_everything_else_theirs(ti
         ids = tok(prompt + row["output"], truncation=True, max_length=256, add_special_tokens=False)["input_ids"]
         assert item["input_ids"] == (ids + [eot] if len(ids) < 256 else ids) and item["labels"] == item["input_ids"]
     assert [i["input_ids"] for i in SFTData(rows, tok, "alpaca", 256, paper=True).items] == [_their_tokens(tok, r) for r in rows]
+    seen = Seen()
+    _keep_trainer(monkeypatch, seen)
+    rep = run_harden(HardenConfig(out=str(tmp_path / "chat"), model=str(tiny_model_dir), method="full", n_rows=108,
+                                  compat="paper", template="chat"), callbacks=[seen.callback])
+    assert rep["template"] == rep["hyperparameters"]["template"] == "chat" and seen.args.gradient_accumulation_steps == 32
+    start = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False).split("x")[0]
+    assert start and all(tok.decode(i["input_ids"]).startswith(start) for i in seen.train.items + seen.eval.items)
 
 
 def test_their_layer_numbering():
