@@ -153,9 +153,9 @@ def test_locate_compat_paper_counts_as_the_authors_scaling_code(tiny_model, tiny
     from auditor.io.models import resolve_model
     from auditor.workflows.locate import LocateConfig, check_config
 
-    cfg = LocateConfig(model=str(tiny_model_dir), compat="paper", start=(1, 3), backend="torch")
-    check_config(cfg)
-    check_config(cfg)  # read once, however often it is checked
+    given = LocateConfig(model=str(tiny_model_dir), compat="paper", start=(1, 3), backend="torch", template="chat")
+    cfg = check_config(check_config(given))  # read once, however often it is checked
+    assert (given.start, given.start_as_given, given.template) == ((1, 3), None, "chat")  # the caller's, unchanged
     assert (cfg.start, cfg.start_as_given, cfg.scale_o_proj, cfg.template, cfg.max_new_tokens, cfg.classifier) == (
         (1, 2), (1, 3), False, "alpaca", 16, "keyword")
     model, tok = tiny_model

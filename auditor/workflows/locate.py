@@ -13,7 +13,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..backends import GENERATION, WEIGHT_SCALING, Backend, library_version
@@ -60,10 +60,11 @@ class LocateConfig(ModelOptions):
 
 def paper_compat(cfg: LocateConfig) -> LocateConfig:
     """--compat paper: greedy 16 tokens, keyword classifier, o_proj unscaled, alpaca template, and --start i-j
-    read as the authors' scaling code reads begin and end: range(i, j), layers i..j-1 (training/paper.py)."""
-    cfg.compat, cfg.classifier, cfg.max_new_tokens, cfg.scale_o_proj, cfg.template = "paper", "keyword", 16, False, "alpaca"
+    read as the authors' scaling code reads begin and end: range(i, j), layers i..j-1 (training/paper.py). A new
+    config (the caller's is left as given); applied once (a config it made comes back unchanged)."""
+    cfg = replace(cfg, compat="paper", classifier="keyword", max_new_tokens=16, scale_o_proj=False, template="alpaca")
     if cfg.start and cfg.start_as_given is None:
-        cfg.start_as_given, cfg.start = cfg.start, scaled_by_their_code(*cfg.start)
+        cfg = replace(cfg, start_as_given=cfg.start, start=scaled_by_their_code(*cfg.start))
     return cfg
 
 
@@ -156,15 +157,16 @@ def _parse_starts(value) -> tuple | str | None:
     return parse_ranges(value, "--starts", "'auto'")
 
 
-def check_config(cfg: LocateConfig) -> None:
-    """Every option checked before anything loads."""
+def check_config(cfg: LocateConfig) -> LocateConfig:
+    """Every option checked before anything loads; returns the config normalized (a new one: a library caller's
+    config is never changed under it)."""
     if cfg.compat == "paper":
-        paper_compat(cfg)
+        cfg = paper_compat(cfg)
     elif cfg.compat is not None:
         raise AuditError(f"unknown compat mode '{cfg.compat}' (choose paper)")
-    cfg.starts = _parse_starts(cfg.starts)
+    cfg = replace(cfg, starts=_parse_starts(cfg.starts), classifier=canonical_classifier(cfg.classifier),
+                  limit=cfg.limit or None)  # limit 0: all of D_o
     check_template(cfg.template)
-    cfg.classifier = canonical_classifier(cfg.classifier)
     if cfg.alpha is not None and not (cfg.alpha > 0 and math.isfinite(cfg.alpha)):
         raise AuditError(f"alpha must be a positive number, got {cfg.alpha}")
     if cfg.alpha == 1.0:
@@ -172,7 +174,7 @@ def check_config(cfg: LocateConfig) -> None:
     if sum(x is not None for x in (cfg.start, cfg.from_scan, cfg.survey)) > 1:
         raise AuditError("give one of --start, --from-scan and --survey")
     check_least(cfg)
-    cfg.limit = cfg.limit or None  # 0: all of D_o
+    return cfg
 
 
 @dataclass
@@ -272,7 +274,7 @@ def count_key(cfg, target: Target, classifier, prompts: list[str]) -> str:
 
 def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     reporter = reporter or Silent()
-    check_config(cfg)
+    cfg = check_config(cfg)
     target = Target.resolve(cfg, (GENERATION, WEIGHT_SCALING))
     stated = layer_count(target.ref)
     if cfg.start and stated and not cfg.start[1] < stated:
