@@ -205,9 +205,11 @@ def r5_priority(cell: Cell) -> tuple:
     """r5's run order: does SPPFT's failure on D_I survive a reference whose safety generalizes (seed 0 pair), then
     the authors' recipe (its reference, then the pair), then D_N, the reference as built, D_B, the freeze block and
     the further seeds: each question gets a first answer before any gets a second seed."""
-    first = ["implicit-full", "implicit-sppft", "none-none-paper", "implicit-full-paper", "implicit-sppft-paper",
-             "normal-full", "normal-sppft", "none-none", "backdoor-full-paper", "backdoor-sppft-paper"]
-    key = f"{cell.data}-{cell.method}" + ("-paper" if cell.recipe == "paper" else "")
+    first = [("implicit", "full", "ours"), ("implicit", "sppft", "ours"), ("none", "none", "paper"),
+             ("implicit", "full", "paper"), ("implicit", "sppft", "paper"), ("normal", "full", "ours"),
+             ("normal", "sppft", "ours"), ("none", "none", "ours"), ("backdoor", "full", "paper"),
+             ("backdoor", "sppft", "paper")]
+    key = (cell.data, cell.method, cell.recipe)
     return (cell.ft_seed, first.index(key) if key in first else len(first))
 
 
