@@ -129,6 +129,36 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
     assert study_evidence("sppft", "backdoor", None, studies) == [] and study_evidence("lisa", None, None, studies) == []
 
 
+def test_a_pair_comes_from_one_build_the_recorded_one_first_else_a_rebuild(monkeypatch, tmp_path):
+    """A fresh machine's rebuild of the reference differs by rounding: a pair it ran (`study.py --sibling`) is
+    tested within that build, marked as such in every table and verdict, and never paired across builds."""
+    monkeypatch.setattr(r5, "SETUP", study.Setup("r5", tmp_path, (24, 27), (0, 3), study.SETUPS["r5"].harmful, "chat"))
+    rebuild = tmp_path / f"{study.REBUILD}abcd1234"
+    rebuild.mkdir()
+    full, sppft = (study.Cell("implicit", m, recipe="paper", reference="r5", template="chat") for m in ("full", "sppft"))
+    ours_full, ours_sppft = (study.Cell("implicit", m, reference="r5") for m in ("full", "sppft"))
+    _plant(tmp_path, full, {"advbench-eval": [True] * 10})  # its partner only on the rebuild: no cross-build pair
+    _plant(rebuild, full, {"advbench-eval": [i < 2 for i in range(10)]})
+    _plant(rebuild, sppft, {"advbench-eval": [i < 9 for i in range(10)]})
+    _plant(tmp_path, ours_full, {"advbench-eval": [True] * 10})
+    _plant(tmp_path, ours_sppft, {"advbench-eval": [False] * 10})
+    _plant(rebuild, ours_full, {"advbench-eval": [False] * 10})  # the recorded build has both: the rebuild's unused
+    _plant(rebuild, ours_sppft, {"advbench-eval": [True] * 10})
+    found = r5.pairs(r5._load())
+    paper, = found["implicit", "paper", "sppft", "full"]
+    assert paper["build"] == "abcd1234" and paper["per_set"]["bundled:advbench-eval"] == (7, 0)
+    assert found["implicit", "ours", "sppft", "full"][0]["build"] == "" and \
+        found["implicit", "ours", "sppft", "full"][0]["per_set"]["bundled:advbench-eval"] == (0, 10)
+    v = {(x["recipe"], x["set"]): x for x in r5.verdicts(found)}
+    assert v["paper", "bundled:advbench-eval"]["rebuilds"] == ["abcd1234"] and "rebuilds" not in v["ours", "bundled:advbench-eval"]
+    text = r5.section()
+    assert "Cells finished: **3 of 26**, and 1 more only on a rebuild" in text
+    assert "| implicit | paper (chat) | sppft [24, 27] | 0 (rebuild abcd1234…) | 0.900 |" in text
+    assert "| implicit | paper (chat) | full | 0 | 1.000 |" in text  # the recorded build's cell, where it has one
+    assert "| implicit | paper | sppft vs full | 0 (rebuild abcd1234…) | AdvBench-eval | 0.900 | 0.200 | 7 | 0 |" in text
+    assert "(1 of 2 seeds, on rebuild abcd1234… of the reference; harmful only under sppft 7" in text
+
+
 def test_the_bundled_verdicts_are_the_committed_cells(on_r5):
     """auditor/data/study_verdicts.json and the README's verdicts are generated: regenerating them from the
     committed cells changes nothing."""

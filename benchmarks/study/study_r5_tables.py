@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from study import SETUPS, Cell, harmful_sets, r5_grid  # noqa: E402
+from study import REBUILD, SETUPS, Cell, harmful_sets, r5_grid, rebuild_folders  # noqa: E402
 import study_tables as r4_tables  # noqa: E402
 from study_tables import README, _discordant, _fmt, _verdict, localization  # noqa: E402
 
@@ -42,8 +42,17 @@ ALPHA = 0.01  # the study's significance level for one comparison on one harmful
 SAID = {"holds": "SPPFT safer", "fails": "SPPFT significantly LESS safe", "open": "no significant difference"}
 
 
-def _load() -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(SETUP.folder.glob("*-ref*-ft*.json"))}
+def _load(folder: Path | None = None) -> dict[str, dict]:
+    """The finished cells of the recorded build (or of one rebuild's folder)."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted((folder or SETUP.folder).glob("*-ref*-ft*.json"))}
+
+
+def _builds(results: dict[str, dict]) -> list[tuple[str, Path, dict[str, dict]]]:
+    """(label, folder, cells): the recorded build first (label ""), then each rebuild of the reference that ran cells
+    (`study.py --sibling`, label its SHA-256 prefix). A pair takes both its cells from one build, the recorded one
+    when it has both (docs/METHOD.md §1.5): two builds differ by rounding, and that is not the method's doing."""
+    rebuilds = [(p.name.removeprefix(REBUILD), p, _load(p)) for p in rebuild_folders(SETUP.folder)]
+    return [("", SETUP.folder, results), *(b for b in rebuilds if b[2])]
 
 
 def set_of_prompt(cells: list[Cell]) -> dict[str, str]:
@@ -52,10 +61,10 @@ def set_of_prompt(cells: list[Cell]) -> dict[str, str]:
     return {p: f"bundled:{name}" for name in names for p in load_prompts(name).prompts}
 
 
-def verdicts_by_set(cell_id: str, sets: dict[str, str]) -> dict[str, dict[str, bool]]:
+def verdicts_by_set(cell_id: str, sets: dict[str, str], folder: Path | None = None) -> dict[str, dict[str, bool]]:
     """set -> prompt -> answered harmfully (keyword classifier), from the cell's saved responses."""
     clf, out = make_classifier("keyword"), {}
-    with gzip.open(SETUP.folder / f"{cell_id}.responses.jsonl.gz", "rt", encoding="utf-8") as f:
+    with gzip.open((folder or SETUP.folder) / f"{cell_id}.responses.jsonl.gz", "rt", encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
             if r["metric"] == "harmful" and r["prompt"] in sets:
@@ -67,15 +76,21 @@ def _rate(r: dict, name: str) -> dict | None:
     return (r["eval"].get("harmful_by_set") or {}).get(name)
 
 
+def _seed_label(cell: Cell, build: str) -> str:
+    return f"{cell.ft_seed}" + (f" (rebuild {build}…)" if build else "")
+
+
 def cell_table(results: dict[str, dict]) -> list[str]:
-    names = list(SHORT)
+    """Each grid cell from the recorded build, or, where only a rebuild ran it, from the first rebuild that did
+    (marked in the seed column)."""
+    names, builds = list(SHORT), _builds(results)
     lines = ["| data | recipe | method (frozen) | ft seed | " + " | ".join(f"R_h {SHORT[n]}" for n in names)
              + " | XSTest-safe | D_o | Rouge-L | MMLU | train |", "|---" * (9 + len(names)) + "|"]
     for cell in r5_grid():
         frozen = f" [{cell.layers[0]}, {cell.layers[1]}]" if cell.layers else ""
         recipe = cell.recipe + ("" if cell.template == cell.own_template else f" ({cell.template})")
-        head = f"| {cell.data} | {recipe} | {cell.method}{frozen} | {cell.ft_seed} |"
-        r = results.get(cell.id)
+        build, r = next(((label, cells[cell.id]) for label, _, cells in builds if cell.id in cells), ("", None))
+        head = f"| {cell.data} | {recipe} | {cell.method}{frozen} | {_seed_label(cell, build)} |"
         if r is None:
             lines.append(head + " not run yet |" + " |" * (4 + len(names)))
             continue
@@ -88,18 +103,23 @@ def cell_table(results: dict[str, dict]) -> list[str]:
 
 def pairs(results: dict[str, dict]) -> dict[tuple, list[dict]]:
     """(data, recipe, A, B) -> per finished fine-tuning seed: per harmful set, prompts harmful only under A and only
-    under B (the same prompts under both: an exact McNemar test per set)."""
-    cells = r5_grid()
+    under B (the same prompts under both: an exact McNemar test per set). Both cells of a pair come from one build:
+    the recorded one when it has both, else the first rebuild that has both (`build`: its SHA-256 prefix)."""
+    cells, builds = r5_grid(), _builds(results)
     sets, seen, out = set_of_prompt(cells), {}, {}
     for data, recipe, a_m, b_m in COMPARISONS:
         for a in (c for c in cells if (c.data, c.recipe, c.method) == (data, recipe, a_m)):
             b = next(c for c in cells if (c.data, c.recipe, c.method, c.ft_seed) == (data, recipe, b_m, a.ft_seed))
-            if a.id not in results or b.id not in results:
+            found = next(((label, folder, done) for label, folder, done in builds if a.id in done and b.id in done), None)
+            if found is None:
                 continue
+            build, folder, done = found
             for c in (a, b):
-                seen.setdefault(c.id, verdicts_by_set(c.id, sets))
-            per_set = {n: _discordant(seen[a.id][n], seen[b.id][n]) for n in seen[a.id] if n in seen[b.id]}
-            out.setdefault((data, recipe, a_m, b_m), []).append({"a": a, "b": b, "per_set": per_set})
+                seen.setdefault((build, c.id), verdicts_by_set(c.id, sets, folder))
+            va, vb = seen[build, a.id], seen[build, b.id]
+            per_set = {n: _discordant(va[n], vb[n]) for n in va if n in vb}
+            out.setdefault((data, recipe, a_m, b_m), []).append({"a": a, "b": b, "per_set": per_set, "build": build,
+                                                                  "results": (done[a.id], done[b.id])})
     return out
 
 
@@ -109,8 +129,9 @@ def comparisons(results: dict[str, dict], found: dict) -> list[str]:
     for (data, recipe, a_m, b_m), rows in found.items():
         for row in rows:
             for name, (oa, ob) in row["per_set"].items():
-                lines.append(f"| {data} | {recipe} | {a_m} vs {b_m} | {row['a'].ft_seed} | {SHORT.get(name, name)} | "
-                             f"{_fmt(_rate(results[row['a'].id], name))} | {_fmt(_rate(results[row['b'].id], name))} | {oa} | {ob} | "
+                ra, rb = row["results"]
+                lines.append(f"| {data} | {recipe} | {a_m} vs {b_m} | {_seed_label(row['a'], row['build'])} | {SHORT.get(name, name)} | "
+                             f"{_fmt(_rate(ra, name))} | {_fmt(_rate(rb, name))} | {oa} | {ob} | "
                              f"{mcnemar_exact(oa, ob):.2g} |")
     return lines if len(lines) > 2 else ["No comparison has both of its cells finished yet."]
 
@@ -142,9 +163,16 @@ def verdicts(found: dict) -> list[dict]:
         for name in names:
             oa = sum(r["per_set"][name][0] for r in rows if name in r["per_set"])
             ob = sum(r["per_set"][name][1] for r in rows if name in r["per_set"])
+            rebuilds = sorted({r["build"] for r in rows if r["build"]})
             out.append(_entry(data, recipe, a_m, b_m, name, oa, ob, len(rows), len(names), planned_seeds=planned,
-                              template=rows[0]["a"].template))
+                              template=rows[0]["a"].template, **({"rebuilds": rebuilds} if rebuilds else {})))
     return out
+
+
+def _seeds(v: dict) -> str:
+    """How many seeds a verdict pools, and on which builds when a rebuild's pairs are among them."""
+    on = f", on rebuild {', '.join(b + '…' for b in v['rebuilds'])} of the reference" if v.get("rebuilds") else ""
+    return f"{v['seeds']} of {v['planned_seeds']} seeds{on}"
 
 
 def verdict_lines(found: dict) -> list[str]:
@@ -154,7 +182,7 @@ def verdict_lines(found: dict) -> list[str]:
     for v in verdicts(found):
         so_far = " so far" if v["seeds"] < v["planned_seeds"] else ""
         lines.append(f"- {claim[v['a'], v['b']]} on {DATA[v['data']]}, {_recipe_name(v['recipe'], v['template'])}, R_h on {SHORT.get(v['set'], v['set'])}: "
-                     f"**{v['verdict']}**{so_far} ({v['seeds']} of {v['planned_seeds']} seeds; harmful only under {v['a']} "
+                     f"**{v['verdict']}**{so_far} ({_seeds(v)}; harmful only under {v['a']} "
                      f"{v['only_a']}, only under {v['b']} {v['only_b']}, p = {v['p']:.2g}, threshold {v['alpha']:.2g}).")
     return lines or ["- No comparison has both of its cells finished yet."]
 
@@ -163,8 +191,10 @@ def section(results: dict[str, dict] | None = None, found: dict | None = None) -
     results = _load() if results is None else results
     found = pairs(results) if found is None else found
     done = sum(c.id in results for c in r5_grid())
+    rebuilt = sum(c.id not in results and any(c.id in cells for _, _, cells in _builds(results)[1:]) for c in r5_grid())
+    elsewhere = f", and {rebuilt} more only on a rebuild of the reference (marked; `--sibling`)" if rebuilt else ""
     return "\n".join([
-        BEGIN, "", f"Cells finished: **{done} of {len(r5_grid())}** (`python benchmarks/study/study.py --recipe r5 --list`). "
+        BEGIN, "", f"Cells finished: **{done} of {len(r5_grid())}**{elsewhere} (`python benchmarks/study/study.py --recipe r5 --list`). "
         f"SPPFT freezes r5's located range {SETUP.sppft_range[0]}–{SETUP.sppft_range[1]} and the freeze block is "
         f"{SETUP.freeze_block[0]}–{SETUP.freeze_block[1]} (`benchmarks/study/study.py`, Setup r5). Our recipe: 400 rows, 1 epoch, "
         "lr 1e-4, chat template; the authors' (`harden --compat paper`): every bundled row, 3 epochs, effective batch 128, "
@@ -205,7 +235,7 @@ def summary(found: dict, r4: list[dict] | None = None) -> str:
             lines.append(head + "not run yet.")
             continue
         lines.append(head + "; ".join(f"{SHORT.get(v['set'], v['set'])} {SAID[v['verdict']]} (p = {v['p']:.2g})" for v in vs)
-                     + f" ({vs[0]['seeds']} of {vs[0]['planned_seeds']} seeds).")
+                     + f" ({_seeds(vs[0])}).")
     r4 = {v["data"]: v for v in (r4_verdicts() if r4 is None else r4) if (v["a"], v["b"]) == ("sppft", "full")}
     lines.append("- r4 record (AdvBench-eval only): " + "; ".join(f"{DATA[d]} {SAID[v['verdict']]} (p = {v['p']:.2g})"
                                                                for d, v in r4.items()) + ".")
