@@ -157,6 +157,11 @@ def test_a_pair_comes_from_one_build_the_recorded_one_first_else_a_rebuild(monke
     assert "| implicit | paper (chat) | full | 0 | 1.000 |" in text  # the recorded build's cell, where it has one
     assert "| implicit | paper | sppft vs full | 0 (rebuild abcd1234…) | AdvBench-eval | 0.900 | 0.200 | 7 | 0 |" in text
     assert "(1 of 2 seeds, on rebuild abcd1234… of the reference; harmful only under sppft 7" in text
+    monkeypatch.setattr(r5, "VERDICTS", tmp_path / "verdicts.json")
+    monkeypatch.setattr(r5, "r4_verdicts", lambda: [])
+    r5.write_verdicts(found)
+    line, = study_evidence("sppft", "implicit", "paper", json.loads((tmp_path / "verdicts.json").read_text()))
+    assert "1 of 2 seeds so far, on a rebuild of the reference" in line
 
 
 def test_the_bundled_verdicts_are_the_committed_cells(on_r5):
