@@ -153,10 +153,10 @@ def test_a_pair_comes_from_one_build_the_recorded_one_first_else_a_rebuild(monke
     assert v["paper", "bundled:advbench-eval"]["rebuilds"] == ["abcd1234"] and "rebuilds" not in v["ours", "bundled:advbench-eval"]
     text = r5.section()
     assert "Cells finished: **3 of 26**, and 1 more only on a rebuild" in text
-    assert "| implicit | paper (chat) | sppft [24, 27] | 0 (rebuild abcd1234…) | 0.900 |" in text
+    assert "| implicit | paper (chat) | sppft [24, 27] | 0 (rebuild abcd1234) | 0.900 |" in text
     assert "| implicit | paper (chat) | full | 0 | 1.000 |" in text  # the recorded build's cell, where it has one
-    assert "| implicit | paper | sppft vs full | 0 (rebuild abcd1234…) | AdvBench-eval | 0.900 | 0.200 | 7 | 0 |" in text
-    assert "(1 of 2 seeds, on rebuild abcd1234… of the reference; harmful only under sppft 7" in text
+    assert "| implicit | paper | sppft vs full | 0 (rebuild abcd1234) | AdvBench-eval | 0.900 | 0.200 | 7 | 0 |" in text
+    assert "(1 of 2 seeds, on rebuild abcd1234 of the reference; harmful only under sppft 7" in text
     monkeypatch.setattr(r5, "VERDICTS", tmp_path / "verdicts.json")
     monkeypatch.setattr(r5, "r4_verdicts", lambda: [])
     r5.write_verdicts(found)

@@ -77,7 +77,7 @@ def _rate(r: dict, name: str) -> dict | None:
 
 
 def _seed_label(cell: Cell, build: str) -> str:
-    return f"{cell.ft_seed}" + (f" (rebuild {build}…)" if build else "")
+    return f"{cell.ft_seed}" + (f" (rebuild {build})" if build else "")
 
 
 def cell_table(results: dict[str, dict]) -> list[str]:
@@ -171,7 +171,7 @@ def verdicts(found: dict) -> list[dict]:
 
 def _seeds(v: dict) -> str:
     """How many seeds a verdict pools, and on which builds when a rebuild's pairs are among them."""
-    on = f", on rebuild {', '.join(b + '…' for b in v['rebuilds'])} of the reference" if v.get("rebuilds") else ""
+    on = f", on rebuild {', '.join(v['rebuilds'])} of the reference" if v.get("rebuilds") else ""
     return f"{v['seeds']} of {v['planned_seeds']} seeds{on}"
 
 
