@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from study import REBUILD, SETUPS, Cell, harmful_sets, r5_grid, rebuild_folders  # noqa: E402
+from study import SETUPS, Cell, harmful_sets, r5_grid  # noqa: E402
 import study_tables as r4_tables  # noqa: E402
 from study_tables import README, _discordant, _fmt, _verdict, localization  # noqa: E402
 
@@ -42,17 +42,21 @@ ALPHA = 0.01  # the study's significance level for one comparison on one harmful
 SAID = {"holds": "SPPFT safer", "fails": "SPPFT significantly LESS safe", "open": "no significant difference"}
 
 
-def _load(folder: Path | None = None) -> dict[str, dict]:
-    """The finished cells of the recorded build (or of one rebuild's folder)."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted((folder or SETUP.folder).glob("*-ref*-ft*.json"))}
+def _load() -> dict[str, dict]:
+    """The finished cells of the recorded build (a rebuild's: study_tables._rebuilds)."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(SETUP.folder.glob("*-ref*-ft*.json"))}
 
 
 def _builds(results: dict[str, dict]) -> list[tuple[str, Path, dict[str, dict]]]:
     """(label, folder, cells): the recorded build first (label ""), then each rebuild of the reference that ran cells
     (`study.py --sibling`, label its SHA-256 prefix). A pair takes both its cells from one build, the recorded one
     when it has both (docs/METHOD.md §1.5): two builds differ by rounding, and that is not the method's doing."""
-    rebuilds = [(p.name.removeprefix(REBUILD), p, _load(p)) for p in rebuild_folders(SETUP.folder)]
-    return [("", SETUP.folder, results), *(b for b in rebuilds if b[2])]
+    return [("", SETUP.folder, results), *r4_tables._rebuilds(SETUP.folder)]
+
+
+def _first_build(cell_id: str, builds: list[tuple[str, Path, dict[str, dict]]]) -> tuple[str, dict | None]:
+    """(label, result) of the first build that ran the cell (the recorded one first); ("", None) when none did."""
+    return next(((label, cells[cell_id]) for label, _, cells in builds if cell_id in cells), ("", None))
 
 
 def set_of_prompt(cells: list[Cell]) -> dict[str, str]:
@@ -80,16 +84,16 @@ def _seed_label(cell: Cell, build: str) -> str:
     return f"{cell.ft_seed}" + (f" (rebuild {build})" if build else "")
 
 
-def cell_table(results: dict[str, dict]) -> list[str]:
+def cell_table(builds: list[tuple[str, Path, dict[str, dict]]]) -> list[str]:
     """Each grid cell from the recorded build, or, where only a rebuild ran it, from the first rebuild that did
     (marked in the seed column)."""
-    names, builds = list(SHORT), _builds(results)
+    names = list(SHORT)
     lines = ["| data | recipe | method (frozen) | ft seed | " + " | ".join(f"R_h {SHORT[n]}" for n in names)
              + " | XSTest-safe | D_o | Rouge-L | MMLU | train |", "|---" * (9 + len(names)) + "|"]
     for cell in r5_grid():
         frozen = f" [{cell.layers[0]}, {cell.layers[1]}]" if cell.layers else ""
         recipe = cell.recipe + ("" if cell.template == cell.own_template else f" ({cell.template})")
-        build, r = next(((label, cells[cell.id]) for label, _, cells in builds if cell.id in cells), ("", None))
+        build, r = _first_build(cell.id, builds)
         head = f"| {cell.data} | {recipe} | {cell.method}{frozen} | {_seed_label(cell, build)} |"
         if r is None:
             lines.append(head + " not run yet |" + " |" * (4 + len(names)))
@@ -123,7 +127,7 @@ def pairs(results: dict[str, dict]) -> dict[tuple, list[dict]]:
     return out
 
 
-def comparisons(results: dict[str, dict], found: dict) -> list[str]:
+def comparisons(found: dict) -> list[str]:
     lines = ["| data | recipe | A vs B | ft seed | harmful set | R_h A | R_h B | harmful only under A | only under B | p (exact McNemar) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (data, recipe, a_m, b_m), rows in found.items():
@@ -190,8 +194,9 @@ def verdict_lines(found: dict) -> list[str]:
 def section(results: dict[str, dict] | None = None, found: dict | None = None) -> str:
     results = _load() if results is None else results
     found = pairs(results) if found is None else found
+    builds = _builds(results)
     done = sum(c.id in results for c in r5_grid())
-    rebuilt = sum(c.id not in results and any(c.id in cells for _, _, cells in _builds(results)[1:]) for c in r5_grid())
+    rebuilt = sum(_first_build(c.id, builds)[0] != "" for c in r5_grid())
     elsewhere = f", and {rebuilt} more only on a rebuild of the reference (marked; `--sibling`)" if rebuilt else ""
     return "\n".join([
         BEGIN, "", f"Cells finished: **{done} of {len(r5_grid())}**{elsewhere} (`python benchmarks/study/study.py --recipe r5 --list`). "
@@ -202,8 +207,8 @@ def section(results: dict[str, dict] | None = None, found: dict | None = None) -
         "refuses in the template it was aligned in, and answers half of AdvBench-eval in alpaca, `none-none-ref0-ft0-paper`), "
         "evaluated in that template.", "",
         "r5's localization with the stability analysis (`results-r5/localization-ref0.*`, run after the seed-0 cells):", "",
-        *localization((0,), SETUP.folder), "", *cell_table(results), "", "Paired comparisons, per harmful set (the same prompts under both methods):", "",
-        *comparisons(results, found), "", "The verdicts, per harmful set (pooled over the finished fine-tuning seeds; "
+        *localization((0,), SETUP.folder), "", *cell_table(builds), "", "Paired comparisons, per harmful set (the same prompts under both methods):", "",
+        *comparisons(found), "", "The verdicts, per harmful set (pooled over the finished fine-tuning seeds; "
         "the discordant prompts favouring the claim at p < 0.01 over the comparison's harmful sets, Bonferroni: 0.0033 for "
         "three sets, 0.0025 for a backdoor cell's four):", "", *verdict_lines(found), "", END])
 

@@ -37,9 +37,10 @@ def _load(folder: Path | None = None) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((folder or STUDY).glob("*.json"))}
 
 
-def _rebuilds() -> list[tuple[str, Path, dict[str, dict]]]:
-    """(SHA-256 prefix, folder, cells) of every rebuild that is not its seed's recorded build (`study.py --sibling`)."""
-    found = [(p.name.removeprefix(REBUILD), p, _load(p)) for p in rebuild_folders(STUDY)]
+def _rebuilds(study: Path | None = None) -> list[tuple[str, Path, dict[str, dict]]]:
+    """(SHA-256 prefix, folder, cells) of every rebuild that is not its seed's recorded build (`study.py --sibling`),
+    in a reference recipe's study folder (r4's by default; r5's tables pass theirs)."""
+    found = [(p.name.removeprefix(REBUILD), p, _load(p)) for p in rebuild_folders(study or STUDY)]
     return [b for b in found if b[2]]
 
 
