@@ -254,6 +254,41 @@ def test_replication_pairs_each_build_s_own_range_with_full_fine_tuning(tmp_path
     assert lines[3] == "- layers inside every build's recommended range (5–12, 7–14, 9–12): 9–12."
 
 
+def test_a_rebuild_is_localized_into_its_own_folder_and_its_table_row_says_so(tmp_path, monkeypatch):
+    """On a fresh machine the seed's build is another one: `--sibling` localizes that build into its own folder, as
+    its cells; it never becomes the recorded build's localization, and the table marks it (the recorded one wins)."""
+    recorded, other = "f" * 64, "abcd1234" + "0" * 56
+    monkeypatch.setattr(study, "STUDY", tmp_path)
+    monkeypatch.setattr(study, "_recorded_builds", lambda: {"0": {"sha256": recorded}})
+    monkeypatch.setattr(study, "_reference", lambda seed, sibling=False: (tmp_path / "ref", other if sibling else recorded))
+    stability = {"recommended": {"range": [24, 27], "share": 0.5}, "verdict": "stable", "consensus_layers": [24, 25],
+                 "runs": [{}] * 12, "starts": [{"label": "survey"}], "resamples": 3, "alpha": 0.8,
+                 "ends": [{"range": [24, 27], "runs": 6, "count": 167, "as_good_as_best": True}]}
+    commands = []
+
+    def cli(cmd, check):  # what the CLI writes: the scan, then locate
+        commands.append(cmd)
+        out = {"initial_range": [20, 21]} if cmd[3] == "scan" else {
+            "start": [25, 26], "safety_layers": [24, 27], "count": 167, "baseline": 428, "stability": stability,
+            "sweep": [{"range": [24, 27], "count": 167, "ci95": [150, 184]}]}
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps(out))
+
+    monkeypatch.setattr("subprocess.run", cli)
+    loc = study.Localization(0)
+    assert not study.finished(loc, rebuilds=True)
+    study.run_localization(loc, sibling=True)
+    folder = tmp_path / f"{study.REBUILD}abcd1234"
+    assert sorted(p.name for p in folder.iterdir()) == ["localization-ref0.locate.json", "localization-ref0.scan.json"]
+    assert [c[3] for c in commands] == ["scan", "locate"] and all(str(folder) in " ".join(c) for c in commands)
+    assert not study.finished(loc) and study.finished(loc, rebuilds=True)  # `--sibling` alone will not run it again
+    text = "\n".join(study_tables.localization((0,), tmp_path, rebuilds=True))
+    assert "| 0 (rebuild abcd1234) | 20–21 |" in text and "| **24–27** | stable | 50% of 12 |" in text
+    assert "Reference seed 0 (rebuild abcd1234): where the 12 searches ended" in text
+    assert "| 0 | not run yet | not run yet | locate not run yet |" in "\n".join(study_tables.localization((0,), tmp_path))
+    study.run_localization(loc)  # the recorded build's own, once it runs, is the one shown
+    assert "| 0 | 20–21 |" in "\n".join(study_tables.localization((0,), tmp_path, rebuilds=True))
+
+
 def test_a_rebuild_s_cells_pair_within_it_and_are_compared_cell_by_cell_with_other_builds(tmp_path, monkeypatch):
     """`study.py --sibling` cells: never grid cells; a pair comes from one build only (the recorded one's when it has
     both, else a rebuild's), and each rebuild's cell sits beside the same cell on the recorded or an earlier build."""

@@ -11,7 +11,7 @@ paired tests); a re-run skips finished cells, so the grid runs in pieces over da
     python benchmarks/study/study.py --list         # the grid and what is finished
     python benchmarks/study/study.py --only ID ...  # some cells
     python benchmarks/study/study.py --max-cells 1  # one more cell, then stop
-    python benchmarks/study/study.py --sibling      # the unfinished cells on this machine's own rebuild: results/sibling-SHA8/
+    python benchmarks/study/study.py --sibling      # the unfinished cells and localizations on this machine's own rebuild: results/sibling-SHA8/
     python benchmarks/study/study.py --sibling --only ID ...  # these cells on it (a finished one too: to compare builds)
     python benchmarks/study/study.py --rebuild 2    # seed 2 from scratch here: the recorded build, an earlier rebuild, or new?
 
@@ -33,7 +33,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import median
 
@@ -284,7 +284,7 @@ def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
     if cell.method in LOCATED and cell.layers is None:
         raise SystemExit(f"{cell.id}: reference seed {cell.ref_seed} is not localized yet (run localization-ref{cell.ref_seed})")
     ref_dir, sha = _reference(cell.ref_seed, sibling)
-    out = STUDY if sha == _recorded_builds()[str(cell.ref_seed)]["sha256"] else STUDY / f"{REBUILD}{sha[:8]}"
+    out = build_folder(cell.ref_seed, sha)
     if (out / f"{cell.id}.json").is_file() and (out / f"{cell.id}.responses.jsonl.gz").is_file():  # finished: never redone
         return json.loads((out / f"{cell.id}.json").read_text())
     work = cache_dir() / "study" / ("" if RECIPE == "r4" else RECIPE) / (cell.id if out == STUDY else f"{cell.id}-{sha[:8]}")
@@ -319,6 +319,12 @@ def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
     if not keep and cell.method != "none":
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def build_folder(seed: int, sha: str) -> Path:
+    """Where a build's cells and localization go: the study's folder for the seed's recorded build, a folder of its
+    own (REBUILD + SHA8) for any other build."""
+    return STUDY if sha == _recorded_builds()[str(seed)]["sha256"] else STUDY / f"{REBUILD}{sha[:8]}"
 
 
 def frozen_summary(frozen: dict | None) -> dict | None:
@@ -444,13 +450,15 @@ def _check_packages(seed: int) -> None:
                          f"install {REQUIREMENTS} (pip install -r) and run again")
 
 
-def run_localization(loc: Localization) -> None:
-    """The scan, then the search from the starts it points to; a finished half is kept."""
+def run_localization(loc: Localization, sibling: bool = False) -> None:
+    """The scan, then the search from the starts it points to; a finished half is kept. `sibling`: on this
+    machine's own build of the seed when that is another one, into its folder (as a cell's): the tables say so."""
     import subprocess
 
-    ref_dir, _ = _reference(loc.ref_seed)
+    ref_dir, sha = _reference(loc.ref_seed, sibling)
     model = f"reference:{RECIPE}" if loc.ref_seed == 0 else str(ref_dir)  # seed 0 by name (its GGUF twin for the contrast)
-    STUDY.mkdir(parents=True, exist_ok=True)
+    loc = replace(loc, folder=build_folder(loc.ref_seed, sha))
+    loc.locate_json.parent.mkdir(parents=True, exist_ok=True)
     if not loc.scan_json.is_file():
         subprocess.run([sys.executable, "-m", "auditor.cli", *loc.scan_command(model)], check=True)
     if not loc.locate_json.is_file():
@@ -466,9 +474,9 @@ def rebuild_folders(study: Path) -> list[Path]:
 def finished(item, rebuilds: bool = False) -> bool:
     """On the recorded build; `rebuilds`: or on any rebuild (a cell --sibling need not run again on a third build).
     A session on a fresh machine should finish both cells of a pair: a pair never takes its cells from two builds."""
-    if isinstance(item, Localization):
-        return item.locate_json.is_file() and item.scan_json.is_file()
     folders = [STUDY] + (rebuild_folders(STUDY) if rebuilds else [])
+    if isinstance(item, Localization):
+        return any((f / f"{item.id}.locate.json").is_file() and (f / f"{item.id}.scan.json").is_file() for f in folders)
     return any((f / f"{item.id}.json").is_file() and (f / f"{item.id}.responses.jsonl.gz").is_file() for f in folders)
 
 
@@ -496,7 +504,7 @@ def main() -> None:
     ap.add_argument("--max-cells", type=int, default=None, help="Stop after N items (cells or localizations).")
     ap.add_argument("--keep", action="store_true", help="Keep the fine-tuned models (cache/study/ID/model).")
     ap.add_argument("--sibling", action="store_true", help="Run on this machine's own build of each seed when it is not "
-                    "the recorded one, into results/sibling-SHA8/: the unfinished cells, or the --only ones.")
+                    "the recorded one, into results/sibling-SHA8/: the unfinished cells and localizations, or the --only ones.")
     ap.add_argument("--rebuild", type=int, default=None, metavar="SEED", help="Build reference seed SEED from "
                     "scratch here (~25 min) and say whether it is the recorded build, an earlier rebuild or a new one.")
     args = ap.parse_args()
@@ -507,10 +515,10 @@ def main() -> None:
     items = [c for c in plan() if args.only is None or c.id in args.only]
     if args.only and len(items) != len(args.only):
         raise SystemExit(f"unknown id among {args.only}; see --list")
-    if args.sibling and args.only:  # those cells even when the recorded build has them (to compare the builds)
-        left = [c for c in items if isinstance(c, Cell)]
-    elif args.sibling:  # a localization belongs to the recorded build; a cell one rebuild ran is done
-        left = [c for c in items if isinstance(c, Cell) and not finished(c, rebuilds=True)]
+    if args.sibling and args.only:  # those items even when the recorded build has them (to compare the builds)
+        left = items
+    elif args.sibling:  # an item one rebuild ran is done
+        left = [c for c in items if not finished(c, rebuilds=True)]
     else:
         left = [c for c in items if not finished(c)]
     if args.list:
@@ -524,7 +532,7 @@ def main() -> None:
     for c in todo:
         print(f"== {c.id}", flush=True)
         if isinstance(c, Localization):
-            run_localization(c)
+            run_localization(c, args.sibling)
             continue
         r = run_cell(c, args.keep, args.sibling)
         print(f"   R_h {r['eval']['harmful_rate']['value']:.3f}  train {r['seconds']['train']:.0f} s  eval {r['seconds']['eval']:.0f} s",

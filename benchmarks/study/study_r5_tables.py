@@ -206,8 +206,9 @@ def section(results: dict[str, dict] | None = None, found: dict | None = None) -
         "lr 3e-5 with 100 warm-up steps, loss on prompt and answer, in r5's chat template (`--compat paper --template chat`: r5 "
         "refuses in the template it was aligned in, and answers half of AdvBench-eval in alpaca, `none-none-ref0-ft0-paper`), "
         "evaluated in that template.", "",
-        "r5's localization with the stability analysis (`results-r5/localization-ref0.*`, run after the seed-0 cells):", "",
-        *localization((0,), SETUP.folder), "", *cell_table(builds), "", "Paired comparisons, per harmful set (the same prompts under both methods):", "",
+        "r5's localization with the stability analysis (`results-r5/localization-ref0.*`, run after the seed-0 cells; "
+        "on a rebuild of the reference, `results-r5/sibling-SHA8/`, marked):", "",
+        *localization((0,), SETUP.folder, rebuilds=True), "", *cell_table(builds), "", "Paired comparisons, per harmful set (the same prompts under both methods):", "",
         *comparisons(found), "", "The verdicts, per harmful set (pooled over the finished fine-tuning seeds; "
         "the discordant prompts favouring the claim at p < 0.01 over the comparison's harmful sets, Bonferroni: 0.0033 for "
         "three sets, 0.0025 for a backdoor cell's four):", "", *verdict_lines(found), "", END])

@@ -285,19 +285,31 @@ def _span(r) -> str:
     return f"{r[0]}–{r[1]}" if r else "none"
 
 
-def localization(seeds=(0, 1, 2), folder: Path | None = None) -> list[str]:
-    """Per reference build: the scan's ranges, locate's answer from the survey, and the stability analysis."""
+def _localized(seed: int, folder: Path | None, rebuilds: bool) -> tuple[Localization, str]:
+    """A seed's localization and how to mark it: the recorded build's, else (`rebuilds`) the first rebuild's that
+    has one (`study.py --sibling`), marked with its SHA-256 prefix."""
+    recorded = Localization(seed, folder=folder)
+    for other in (rebuild_folders(folder or STUDY) if rebuilds and not recorded.locate_json.is_file() else []):
+        loc = Localization(seed, folder=other)
+        if loc.locate_json.is_file():
+            return loc, f" (rebuild {other.name.removeprefix(REBUILD)})"
+    return recorded, ""
+
+
+def localization(seeds=(0, 1, 2), folder: Path | None = None, rebuilds: bool = False) -> list[str]:
+    """Per reference build: the scan's ranges, locate's answer from the survey, and the stability analysis.
+    `rebuilds`: a seed the recorded build has not localized is shown from a rebuild's localization, marked."""
     lines = ["| ref seed | scan: initial range | differential range (vs bundled) | survey's best window | locate (from the survey) "
              "| refusals (95% CI) / baseline | stability: recommended | verdict | searches ending there | layers in ≥ half |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     ends = []
     for seed in seeds:
-        loc = Localization(seed, folder=folder)
+        loc, mark = _localized(seed, folder, rebuilds)
         scan_p, loc_p = loc.scan_json, loc.locate_json
         sc = json.loads(scan_p.read_text()) if scan_p.is_file() else None
         scan = f"{_span(sc.get('initial_range'))} | {_span(sc.get('differential_range'))}" if sc else "not run yet | not run yet"
         if not loc_p.is_file():
-            lines.append(f"| {seed} | {scan} | locate not run yet | | | | | | |")
+            lines.append(f"| {seed}{mark} | {scan} | locate not run yet | | | | | | |")
             continue
         lo = json.loads(loc_p.read_text())
         st = lo.get("stability") or {}
@@ -305,13 +317,13 @@ def localization(seeds=(0, 1, 2), folder: Path | None = None) -> list[str]:
         rec = st.get("recommended") or {}
         cons = st.get("consensus_layers") or []
         ci = f" ({final_ci[0]:g}–{final_ci[1]:g})" if final_ci else ""
-        lines.append(f"| {seed} | {scan} | {_span(lo['start'])} | "
+        lines.append(f"| {seed}{mark} | {scan} | {_span(lo['start'])} | "
                      f"{_span(lo['safety_layers'])} | {lo['count']}{ci} / {lo['baseline']} | "
                      f"**{_span(rec.get('range'))}** | {st.get('verdict', '–')} | "
                      f"{round(100 * rec['share']) if rec else '–'}% of {len(st.get('runs', []))} | "
                      f"{', '.join(map(str, cons)) or '–'} |")
         if st:
-            ends.append((seed, st, lo))
+            ends.append((f"{seed}{mark}", st, lo))
     for seed, st, lo in ends:
         lines += ["", f"Reference seed {seed}: where the {len(st['runs'])} searches ended "
                       f"({', '.join(x['label'] for x in st['starts'])} × {st['resamples'] + 1} samples of D_o, α {st['alpha']:g}):", "",
