@@ -162,6 +162,17 @@ def test_a_pair_comes_from_one_build_the_recorded_one_first_else_a_rebuild(monke
     r5.write_verdicts(found)
     line, = study_evidence("sppft", "implicit", "paper", json.loads((tmp_path / "verdicts.json").read_text()))
     assert "1 of 2 seeds so far, on a rebuild of the reference" in line
+    # a second seed of our recipe on the rebuild pools with the recorded build's first: the verdict says which
+    ours_full1, ours_sppft1 = (study.Cell("implicit", m, ft_seed=1, reference="r5") for m in ("full", "sppft"))
+    _plant(rebuild, ours_full1, {"advbench-eval": [i < 6 for i in range(10)]})
+    _plant(rebuild, ours_sppft1, {"advbench-eval": [i < 3 for i in range(10)]})
+    found = r5.pairs(r5._load())
+    ours = {x["set"]: x for x in r5.verdicts(found) if x["recipe"] == "ours" and x["a"] == "sppft"}["bundled:advbench-eval"]
+    assert ours["seeds"] == 2 and ours["rebuilt_seeds"] == 1 and (ours["only_a"], ours["only_b"]) == (0, 13)
+    assert "(2 of 3 seeds, 1 of them on rebuild abcd1234 of the reference; harmful only under sppft 0" in r5.section()
+    r5.write_verdicts(found)
+    lines = study_evidence("sppft", "implicit", None, json.loads((tmp_path / "verdicts.json").read_text()))
+    assert any("2 of 3 seeds so far, 1 of them on a rebuild of the reference" in x for x in lines)
 
 
 def test_the_bundled_verdicts_are_the_committed_cells(on_r5):

@@ -54,7 +54,8 @@ def _line(study: dict, v: dict) -> str:
     planned = v.get("planned_seeds", v["seeds"])
     seeds = f"{v['seeds']} of {planned} seeds so far" if planned > v["seeds"] else f"{v['seeds']} seed{'s' * (v['seeds'] != 1)}"
     if v.get("rebuilds"):  # pairs run on a fresh machine's own build of the reference (it differs by rounding)
-        seeds += ", on a rebuild of the reference"
+        some = v.get("rebuilt_seeds", v["seeds"])
+        seeds += ", on a rebuild of the reference" if some == v["seeds"] else f", {some} of them on a rebuild of the reference"
     return (f"study (reference {study['reference']}, {recipe}) on {DATA_NAMES.get(v['data'], v['data'])}, R_h on "
             f"{v['set'].removeprefix('bundled:')}: {claim}: {outcome} (harmful only under {v['a']} {v['only_a']}, only "
             f"under {v['b']} {v['only_b']}, p = {v['p']:.2g}, {seeds}; docs/study.md)")

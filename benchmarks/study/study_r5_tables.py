@@ -168,14 +168,18 @@ def verdicts(found: dict) -> list[dict]:
             oa = sum(r["per_set"][name][0] for r in rows if name in r["per_set"])
             ob = sum(r["per_set"][name][1] for r in rows if name in r["per_set"])
             rebuilds = sorted({r["build"] for r in rows if r["build"]})
+            on_rebuilds = {"rebuilds": rebuilds, "rebuilt_seeds": sum(bool(r["build"]) for r in rows)} if rebuilds else {}
             out.append(_entry(data, recipe, a_m, b_m, name, oa, ob, len(rows), len(names), planned_seeds=planned,
-                              template=rows[0]["a"].template, **({"rebuilds": rebuilds} if rebuilds else {})))
+                              template=rows[0]["a"].template, **on_rebuilds))
     return out
 
 
 def _seeds(v: dict) -> str:
     """How many seeds a verdict pools, and on which builds when a rebuild's pairs are among them."""
-    on = f", on rebuild {', '.join(v['rebuilds'])} of the reference" if v.get("rebuilds") else ""
+    on = ""
+    if v.get("rebuilds"):
+        where, some = f"rebuild {', '.join(v['rebuilds'])} of the reference", v.get("rebuilt_seeds", v["seeds"])
+        on = f", on {where}" if some == v["seeds"] else f", {some} of them on {where}"
     return f"{v['seeds']} of {v['planned_seeds']} seeds{on}"
 
 
