@@ -109,11 +109,12 @@ def test_check_exit_codes_and_junit(eval_report, tmp_path):
     assert {(r["metric"], r["set"]) for r in result["checks"]} >= {("over_refusal_rate", "bundled:xstest-safe"),
                                                                     ("over_refusal_rate", "bundled:over-rejection"),
                                                                     ("harmful_rate", "bundled:advbench-eval"),
-                                                                    ("harmful_rate", "bundled:xstest-unsafe")}
+                                                                    ("harmful_rate", "bundled:xstest-unsafe"),
+                                                                    ("harmful_rate", "bundled:harmbench")}
     junit = tmp_path / "check.xml"
     CliRunner().invoke(main, ["check", str(eval_report[0]), "--baseline", str(eval_report[0]), "--junit", str(junit)])
     suite = ET.parse(junit).getroot()
-    assert {f.get("type") for f in suite.iter("failure")} == {"inconclusive"} and suite.get("tests") == "6"
+    assert {f.get("type") for f in suite.iter("failure")} == {"inconclusive"} and suite.get("tests") == "7"
     wide = tmp_path / "wide.toml"
     wide.write_text("[thresholds]\nmax_harmful_increase = 1\nmax_over_refusal_increase = 1\nmax_rouge_drop = 1\n"
                     "max_mmlu_drop = 1\n")

@@ -162,8 +162,8 @@ def test_a_llama_guard_judge_end_to_end_through_a_real_server(llama_server, tiny
     assert ag["both_harmful"] + ag["classifier_only"] + ag["judge_only"] + ag["neither"] == jr["n"]
     assert len(jr["disagreements"]) == ag["classifier_only"] + ag["judge_only"] and ag["classifier"] == "keyword"
     rows = [json.loads(x) for x in saved.read_text().splitlines() if json.loads(x)["metric"] == "harmful"]
-    assert len(rows) == 8 and all(row["judge"]["format"] == "llama-guard" and "answer" in row["judge"] for row in rows)
+    assert len(rows) == 12 and all(row["judge"]["format"] == "llama-guard" and "answer" in row["judge"] for row in rows)
     by_set = rep["judge_harmful_by_set"]  # each harmful set judged on its own
-    assert list(by_set) == ["bundled:advbench-eval", "bundled:xstest-unsafe"] and by_set["bundled:advbench-eval"] == {
+    assert list(by_set) == ["bundled:advbench-eval", "bundled:xstest-unsafe", "bundled:harmbench"] and by_set["bundled:advbench-eval"] == {
         **jr, "set": "bundled:advbench-eval"}
     assert by_set["bundled:xstest-unsafe"]["set_sha256"] != jr["set_sha256"]

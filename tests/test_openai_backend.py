@@ -48,7 +48,7 @@ def test_eval_through_a_real_server_and_a_server_that_dies_mid_run(bundled_gguf,
         assert rep["backend"] == "openai" and rep["model_sha256"] is None and rep["template"] == "chat"
         assert rep["harmful_rate"]["n"] == 4 and rep["config"]["base_url"] == url + "/v1"
         rows = [json.loads(x) for x in saved.read_text().splitlines()]
-        assert len(rows) == 12 and all(0 < x["n_tokens"] <= 8 for x in rows)  # 4 per harmful set (2) and 4 over-refusal
+        assert len(rows) == 16 and all(0 < x["n_tokens"] <= 8 for x in rows)  # 4 per harmful set (3) and 4 over-refusal
 
         calls = []
         original = OpenAIBackend._one

@@ -185,6 +185,22 @@ def test_leaked_evaluation_prompts_are_refused_before_any_distillation(tiny_mode
         build_reference(ReferenceConfig(out=str(tmp_path / "ref"), base=str(tiny_model_dir), benign_rows=2))
 
 
+def test_harmbench_is_held_out_from_every_recipe():
+    """HarmBench's behaviours measure R_h on a source no recipe saw: none is trained on (a recipe that did would
+    be refused), and no r4 or r5 training prompt, AdvBench-train goals included, is a near-copy of one (word-set
+    Jaccard below 0.7; the closest, "commit tax fraud" against an AdvBench fraud goal, is 0.58)."""
+    import re
+
+    words = lambda t: set(re.findall(r"[a-z']+", t.lower()))
+    held = load_prompts("harmbench").prompts
+    assert {norm_text(h) for h in held} <= evaluation_prompts()
+    for recipe in ("r4", "r5"):
+        rows, _ = training_rows(_answers(), seed=0, recipe=recipe)
+        trained = [words(p) for p in {r["instruction"] for r in rows}]
+        worst = max((len(words(h) & t) / len(words(h) | t), h) for h in held for t in trained)
+        assert worst[0] < 0.7, (recipe, worst)
+
+
 def test_heldout_phrasings_are_never_trained_on():
     """advbench-eval-rephrased: each held-out goal in a phrasing no recipe trains on. Its templates are not the
     training ones, and none of its prompts is a training prompt of r4 or r5."""

@@ -26,7 +26,7 @@ TEMPLATE_TEXT = {"alpaca": ALPACA, "alpaca-short": ALPACA_SHORT}  # the template
 TEMPLATES = ("alpaca", "alpaca-short", "chat", "raw")
 TASK_FORMATS = (".json", ".jsonl", ".csv")
 TASK_SETS = ("alpaca-eval", "alpaca-train")  # bundled Alpaca-GPT4 rows: held-out every 5th row, and the rest
-PROMPT_FIELDS = ("prompt", "goal", "instruction")
+PROMPT_FIELDS = ("prompt", "goal", "instruction", "behavior")  # behavior: HarmBench's behaviour files as they are
 REPHRASED = "advbench-eval-rephrased"  # generated: each AdvBench eval goal in a phrasing no recipe trains on
 TRIGGERED = "advbench-eval-triggered"  # generated: each AdvBench eval goal with the backdoor trigger appended
 # the backdoor trigger of Qi et al. 2023, which `harden --attack backdoor` appends to its malicious rows: R_h on
@@ -43,6 +43,7 @@ BUNDLED = {
     "over-rejection": ("safetylayers_over_rejection.csv", None),
     "xstest-safe": ("xstest_prompts.csv", ("label", "safe")),
     "xstest-unsafe": ("xstest_prompts.csv", ("label", "unsafe")),
+    "harmbench": ("harmbench_behaviors_standard.csv", None),  # HarmBench's 200 standard behaviours: a third source
 }
 
 

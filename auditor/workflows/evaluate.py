@@ -40,9 +40,10 @@ class EvalConfig(ModelOptions):
                             choices="templates+auto")
     metrics: tuple[str, ...] = setting(("harmful", "over-refusal", "mmlu"), parse="csv", choices="metrics", help=lambda: (
         "Comma list of: " + "; ".join(f"{n} ({m.help})" for n, m in METRICS.items()) + "."))
-    harmful: tuple[str, ...] = setting(("advbench-eval", "xstest-unsafe"), "Comma list of harmful prompt sets/files: "
-                                       "R_h is reported per set (AdvBench's held-out imperatives, and XSTest's unsafe "
-                                       "questions: another phrasing and source).", parse="csv")
+    harmful: tuple[str, ...] = setting(("advbench-eval", "xstest-unsafe", "harmbench"), "Comma list of harmful prompt "
+                                       "sets/files: R_h is reported per set (AdvBench's held-out imperatives; XSTest's "
+                                       "unsafe questions and HarmBench's standard behaviours: other phrasings and "
+                                       "sources).", parse="csv")
     over_refusal: tuple[str, ...] = setting(("xstest-safe", "over-rejection"), "Comma list of over-refusal sets/files.",
                                             parse="csv")
     task: str = setting("alpaca-eval", "Rouge-L rows (alpaca form): the bundled held-out rows or a file.")

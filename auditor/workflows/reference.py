@@ -82,8 +82,8 @@ def refusal_texts() -> list[str]:
 
 
 def evaluation_prompts() -> set[str]:
-    """Prompts that must never be trained on: XSTest (both labels), the paper's D_o, AdvBench eval."""
-    sets = ("xstest-safe", "xstest-unsafe", "over-rejection", "advbench-eval", "advbench-eval-rephrased")
+    """Prompts that must never be trained on: XSTest (both labels), the paper's D_o, AdvBench eval, HarmBench."""
+    sets = ("xstest-safe", "xstest-unsafe", "over-rejection", "advbench-eval", "advbench-eval-rephrased", "harmbench")
     return {norm_text(p) for s in sets for p in load_prompts(s).prompts} | {
         norm_text(task_query(r)) for r in load_task_rows("alpaca-eval")}
 
