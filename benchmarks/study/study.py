@@ -476,7 +476,7 @@ def finished(item, rebuilds: bool = False) -> bool:
     A session on a fresh machine should finish both cells of a pair: a pair never takes its cells from two builds."""
     folders = [STUDY] + (rebuild_folders(STUDY) if rebuilds else [])
     if isinstance(item, Localization):
-        return any((f / f"{item.id}.locate.json").is_file() and (f / f"{item.id}.scan.json").is_file() for f in folders)
+        return any((loc := replace(item, folder=f)).locate_json.is_file() and loc.scan_json.is_file() for f in folders)
     return any((f / f"{item.id}.json").is_file() and (f / f"{item.id}.responses.jsonl.gz").is_file() for f in folders)
 
 
