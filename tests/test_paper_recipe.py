@@ -97,6 +97,36 @@ def test_grad_accum_is_an_option_for_everyone(tiny_model_dir, tmp_path, monkeypa
     assert all(x == -100 for x in seen.train.items[0]["labels"][:3])  # ours: loss on the answer only
 
 
+def test_an_explicit_grad_accum_under_the_authors_recipe_matches_their_steps_on_less_data(tiny_model_dir, tmp_path,
+                                                                                        monkeypatch):
+    """On 797 rows their batch of 128 makes 18 optimizer steps, under their 100 warm-up steps; `--grad-accum 6`
+    (batch 24) gives their ~94 steps on 4,000 rows. The one other setting kept when given: everything else stays
+    theirs, and the choice is recorded. Without --compat the default stays 1."""
+    from click.testing import CliRunner
+
+    from auditor.cli import main
+    from auditor.workflows.harden import paper_config
+
+    assert paper_config(HardenConfig(out="o", compat="paper")).grad_accum == 32
+    assert paper_config(HardenConfig(out="o")).grad_accum == 1
+    mine = paper_config(HardenConfig(out="o", compat="paper", grad_accum=6, epochs=1.0, lr=1e-3))
+    assert (mine.grad_accum, mine.batch_size, mine.epochs, mine.lr, mine.warmup_steps) == (6, 4, 3.0, 3e-5, 100)
+    assert paper_config(mine) == mine  # applied once
+    seen = Seen()
+    _keep_trainer(monkeypatch, seen)
+    out = tmp_path / "steps"
+    from auditor.workflows import harden
+
+    monkeypatch.setattr(harden, "progress_callback", lambda *a: seen.callback)
+    r = CliRunner().invoke(main, ["harden", str(tiny_model_dir), "--out", str(out), "--method", "full", "--rows", "148",
+                                  "--compat", "paper", "--grad-accum", "2", "--json", "-", "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert seen.args.gradient_accumulation_steps == 2 and seen.args.learning_rate == 3e-5
+    hyper = json.loads((out / "safety_audit.json").read_text())["hyperparameters"]
+    assert hyper["grad_accum"] == 2 and hyper["effective_batch"] == 8 and hyper["compat"] == "paper"
+    assert json.loads(r.stdout)["steps"] == 3 * 6 and hyper["warmup_steps"] == 100  # 48 rows / 8 = 6 steps an epoch
+
+
 def test_the_authors_recipe_in_the_chat_template_keeps_everything_else_theirs(tiny_model, tiny_model_dir, tmp_path,
                                                                              monkeypatch):
     """A chat model's refusals live in its chat template: `--compat paper --template chat` renders the prompt there,

@@ -33,11 +33,12 @@ def test_r5_cells_live_apart_from_r4_s_and_run_the_open_questions_first(on_r5):
     assert study.STUDY.name == "results-r5" and study.REFERENCES.parent == study.STUDY and study.RECIPE == "r5"
     cells = study.grid()
     ids = [c.id for c in cells]
-    assert len(ids) == len(set(ids)) == 26 and all(c.reference == "r5" for c in cells)
+    assert len(ids) == len(set(ids)) == 28 and all(c.reference == "r5" for c in cells)
     assert "implicit-sppft-24-27-ref0-ft0" in ids and "implicit-freeze-block-0-3-ref0-ft2" in ids
     assert {c.id for c in cells if c.recipe == "paper"} == {
         "none-none-ref0-ft0-paper", "backdoor-full-ref0-ft0-paper-chat", "backdoor-sppft-24-27-ref0-ft0-paper-chat",
         *(f"implicit-{m}-ref0-ft{s}-paper-chat" for m in ("full", "sppft-24-27") for s in (0, 1))}
+    assert {c.id for c in cells if c.recipe == "paper-steps"} == {f"implicit-{m}-ref0-ft0-paper-steps-chat" for m in ("full", "sppft-24-27")}
     # r5's refusals live in its chat template: the authors' recipe fine-tunes there; the reference is measured in both
     assert {c.template for c in cells if c.recipe == "paper" and c.data != "none"} == {"chat"}
     assert next(c for c in cells if c.id == "none-none-ref0-ft0-paper").template == "alpaca"
@@ -66,6 +67,13 @@ def test_a_paper_cell_reaches_harden_as_compat_paper_on_the_same_layers_and_is_m
         study._eval(tmp_path / "out", cell)
         assert seen["eval"].template == template and seen["eval"].harmful == (*study.SETUPS["r5"].harmful, "advbench-eval-triggered")
     assert cell in study.r5_grid() and cell.id.endswith("-paper-chat")
+    seen.clear()  # the authors' recipe with their number of steps: --grad-accum 6, every other setting theirs
+    steps = study.Cell("implicit", "sppft", recipe="paper-steps", reference="r5", template="chat")
+    study._harden(steps, tmp_path / "ref", tmp_path / "out")
+    cfg = seen["harden"]
+    assert (cfg.compat, cfg.layers, cfg.grad_accum, cfg.batch_size, cfg.epochs, cfg.lr, cfg.warmup_steps, cfg.val_rows) == (
+        "paper", (24, 27), study.STEPS_MATCHED_ACCUM, 4, 3.0, 3e-5, 100, 100)
+    assert steps in study.r5_grid() and steps.id == "implicit-sppft-24-27-ref0-ft0-paper-steps-chat"
     ours = study.Cell("implicit", "sppft", reference="r5")
     assert ours.template == "chat" and study.harmful_sets(ours) == ("advbench-eval", "xstest-unsafe", "advbench-eval-rephrased")
 
@@ -95,13 +103,21 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
     bd_full, bd_sppft = (study.Cell("backdoor", m, recipe="paper", reference="r5", template="chat") for m in ("full", "sppft"))
     _plant(tmp_path, bd_full, {"advbench-eval": [False] * 20, "advbench-eval-triggered": [True] * 20})
     _plant(tmp_path, bd_sppft, {"advbench-eval": [False] * 20, "advbench-eval-triggered": [i < 8 for i in range(20)]})
+    steps_full, steps_sppft = (study.Cell("implicit", m, recipe="paper-steps", reference="r5", template="chat")
+                               for m in ("full", "sppft"))  # the authors' recipe with their number of steps
+    _plant(tmp_path, steps_full, {"advbench-eval": [i < 10 for i in range(20)]})
+    _plant(tmp_path, steps_sppft, {"advbench-eval": [i < 12 for i in range(20)]})
     text = r5.section()
-    assert "Cells finished: **4 of 26**" in text
+    assert "Cells finished: **6 of 28**" in text
+    assert "| implicit | paper-steps | sppft vs full | 0 | AdvBench-eval | 0.600 | 0.500 | 2 | 0 | 0.5 |" in text
+    assert "on D_I (implicit attack), the authors' recipe with their number of steps (batch 24) in the chat template" in text
     assert "| implicit | ours | sppft [24, 27] | 0 | 0.000 | 0.125 | – | – |" in text
     assert f"| implicit | ours | sppft vs full | 0 | AdvBench-eval | 0.000 | 0.750 | 0 | 30 | {mcnemar_exact(0, 30):.2g} |" in text
     assert "| implicit | ours | sppft vs full | 0 | XSTest-unsafe | 0.125 | 0.100 | 1 | 0 | 1 |" in text
     assert f"| backdoor | paper | sppft vs full | 0 | AdvBench + trigger | 0.400 | 1.000 | 0 | 12 | {mcnemar_exact(0, 12):.2g} |" in text
-    verdicts = {(v["data"], v["set"]): v for v in r5.verdicts(r5.pairs(r5._load()))}
+    found = r5.verdicts(r5.pairs(r5._load()))
+    verdicts = {(v["data"], v["set"]): v for v in found if v["recipe"] != "paper-steps"}
+    assert [v["verdict"] for v in found if v["recipe"] == "paper-steps"] == ["open"]
     assert verdicts["implicit", "bundled:advbench-eval"]["verdict"] == "holds"
     assert verdicts["implicit", "bundled:xstest-unsafe"]["verdict"] == "open"
     # judged on several sets, each asks p < 0.01 / k (Bonferroni): 2 vs 14 (p = 0.0042) holds alone, not among three
@@ -113,10 +129,10 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
     assert "so far (1 of 3 seeds" in text and "on D_B (backdoor), the authors' recipe in the chat template, R_h on AdvBench + trigger: **holds**" in text
     monkeypatch.setattr(r5, "r4_verdicts", lambda: [])
     readme = r5.summary(r5.pairs(r5._load()))
-    assert ("- r5, D_I (implicit attack), our recipe: AdvBench-eval SPPFT safer (p = 1.9e-09); XSTest-unsafe no significant "
-            "difference (p = 1) (1 of 3 seeds).") in readme and "- r5, D_N (benign), our recipe: not run yet." in readme
-    assert "- r5, D_B (backdoor), the authors' recipe in the chat template: AdvBench-eval no significant difference (p = 1); AdvBench + trigger SPPFT " \
-           "safer (p = 0.00049) (1 of 1 seeds)." in readme
+    assert ("- r5, D_I (implicit attack), our recipe: AdvBench-eval SPPFT safer (p = 1.9e-09; R_h sppft 0.000, full 0.750); "
+            "XSTest-unsafe no significant difference (p = 1; R_h sppft 0.125, full 0.100) (1 of 3 seeds).") in readme and "- r5, D_N (benign), our recipe: not run yet." in readme
+    assert "- r5, D_B (backdoor), the authors' recipe in the chat template: AdvBench-eval no significant difference (p = 1; R_h sppft " \
+           "0.000, full 0.000); AdvBench + trigger SPPFT safer (p = 0.00049; R_h sppft 0.400, full 1.000) (1 of 1 seeds)." in readme
     # the verdicts file harden reads: r5's first, the r4 record's after it
     monkeypatch.setattr(r5, "r4_verdicts", lambda: [{**verdicts["implicit", "bundled:advbench-eval"], "verdict": "fails"}])
     r5.write_verdicts(r5.pairs(r5._load()))
@@ -127,6 +143,9 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
     assert study_evidence("sppft", "backdoor", "paper", studies)[-1].startswith("study (reference r5, the authors' recipe in the chat template) on "
                                                                               "backdoor data (D_B), R_h on advbench-eval-triggered")
     assert study_evidence("sppft", "backdoor", None, studies) == [] and study_evidence("lisa", None, None, studies) == []
+    theirs = study_evidence("sppft", "implicit", "paper", studies)  # both forms of their recipe, each named
+    assert theirs == [l for l in theirs if "the authors' recipe with their number of optimizer steps in the chat template" in l]
+    assert len(theirs) == 1 and "no significant difference (R_h 0.600 under sppft, 0.500 under full; harmful only under sppft 2" in theirs[0]
 
 
 def test_a_pair_comes_from_one_build_the_recorded_one_first_else_a_rebuild(monkeypatch, tmp_path):
@@ -152,7 +171,7 @@ def test_a_pair_comes_from_one_build_the_recorded_one_first_else_a_rebuild(monke
     v = {(x["recipe"], x["set"]): x for x in r5.verdicts(found)}
     assert v["paper", "bundled:advbench-eval"]["rebuilds"] == ["abcd1234"] and "rebuilds" not in v["ours", "bundled:advbench-eval"]
     text = r5.section()
-    assert "Cells finished: **3 of 26**, and 1 more only on a rebuild" in text
+    assert "Cells finished: **3 of 28**, and 1 more only on a rebuild" in text
     assert "| implicit | paper (chat) | sppft [24, 27] | 0 (rebuild abcd1234) | 0.900 |" in text
     assert "| implicit | paper (chat) | full | 0 | 1.000 |" in text  # the recorded build's cell, where it has one
     assert "| implicit | paper | sppft vs full | 0 (rebuild abcd1234) | AdvBench-eval | 0.900 | 0.200 | 7 | 0 |" in text

@@ -56,6 +56,10 @@ REQUIREMENTS = HERE / "requirements.txt"  # the exact packages those builds came
 PINNED = ("torch", "transformers", "peft")  # what a build records and the study checks before any work
 LOCATED = ("sppft", "nfft")  # methods whose range is the build's located one (NFFT: as many parameters, as neurons)
 ROWS, EPOCHS, LR = 400, 1.0, 1e-4  # our fine-tuning recipe; `--compat paper` cells take the authors' (training/paper.py)
+# "paper-steps": the authors' recipe with their number of optimizer steps. On the bundled 697 D_I training rows their
+# batch of 128 makes 18 steps, all inside their 100 warm-up steps (peak lr 5.4e-6); a batch of 24 (4 x 6) makes 90,
+# peaking at 2.7e-5, as theirs do on 4,000 rows (~94 steps, 2.8e-5). Same rows, epochs and compute; one deviation.
+STEPS_MATCHED_ACCUM = 6
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class Cell:
     ref_seed: int = 0
     ft_seed: int = 0
     recipe: str = "ours"  # ours (ROWS, EPOCHS, LR, chat template) | paper (`harden --compat paper`, every D_I/D_B row)
+    #                       | paper-steps (the authors' with --grad-accum STEPS_MATCHED_ACCUM: their number of steps)
     reference: str = "r4"  # the reference recipe (SETUPS): what the located range and the freeze block are
     template: str = ""  # trained and evaluated in; "" = the recipe's own: chat for ours, alpaca for the authors'
 
@@ -118,7 +123,12 @@ class Cell:
     @property
     def own_template(self) -> str:
         """The recipe's template: the authors' recipe trains in the alpaca template, and they evaluate in it."""
-        return "alpaca" if self.recipe == "paper" else "chat"
+        return "alpaca" if self.authors else "chat"
+
+    @property
+    def authors(self) -> bool:
+        """Trained by `harden --compat paper` (as theirs, or with their number of steps)."""
+        return self.recipe in ("paper", "paper-steps")
 
     @property
     def layers(self) -> tuple[int, int] | None:
@@ -130,7 +140,7 @@ class Cell:
     def id(self) -> str:
         layers = self.layers
         rng = f"-{layers[0]}-{layers[1]}" if layers else "-located" if self.method in LOCATED else ""
-        return (f"{self.data}-{self.method}{rng}-ref{self.ref_seed}-ft{self.ft_seed}" + ("-paper" if self.recipe == "paper" else "")
+        return (f"{self.data}-{self.method}{rng}-ref{self.ref_seed}-ft{self.ft_seed}" + (f"-{self.recipe}" if self.authors else "")
                 + (f"-{self.template}" if self.template != self.own_template else ""))
 
 
@@ -242,17 +252,20 @@ def r5_grid() -> list[Cell]:
         cells += [Cell(d, m, 0, seed, reference="r5") for d in ("normal", "implicit") for m in ("full", "sppft", "freeze-block")]
     chat = SETUPS["r5"].paper_template  # where r5's refusals live (Setup r5); the reference in alpaca stays measured
     cells += [Cell("implicit", m, 0, seed, "paper", "r5", chat) for seed in (0, 1) for m in ("full", "sppft")]
-    return cells + [Cell("backdoor", m, 0, 0, "paper", "r5", chat) for m in ("full", "sppft")]
+    cells += [Cell("backdoor", m, 0, 0, "paper", "r5", chat) for m in ("full", "sppft")]
+    return cells + [Cell("implicit", m, 0, 0, "paper-steps", "r5", chat) for m in ("full", "sppft")]
 
 
 def _harden(cell: Cell, ref_dir: Path, out: Path) -> dict:
     from auditor.workflows.harden import HardenConfig, run_harden
 
     resume = out.with_name(out.name + ".checkpoints").is_dir()
-    if cell.recipe == "paper":  # every bundled row; --layers as their freezing code reads it (begin < l < end)
+    if cell.authors:  # every bundled row; --layers as their freezing code reads it (begin < l < end)
         layers = (cell.layers[0] - 1, cell.layers[1] + 1) if cell.layers else None
+        accum = STEPS_MATCHED_ACCUM if cell.recipe == "paper-steps" else None  # None: theirs
         cfg = HardenConfig(out=str(out), model=str(ref_dir), method=cell.method, layers=layers, attack=cell.data,
-                           compat="paper", template=cell.template, seed=cell.ft_seed, resume=resume, force=True)
+                           compat="paper", template=cell.template, seed=cell.ft_seed, grad_accum=accum, resume=resume,
+                           force=True)
     else:
         cfg = HardenConfig(out=str(out), model=str(ref_dir), method=cell.method, layers=cell.layers, attack=cell.data,
                            p=0.1, n_rows=ROWS, template="chat", epochs=EPOCHS, lr=LR, seed=cell.ft_seed,
@@ -302,7 +315,8 @@ def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
     t1 = time.perf_counter()
     ev, responses = _eval(model, cell)
     settings = ({"rows": ROWS, "epochs": EPOCHS, "lr": LR, "template": "chat"} if cell.recipe == "ours" else
-                {"compat": "paper", "rows": "all", "template": cell.template})  # the paper's: train.hyperparameters
+                {"compat": "paper", "rows": "all", "template": cell.template}  # the paper's: train.hyperparameters
+                | ({"grad_accum": STEPS_MATCHED_ACCUM} if cell.recipe == "paper-steps" else {}))
     result = {"cell": asdict(cell), "id": cell.id, "layers": list(cell.layers) if cell.layers else None,
               "reference_sha256": sha, "reference_recipe": RECIPE,
               **({"recipe": settings} if RECIPE == "r4" else {"recipe": cell.recipe, "settings": settings}),
