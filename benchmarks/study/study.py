@@ -82,7 +82,9 @@ class Setup:
 # r5: `locate --survey` on the full D_o (benchmarks/results/reference/r5-seed0-locate.json): baseline 428 refused,
 # alpha 0.8 (scaling down is the lever), [24, 27] refuses 167 and stands out from every equal-width control; of
 # those, [0, 3] is the one whose scaling changes nothing (438, change CI -24..45): the freeze block. r5's stability
-# analysis has not run yet, so its range is the survey's, not a recommendation over starts.
+# analysis (rebuild 4882161b) is start-dependent: the late starts end at [24, 27]/[25, 28]/[24, 28] (8 of 12), the
+# middle start at [0, 14], which scaled by 0.8 stops refusing AdvBench-eval too (175 of 260 refused, [24, 27]: 247;
+# scaled_refusals.py): a blunt minimum, not a safety range. The cells keep [24, 27].
 # r5's authors'-recipe cells train and are evaluated in the chat template (`harden --compat paper --template chat`):
 # r5 as built answers 48.5% of AdvBench-eval in the alpaca template (none-none-ref0-ft0-paper) against 0.4% in chat,
 # its refusals live in the template it was aligned in, so only there can fine-tuning be seen to take safety away.
