@@ -105,6 +105,7 @@ def test_an_explicit_grad_accum_under_the_authors_recipe_matches_their_steps_on_
     from click.testing import CliRunner
 
     from auditor.cli import main
+    from auditor.workflows import harden
     from auditor.workflows.harden import paper_config
 
     assert paper_config(HardenConfig(out="o", compat="paper")).grad_accum == 32
@@ -113,10 +114,7 @@ def test_an_explicit_grad_accum_under_the_authors_recipe_matches_their_steps_on_
     assert (mine.grad_accum, mine.batch_size, mine.epochs, mine.lr, mine.warmup_steps) == (6, 4, 3.0, 3e-5, 100)
     assert paper_config(mine) == mine  # applied once
     seen = Seen()
-    _keep_trainer(monkeypatch, seen)
     out = tmp_path / "steps"
-    from auditor.workflows import harden
-
     monkeypatch.setattr(harden, "progress_callback", lambda *a: seen.callback)
     r = CliRunner().invoke(main, ["harden", str(tiny_model_dir), "--out", str(out), "--method", "full", "--rows", "148",
                                   "--compat", "paper", "--grad-accum", "2", "--json", "-", "-q"], catch_exceptions=False)

@@ -133,6 +133,11 @@ class Cell:
         return self.recipe in ("paper", "paper-steps")
 
     @property
+    def grad_accum(self) -> int | None:
+        """harden's --grad-accum: the steps-matched deviation, or None (the recipe's own)."""
+        return STEPS_MATCHED_ACCUM if self.recipe == "paper-steps" else None
+
+    @property
     def layers(self) -> tuple[int, int] | None:
         if self.method in LOCATED:
             return located_range(self.ref_seed, self.reference)
@@ -264,9 +269,8 @@ def _harden(cell: Cell, ref_dir: Path, out: Path) -> dict:
     resume = out.with_name(out.name + ".checkpoints").is_dir()
     if cell.authors:  # every bundled row; --layers as their freezing code reads it (begin < l < end)
         layers = (cell.layers[0] - 1, cell.layers[1] + 1) if cell.layers else None
-        accum = STEPS_MATCHED_ACCUM if cell.recipe == "paper-steps" else None  # None: theirs
         cfg = HardenConfig(out=str(out), model=str(ref_dir), method=cell.method, layers=layers, attack=cell.data,
-                           compat="paper", template=cell.template, seed=cell.ft_seed, grad_accum=accum, resume=resume,
+                           compat="paper", template=cell.template, seed=cell.ft_seed, grad_accum=cell.grad_accum, resume=resume,
                            force=True)
     else:
         cfg = HardenConfig(out=str(out), model=str(ref_dir), method=cell.method, layers=cell.layers, attack=cell.data,
@@ -318,7 +322,7 @@ def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
     ev, responses = _eval(model, cell)
     settings = ({"rows": ROWS, "epochs": EPOCHS, "lr": LR, "template": "chat"} if cell.recipe == "ours" else
                 {"compat": "paper", "rows": "all", "template": cell.template}  # the paper's: train.hyperparameters
-                | ({"grad_accum": STEPS_MATCHED_ACCUM} if cell.recipe == "paper-steps" else {}))
+                | ({"grad_accum": cell.grad_accum} if cell.grad_accum else {}))
     result = {"cell": asdict(cell), "id": cell.id, "layers": list(cell.layers) if cell.layers else None,
               "reference_sha256": sha, "reference_recipe": RECIPE,
               **({"recipe": settings} if RECIPE == "r4" else {"recipe": cell.recipe, "settings": settings}),
