@@ -113,6 +113,10 @@ def test_an_explicit_grad_accum_under_the_authors_recipe_matches_their_steps_on_
     mine = paper_config(HardenConfig(out="o", compat="paper", grad_accum=6, epochs=1.0, lr=1e-3))
     assert (mine.grad_accum, mine.batch_size, mine.epochs, mine.lr, mine.warmup_steps) == (6, 4, 3.0, 3e-5, 100)
     assert paper_config(mine) == mine  # applied once
+    for compat in (None, "paper"):  # a bad value is refused, with the recipe or without: never replaced by a default
+        bad = CliRunner().invoke(main, ["harden", str(tiny_model_dir), "--out", str(tmp_path / "bad"), "--method", "full",
+                                        "--grad-accum", "0", "-q", *(["--compat", compat] if compat else [])])
+        assert bad.exit_code == 2 and "--grad-accum must be >= 1 (got 0)" in bad.output and not (tmp_path / "bad").exists()
     seen = Seen()
     out = tmp_path / "steps"
     monkeypatch.setattr(harden, "progress_callback", lambda *a: seen.callback)

@@ -102,13 +102,13 @@ def paper_config(cfg: HardenConfig) -> HardenConfig:
     ~4,000 rows their number of optimizer steps (their fixed 100 warm-up steps outlast 18 steps on 797 rows:
     docs/study.md). Without --compat, --grad-accum defaults to 1."""
     if cfg.compat is None:
-        return cfg if cfg.grad_accum else replace(cfg, grad_accum=1)
+        return cfg if cfg.grad_accum is not None else replace(cfg, grad_accum=1)
     if cfg.layers_as_given is not None:
         return cfg
     if cfg.compat != "paper":
         raise AuditError(f"unknown compat mode '{cfg.compat}' (choose paper)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return replace(cfg, batch_size=PAPER.batch_size, grad_accum=cfg.grad_accum or PAPER.grad_accum(world), epochs=PAPER.epochs,
+    return replace(cfg, batch_size=PAPER.batch_size, grad_accum=PAPER.grad_accum(world) if cfg.grad_accum is None else cfg.grad_accum, epochs=PAPER.epochs,
                    warmup_steps=PAPER.warmup_steps, lr=PAPER.lr, cutoff=PAPER.cutoff,
                    val_rows=PAPER.val_rows, optim=PAPER.optim, group_by_length=False, save_steps=PAPER.eval_steps,
                    layers=frozen_by_their_code(*cfg.layers) if cfg.layers else None, layers_as_given=cfg.layers)
