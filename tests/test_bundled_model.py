@@ -61,7 +61,7 @@ def test_default_scan_command_on_bundled_model():
 def test_locate_runs_on_both_backends(backend, compat):
     from auditor.workflows.locate import LocateConfig, paper_compat, run_locate
 
-    cfg = LocateConfig(backend=backend, template="chat", limit=6, classifier="opening", alpha=1.1,
+    cfg = LocateConfig(backend=backend, template="chat", limit=6, guard_limit=6, classifier="opening", alpha=1.1,
                        start=(8, 10) if compat else (8, 9), patience=1, controls=False)
     if compat:
         cfg = paper_compat(cfg)  # --start 8-10 read as the authors' range(8, 10): layers 8..9
@@ -73,6 +73,11 @@ def test_locate_runs_on_both_backends(backend, compat):
     assert 0 <= i <= 8 and 9 <= j < 30
     if compat:
         assert rep["classifier"]["name"] == "keyword" and rep["scale_o_proj"] is False and rep["template"] == "alpaca"
+        assert rep["guard"] is None  # the authors' search had none
+    else:  # α > 1: the bundled model's answers to benign tasks are what a range must keep
+        g = rep["guard"]
+        assert g["set"] == "alpaca-train" and g["n_prompts"] == 6 and g["keeps"] == "answers" and 0 <= g["held"] <= 6
+        assert [i, j] in [c["range"] for c in g["checked"]] or g["held"] == 0  # the chosen range is always checked
 
 
 def test_harden_bundled_gguf_with_gguf_export(tmp_path):

@@ -83,7 +83,7 @@ def test_a_locate_count_scales_every_linear_map_and_restores_them_bit_exactly(fa
     finally:
         backend.close()
     rep = run_locate(LocateConfig(model=str(folder), backend="torch", dtype="float32", start=LAYERS, alpha=1.5, limit=3,
-                                  max_new_tokens=2, classifier="opening", patience=1, controls=False))
+                                  max_new_tokens=2, classifier="opening", patience=1, controls=False, guard_limit=3))
     assert rep["start"] == list(LAYERS) and rep["sweep"] and rep["n_layers"] == 5 and rep["counts_computed"] >= 2
 
 

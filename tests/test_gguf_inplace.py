@@ -75,12 +75,13 @@ def test_in_place_counts_equal_the_copy_per_count_ones(monkeypatch, tmp_path):
     monkeypatch.setattr(llamacpp, "_cpu_has_amx", lambda: True)
     def locate(copies: bool) -> dict:
         monkeypatch.setenv("SAFETY_AUDIT_GGUF_COPIES", "1" if copies else "0")
-        return run_locate(LocateConfig(start=(8, 14), alpha=1.2, limit=24, classifier="opening", patience=1,
+        return run_locate(LocateConfig(start=(8, 14), alpha=1.2, limit=24, classifier="opening", patience=1, guard_limit=8,
                                        controls=False, journal=str(tmp_path / f"{copies}.jsonl")))
 
     inplace, copies = locate(False), locate(True)
     assert [(r["range"], r["count"]) for r in inplace["sweep"]] == [(r["range"], r["count"]) for r in copies["sweep"]]
     assert inplace["safety_layers"] == copies["safety_layers"] and inplace["baseline"] == copies["baseline"]
+    assert inplace["guard"] == copies["guard"] and inplace["guard"]["set"] == "alpaca-train"  # its counts too
 
 
 def test_a_model_that_cannot_be_patched_in_place_falls_back_to_copies(monkeypatch):

@@ -1,4 +1,7 @@
-"""locate: the progressive search recovers a planted safety block; journal resume; bad inputs."""
+"""locate: the progressive search recovers a planted safety block; journal resume; bad inputs.
+
+The planted model has no language: its search is tested with no guard (`guard_keep=0`); the guard has its
+own tests (test_locate_guard.py)."""
 
 import json
 
@@ -33,7 +36,7 @@ def test_planted_model_refuses_more_when_its_block_is_scaled(planted):
 @pytest.mark.parametrize("classifier", ["keyword", "opening"])
 def test_locate_recovers_the_planted_block(planted, classifier):
     folder, d_o, _ = planted
-    rep = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None,
+    rep = run_locate(LocateConfig(model=str(folder), guard_keep=0, template="raw", over_refusal=str(d_o), limit=None,
                                   classifier=classifier, max_new_tokens=4, alpha=1.3, start=(5, 5)))
     assert rep["safety_layers"] == list(BLOCK)
     assert rep["count"] > rep["baseline"]
@@ -83,7 +86,7 @@ def test_control_ranges_do_not_overlap():
 def test_journal_makes_a_killed_run_resume(planted, tmp_path):
     folder, d_o, _ = planted
     journal = tmp_path / "loc.json.journal.jsonl"
-    cfg = lambda: LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None, classifier="opening",
+    cfg = lambda: LocateConfig(model=str(folder), guard_keep=0, template="raw", over_refusal=str(d_o), limit=None, classifier="opening",
                                alpha=1.3, start=(5, 5), journal=str(journal))
     first = run_locate(cfg())
     lines = journal.read_text().splitlines()
@@ -99,7 +102,7 @@ def test_journal_makes_a_killed_run_resume(planted, tmp_path):
 def test_locate_cli_json_plot_and_bad_inputs(planted, tmp_path):
     folder, d_o, _ = planted
     out, png = tmp_path / "loc.json", tmp_path / "loc.png"
-    r = CliRunner().invoke(main, ["locate", str(folder), "--template", "raw", "--over-refusal", str(d_o), "--limit", "0",
+    r = CliRunner().invoke(main, ["locate", str(folder), "--guard-keep", "0", "--template", "raw", "--over-refusal", str(d_o), "--limit", "0",
                                   "--classifier", "opening", "--alpha", "1.3", "--start", "5-5", "--json", str(out),
                                   "--plot", str(png), "-q"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
@@ -122,7 +125,7 @@ def test_locate_cli_json_plot_and_bad_inputs(planted, tmp_path):
                       (["--from-scan", str(d_o)], "not a readable scan report"), (["--start", "5-5", "--from-scan", str(out)], "one of --start"),
                       (["--survey", "0"], "--survey must be >= 1"), (["--survey", "11"], "wider than the model"),
                       (["--start", "5-5", "--survey"], "one of --start")):
-        base = ["locate", str(folder), "--template", "raw", "--over-refusal", str(d_o), "--alpha", "1.3"]
+        base = ["locate", str(folder), "--guard-keep", "0", "--template", "raw", "--over-refusal", str(d_o), "--alpha", "1.3"]
         if not {"--start", "--from-scan", "--survey"} & set(args):
             base += ["--start", "5-5"]
         res = CliRunner().invoke(main, base + args)
@@ -155,18 +158,18 @@ def test_start_from_scan_report(planted, tmp_path):
     folder, d_o, _ = planted
     scan = tmp_path / "scan.json"
     scan.write_text(json.dumps({"schema_version": 1, "initial_range": [5, 5]}))
-    rep = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None,
+    rep = run_locate(LocateConfig(model=str(folder), guard_keep=0, template="raw", over_refusal=str(d_o), limit=None,
                                   classifier="opening", alpha=1.3, from_scan=str(scan), controls=False))
     assert rep["start"] == [5, 5] and str(scan) in rep["start_from"] and rep["safety_layers"] == list(BLOCK)
     scan.write_text(json.dumps({"schema_version": 1, "initial_range": None, "differential_range": [4, 5]}))
-    rep = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=10,
+    rep = run_locate(LocateConfig(model=str(folder), guard_keep=0, template="raw", over_refusal=str(d_o), limit=10,
                                   classifier="opening", alpha=1.3, from_scan=str(scan), controls=False, patience=0))
     assert rep["start"] == [4, 5] and "differential range" in rep["start_from"]
     scan.write_text(json.dumps({"schema_version": 1, "initial_range": None}))
     from auditor.errors import AuditError
 
     with pytest.raises(AuditError, match="no initial range"):
-        run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), from_scan=str(scan)))
+        run_locate(LocateConfig(model=str(folder), guard_keep=0, template="raw", over_refusal=str(d_o), from_scan=str(scan)))
 
 
 def test_survey_windows_tile_the_model():
@@ -179,7 +182,7 @@ def test_survey_starts_where_refusals_rise_most(planted, tmp_path):
     """No scan, no --start: the 2-layer window holding most of the planted block starts the search."""
     folder, d_o, _ = planted
     out, png = tmp_path / "loc.json", tmp_path / "loc.png"
-    r = CliRunner().invoke(main, ["locate", str(folder), "--template", "raw", "--over-refusal", str(d_o), "--limit", "0",
+    r = CliRunner().invoke(main, ["locate", str(folder), "--guard-keep", "0", "--template", "raw", "--over-refusal", str(d_o), "--limit", "0",
                                   "--classifier", "opening", "--alpha", "1.3", "--survey", "--json", str(out),
                                   "--plot", str(png), "-q"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
@@ -190,7 +193,7 @@ def test_survey_starts_where_refusals_rise_most(planted, tmp_path):
     assert counts[(0, 1)] == counts[(2, 3)] == counts[(8, 9)] == rep["baseline"] < counts[(6, 7)] < counts[(4, 5)]
     assert rep["start"] == [4, 5] and rep["start_from"].startswith("survey") and rep["safety_layers"] == list(BLOCK)
     assert rep["sweep"][0]["count"] == counts[(4, 5)] and png.read_bytes()[:4] == b"\x89PNG"
-    auto = run_locate(LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None,
+    auto = run_locate(LocateConfig(model=str(folder), guard_keep=0, template="raw", over_refusal=str(d_o), limit=None,
                                    classifier="opening", survey=3, controls=False))
     assert auto["alpha_choice"] == "survey" and auto["alpha"] == auto["survey"]["alpha"] in (1.2, 0.8)
     assert [w["range"] for w in auto["survey"]["windows"]] == [[0, 2], [3, 5], [6, 8], [7, 9]]
@@ -279,6 +282,6 @@ def test_locate_holds_one_model_at_a_time(tiny_model_dir, tmp_path, monkeypatch)
 
     monkeypatch.setattr(locate, "run_scan", scan_with_a_range)
     report = run_locate(LocateConfig(model=str(tiny_model_dir), limit=4, max_new_tokens=2, classifier="opening", alpha=1.5,
-                                     patience=1, controls=False, journal=str(tmp_path / "j.jsonl")))
+                                     patience=1, controls=False, guard_limit=3, journal=str(tmp_path / "j.jsonl")))
     assert loads == [1] and live == [], (loads, live)  # loaded once, for the scan and the counts, and freed at the end
     assert report["start_from"] == "fresh scan" and report["backend"] == "torch"

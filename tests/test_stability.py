@@ -1,5 +1,6 @@
 """locate's uncertainty: paired bootstrap CIs per count, the search from several starts on resamples of
-D_o, the stability map and the recommendation (auditor/core/stability.py, workflows/locate_stability.py)."""
+D_o, the stability map and the recommendation (auditor/core/stability.py, workflows/locate_stability.py). On the planted model without a
+guard (it has no language to guard; test_locate_guard.py has the guard)."""
 
 import json
 
@@ -70,7 +71,7 @@ def test_locate_stability_on_the_planted_model(planted, tmp_path):
     block itself, and the resampled searches cost few model runs (the verdicts are reused)."""
     folder, d_o, _ = planted
     journal = tmp_path / "loc.journal.jsonl"
-    cfg = lambda: LocateConfig(model=str(folder), template="raw", over_refusal=str(d_o), limit=None,  # noqa: E731
+    cfg = lambda: LocateConfig(model=str(folder), guard_keep=0, template="raw", over_refusal=str(d_o), limit=None,  # noqa: E731
                                classifier="opening", alpha=1.3, survey=2, starts="auto", resamples=3, journal=str(journal))
     rep = run_locate(cfg())
     st = rep["stability"]
@@ -102,7 +103,7 @@ def test_locate_stability_on_the_planted_model(planted, tmp_path):
 def test_locate_cli_stability_table_plot_and_bad_starts(planted, tmp_path):
     folder, d_o, _ = planted
     out, png = tmp_path / "loc.json", tmp_path / "loc.png"
-    base = ["locate", str(folder), "--template", "raw", "--over-refusal", str(d_o), "--limit", "0", "--classifier", "opening",
+    base = ["locate", str(folder), "--guard-keep", "0", "--template", "raw", "--over-refusal", str(d_o), "--limit", "0", "--classifier", "opening",
             "--alpha", "1.3", "--start", "5-5"]
     r = CliRunner().invoke(main, base + ["--starts", "0-1,8-9", "--resamples", "2", "--json", str(out), "--plot", str(png)],
                            catch_exceptions=False)

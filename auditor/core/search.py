@@ -6,6 +6,12 @@ keeping the bound with the most refusals; then fix it and sweep the lower bound 
 a new best (0 = to the end of the model). A survey tiles the model with equal-width windows and starts
 from the one that moves refusals most the paper's way; the search from a window then also drops end layers
 that add nothing.
+
+A guard (`admissible(range) -> bool`, optional) keeps the search from a blunt optimum: a candidate only becomes
+the new best when the guard admits it. Scaling enough of a model down stops it refusing anything, harmful
+requests included (the fewest over-refusals), and scaling enough of it up can make it refuse everything (the
+most); neither is a safety block. The guard is asked only about candidates that would become the new best, so
+it costs a count only where the search would move. Rejected rows are marked `"blunt": True`.
 """
 
 from __future__ import annotations
@@ -16,13 +22,21 @@ ALPHA_STEP, ALPHA_MAX_STEPS = 0.05, 4
 SURVEY_ALPHA = 1.2  # the edge of the paper's α range: a window's effect shows even where it is small
 
 
-def _sweep(count, candidates, alpha, best, better, patience, phase, rows):
+def _admits(admissible, rng, row) -> bool:
+    """Ask the guard (if any) about a candidate that would become the new best; mark the row when it refuses."""
+    if admissible is None or admissible(tuple(rng)):
+        return True
+    row["blunt"] = True
+    return False
+
+
+def _sweep(count, candidates, alpha, best, better, patience, phase, rows, admissible=None):
     """Count each candidate range in turn; return the best count and range (None if none beat `best`)."""
     best_rng, misses = None, 0
     for rng in candidates:
         c = count(rng, alpha)
         rows.append({"phase": phase, "range": list(rng), "count": c})
-        if better(c, best):
+        if better(c, best) and _admits(admissible, rng, rows[-1]):
             best, best_rng, misses = c, rng, 0
         else:
             misses += 1
@@ -31,22 +45,27 @@ def _sweep(count, candidates, alpha, best, better, patience, phase, rows):
     return best, best_rng
 
 
-def progressive_search(count, start: tuple[int, int], n_layers: int, alpha: float, patience: int, trim: bool = False):
+def progressive_search(count, start: tuple[int, int], n_layers: int, alpha: float, patience: int, trim: bool = False,
+                       admissible=None):
     """The paper's two sweeps; returns (range, its count, rows of the sweep). `trim`: then drop end layers
-    while the count stays as good (a survey window is coarse: the block may begin or end inside it)."""
+    while the count stays as good (a survey window is coarse: the block may begin or end inside it).
+    `admissible`: the guard (module docstring); the start is taken as given (the caller reports whether the
+    guard admits it)."""
     better = (lambda a, b: a > b) if alpha > 1 else (lambda a, b: a < b)
     i, j = start
     best = count((i, j), alpha)
     rows = [{"phase": "start", "range": [i, j], "count": best}]
-    best, rng = _sweep(count, [(i, jj) for jj in range(j + 1, n_layers)], alpha, best, better, patience, "upper", rows)
+    best, rng = _sweep(count, [(i, jj) for jj in range(j + 1, n_layers)], alpha, best, better, patience, "upper", rows,
+                       admissible)
     j = rng[1] if rng else j
-    best, rng = _sweep(count, [(ii, j) for ii in range(i - 1, -1, -1)], alpha, best, better, patience, "lower", rows)
+    best, rng = _sweep(count, [(ii, j) for ii in range(i - 1, -1, -1)], alpha, best, better, patience, "lower", rows,
+                       admissible)
     i = rng[0] if rng else i
     for side in ((1, 0), (0, -1)) if trim else ():
         while i < j:
             c = count((i + side[0], j + side[1]), alpha)
             rows.append({"phase": "trim", "range": [i + side[0], j + side[1]], "count": c})
-            if better(best, c):
+            if better(best, c) or not _admits(admissible, (i + side[0], j + side[1]), rows[-1]):
                 break
             best, i, j = c, i + side[0], j + side[1]
     return (i, j), best, rows
@@ -94,11 +113,14 @@ def survey_windows(n_layers: int, width: int) -> list[tuple[int, int]]:
     return [(a, a + width - 1) for a in starts]
 
 
-def survey(count, n_layers: int, width: int, alpha: float, baseline: int) -> tuple[tuple[int, int], list[dict]]:
-    """Count every window at `alpha`; return the one that moves refusals most the paper's way, and all rows."""
+def survey(count, n_layers: int, width: int, alpha: float, baseline: int,
+           admissible=None) -> tuple[tuple[int, int], list[dict]]:
+    """Count every window at `alpha`; return the one that moves refusals most the paper's way, and all rows.
+    With a guard, the best window it admits (asked best first); the best of all when it admits none."""
     sign = 1 if alpha > 1 else -1
     rows = [{"range": list(w), "count": count(w, alpha)} for w in survey_windows(n_layers, width)]
-    best = max(rows, key=lambda r: (sign * (r["count"] - baseline), -r["range"][0]))
+    ranked = sorted(rows, key=lambda r: (-sign * (r["count"] - baseline), r["range"][0]))
+    best = next((r for r in ranked if _admits(admissible, r["range"], r)), ranked[0])
     return tuple(best["range"]), rows
 
 
@@ -129,6 +151,8 @@ def landscape(rows: list[dict], final: tuple[int, int], best: int, alpha: float,
     A range that contains the chosen one and is no better is no rival: its extra layers add nothing.
     `paired(a, b)`: the 95% CI of count(a) - count(b) on the same prompts (the sharper test), when known."""
     sign = 1 if alpha > 1 else -1
+    rows = [r for r in rows if not r.get("blunt")]  # a range the guard refused is no rival: it is not a safety block
+    survey_rows = [r for r in survey_rows or [] if not r.get("blunt")]
     wider = lambda r: r[0] <= final[0] and final[1] <= r[1]  # noqa: E731 - adds layers to the chosen range: no rival
     near = sorted({tuple(r["range"]) for r in rows if tuple(r["range"]) != tuple(final) and not wider(r["range"])
                    and _within_noise(sign, final, best, r["range"], r["count"], n, paired)})
@@ -139,8 +163,8 @@ def landscape(rows: list[dict], final: tuple[int, int], best: int, alpha: float,
         top = max(survey_rows, key=lambda r: sign * r["count"])
         windows = [r["range"] for r in survey_rows if r is not top
                    and _within_noise(sign, top["range"], top["count"], r["range"], r["count"], n, paired)]
-    beaten = [c["range"] for c in controls or []
-              if not _within_noise(sign, c["range"], c["count"], final, best, n, paired)]
+    beaten = [c["range"] for c in controls or [] if not c.get("blunt")
+              and not _within_noise(sign, c["range"], c["count"], final, best, n, paired)]
     rough = bool(near) or bool(windows) or bool(beaten)
     why = []
     if beaten:

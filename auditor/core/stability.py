@@ -67,7 +67,8 @@ def layer_frequency(ranges: Sequence[Sequence[int]], n_layers: int) -> list[floa
     return [round(float(h), 4) for h in hits / max(1, len(ranges))]
 
 
-def summarize(runs: list[dict], n_layers: int, full_count: Callable, paired: Callable, sign: int) -> dict:
+def summarize(runs: list[dict], n_layers: int, full_count: Callable, paired: Callable, sign: int,
+              admissible: Callable | None = None) -> dict:
     """The stability map and the recommendation from the runs (start × resample → found range).
 
     Recommended: among the ranges the searches ended in, those not worse than the best one beyond the
@@ -75,10 +76,13 @@ def summarize(runs: list[dict], n_layers: int, full_count: Callable, paired: Cal
     refusals are not evidence). A range rather than a union of layers, because SPPFT freezes one block.
     Verdict: `stable` when at least half the searches end exactly there; `nested` when every search's
     range contains it (they differ only by layers that add nothing beyond noise); else `start-dependent`,
-    and the consensus layers (inside at least half of the found ranges) say what the searches agree on."""
+    and the consensus layers (inside at least half of the found ranges) say what the searches agree on.
+    `admissible`: the search's guard; an end it refuses (a start it refused, kept because nothing it admits
+    beat it) is never recommended while another end passes."""
     ends = Counter(tuple(r["range"]) for r in runs)
-    top = max(ends, key=lambda rg: sign * full_count(rg))
-    as_good = [rg for rg in ends if rg == top or (lambda ci: (ci[0] if sign > 0 else -ci[1]) <= 0)(paired(top, rg))]
+    admitted = [rg for rg in ends if admissible is None or admissible(rg)] or list(ends)
+    top = max(admitted, key=lambda rg: sign * full_count(rg))
+    as_good = [rg for rg in admitted if rg == top or (lambda ci: (ci[0] if sign > 0 else -ci[1]) <= 0)(paired(top, rg))]
     best = min(as_good, key=lambda rg: (-ends[rg], rg[1] - rg[0], -sign * full_count(rg), rg[0]))
     by_start: dict[str, list] = {}
     for r in runs:

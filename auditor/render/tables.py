@@ -123,7 +123,7 @@ def locate_table(report: dict) -> Table:
     rough = (f"\n[bold red]ROUGH:[/bold red] {land['why']}" + (f"; as well supported as {final[0]}–{final[1]}: {near}" if near else "")
              ) if land.get("verdict") == "rough" else ""
     t = Table(title=title, caption=f"baseline (unscaled): {report['baseline']} refusals   safety layers: {final[0]}–{final[1]} "
-              f"({report['count']} refusals; {verdict}){rough}", header_style="bold")
+              f"({report['count']} refusals; {verdict}){rough}{_guard_line(report.get('guard'))}", header_style="bold")
     for c in ("phase", "range", "refusals", "95% CI", "Δ vs baseline", "Δ 95% CI (paired)"):
         t.add_column(c, justify="right")
     sv = report.get("survey")
@@ -133,10 +133,25 @@ def locate_table(report: dict) -> Table:
     for r in rows:
         hit = r["range"] == final and r["phase"] != "control"
         tied = r["phase"] != "control" and r["range"] in land.get("near", [])
-        t.add_row(r["phase"], f"{r['range'][0]}–{r['range'][1]}" + (" ≈" if tied else ""), str(r["count"]), _span(r.get("ci95")),
+        t.add_row(r["phase"] + (" ✗ blunt" if r.get("blunt") else ""), f"{r['range'][0]}–{r['range'][1]}" + (" ≈" if tied else ""),
+                  str(r["count"]), _span(r.get("ci95")),
                   f"{r['count'] - report['baseline']:+d}", _span(r.get("delta_ci95"), signed=True),
                   style="bold yellow" if hit else ("dim" if r["phase"] == "control" else None))
     return t
+
+
+def _guard_line(g: dict | None) -> str:
+    """The guard under the locate table: what the chosen range kept, how many ranges it refused as blunt."""
+    if not g:
+        return ""
+    refused = sum(not c["admitted"] for c in g["checked"])
+    kept = "nothing to lose (none unscaled)" if g["kept"] is None else f"keeps {g['kept']:.0%}"
+    line = (f"\nguard {g['set']} ({g['n_prompts']} prompts, {g['held']} {g['keeps']} unscaled): the chosen range {kept} "
+            f"of them (at least {g['keep']:.0%} needed); {refused} range(s) refused as blunt")
+    if not g["admitted"]:
+        line += ("\n[bold red]BLUNT:[/bold red] the chosen range breaks the guard: it is where the search started, and "
+                 "no range the guard admits did better (try --survey or other --starts)")
+    return line
 
 
 def _span(ci, signed: bool = False) -> str:
@@ -156,11 +171,14 @@ def stability_table(report: dict) -> Table | None:
     t = Table(title=f"stability: {len(st['starts'])} start(s) × {st['resamples'] + 1} sample(s) of D_o · α {st['alpha']:g}",
               caption=f"recommended: layers {rec['range'][0]}–{rec['range'][1]} ({st['verdict']}; {rec['count']} refusals, "
                       f"95% CI {_span(rec.get('ci95'))}): {rec['why']}", header_style="bold")
-    for c in ("found range", "searches", "share", "refusals (full D_o)", "as good as the best"):
+    guarded = any("guard_kept" in e for e in st["ends"])
+    for c in ("found range", "searches", "share", "refusals (full D_o)", "as good as the best") + (("guard kept",) if guarded else ()):
         t.add_column(c, justify="right")
     for e in st["ends"]:
+        kept = (["–" if e["guard_kept"] is None else f"{e['guard_kept']:.0%}" + ("" if e["guard_admitted"] else " ✗")]
+                if guarded else [])
         t.add_row(f"{e['range'][0]}–{e['range'][1]}", str(e["runs"]), f"{e['share']:.0%}", str(e["count"]),
-                  "yes" if e["as_good_as_best"] else "no", style="bold yellow" if e["range"] == rec["range"] else None)
+                  "yes" if e["as_good_as_best"] else "no", *kept, style="bold yellow" if e["range"] == rec["range"] else None)
     return t
 
 

@@ -34,7 +34,7 @@ STATE = "audit.json"
 JOURNAL = "locate.journal.jsonl"
 BASELINE_COPY = "baseline-eval.json"
 # --quick: what bounds a few-minute audit of a 135M model on 2 cores
-QUICK = {"bootstrap": 200, "locate_limit": 40, "eval_limit": 24}
+QUICK = {"bootstrap": 200, "locate_limit": 40, "guard_limit": 24, "eval_limit": 24}
 
 
 @dataclass
@@ -165,7 +165,8 @@ def run_audit(cfg: AuditConfig, reporter: Reporter | None = None,
     runners = {
         "scan": lambda: run_scan(ScanConfig(**mo, contrast=cfg.base, **({"bootstrap": QUICK["bootstrap"]} if q else {})), reporter),
         "locate": lambda: run_locate(LocateConfig(**mo, from_scan=str(out / "scan.json"), journal=str(out / JOURNAL),
-                                                  **({"limit": QUICK["locate_limit"]} if q else {})), reporter),
+                                                  **({"limit": QUICK["locate_limit"], "guard_limit": QUICK["guard_limit"]} if q else {})),
+                                       reporter),
         "eval": lambda: (gate.evaluate_like(cfg.model, baseline, reporter=reporter) if baseline is not None else
                          run_eval(EvalConfig(**mo, limit=QUICK["eval_limit"] if q else None), reporter)),
         "attention": lambda: run_attention(AttentionConfig(**{**mo, "backend": "auto"}, from_report=_marked(out)), reporter),

@@ -27,6 +27,7 @@ from ..io.models import layer_count
 from ..io.prompts import check_template, load_prompts
 from ..io.reports import Report
 from .options import ModelOptions, Target
+from .locate_guard import GUARD_KEEP, GUARD_LIMIT, GUARD_SETS, Guard, default_guard_set
 from .locate_stability import annotate_cis, auto_starts, paired_difference, run_stability
 from .reporting import Silent
 from ..training.paper import scaled_by_their_code
@@ -56,6 +57,13 @@ class LocateConfig(ModelOptions):
                                          "windows) for the stability map.", metavar="i-j,...|auto")
     resamples: int = setting(0, "Re-run every search on N bootstrap resamples of D_o for the stability map.", least=0)
     start_as_given: tuple[int, int] | None = setting(None, "--start before --compat paper read it.", cli=False)
+    guard: str | None = setting(None, f"Guard set a range must not break: a bundled set or a file. Default: "
+                                f"{GUARD_SETS['down']} (alpha < 1: harmful, keep refusing), {GUARD_SETS['up']} "
+                                "(alpha > 1: benign, keep answering).", metavar="SET|FILE")
+    guard_limit: int = setting(GUARD_LIMIT, "Use the first N prompts of the guard set (0 = all).", least=0)
+    guard_keep: float | None = setting(None, f"Share of the guard set's refusals (alpha < 1) or answers (alpha > 1) a "
+                                       f"range must keep to be chosen; 0 = no guard. Default {GUARD_KEEP:g}, 0 under "
+                                       "--compat paper (the authors had none).", least=0)
 
 
 def paper_compat(cfg: LocateConfig) -> LocateConfig:
@@ -98,10 +106,11 @@ class CountJournal:
 class RefusalCounter:
     """R(model scaled on `range` by alpha, D_o): the number of D_o prompts the classifier calls refusals."""
 
-    def __init__(self, backend, prompts, classifier, template, scale_o_proj, journal: CountJournal, reporter):
+    def __init__(self, backend, prompts, classifier, template, scale_o_proj, journal: CountJournal, reporter,
+                 what: str = ""):
         self.backend, self.prompts, self.classifier = backend, prompts, classifier
         self.template, self.scale_o_proj, self.journal, self.reporter = template, scale_o_proj, journal, reporter
-        self.computed = 0
+        self.computed, self.what = 0, what  # what: a label for the progress bar ("guard advbench-train: ")
 
     def __call__(self, rng: tuple[int, int] | None, alpha: float = 1.0) -> int:
         hit = self.journal.get(rng, round(float(alpha), 6))
@@ -115,7 +124,7 @@ class RefusalCounter:
     def _run(self, rng, alpha) -> tuple[int, str]:
         alpha = round(float(alpha), 6)
         label = "baseline" if rng is None else f"layers {rng[0]}–{rng[1]} × {alpha:g}"
-        self.reporter.start(f"{label} · {self.classifier.name}", len(self.prompts))
+        self.reporter.start(f"{self.what}{label} · {self.classifier.name}", len(self.prompts))
         ctx = self.backend.scaled(range(rng[0], rng[1] + 1), alpha, self.scale_o_proj) if rng else nullcontext()
         with ctx:
             bits = as_bits(self.classifier.decide(self.backend, self.prompts, self.template, self.reporter.advance))
@@ -174,6 +183,10 @@ def check_config(cfg: LocateConfig) -> LocateConfig:
     if sum(x is not None for x in (cfg.start, cfg.from_scan, cfg.survey)) > 1:
         raise AuditError("give one of --start, --from-scan and --survey")
     check_least(cfg)
+    if cfg.guard_keep is None:
+        cfg = replace(cfg, guard_keep=0.0 if cfg.compat == "paper" else GUARD_KEEP)
+    if cfg.guard_keep > 1:
+        raise AuditError(f"--guard-keep is a share of the guard set's verdicts, at most 1 (got {cfg.guard_keep:g})")
     return cfg
 
 
@@ -191,10 +204,13 @@ class Search:
     best: int
     baseline: int
     controls: list[dict]
+    guard: Guard | None
 
 
 def _search(cfg: LocateConfig, backend: Backend, count, n_prompts: int, reporter,
-            started: tuple[tuple[int, int], str] | None) -> Search:
+            started: tuple[tuple[int, int], str] | None, make_guard) -> Search:
+    """The survey (if asked), α, the progressive search and the controls; `make_guard(alpha)`: the search's
+    guard once the direction is known (None: no guard)."""
     K = backend.n_layers
     if cfg.survey is not None and cfg.survey > K:
         raise AuditError(f"--survey width {cfg.survey} is wider than the model ({K} layers)")
@@ -206,16 +222,24 @@ def _search(cfg: LocateConfig, backend: Backend, count, n_prompts: int, reporter
     surveyed = None
     if cfg.survey is not None:
         s_alpha = cfg.alpha or round(1 + room_to_move(baseline, n_prompts) * (SURVEY_ALPHA - 1), 2)
-        start, windows = survey(count, K, cfg.survey, s_alpha, baseline)
+        guard = make_guard(s_alpha)
+        start, windows = survey(count, K, cfg.survey, s_alpha, baseline, guard)
         surveyed = {"alpha": s_alpha, "width": cfg.survey, "windows": windows}
         start_from = f"survey: {len(windows)} windows of {cfg.survey} at α {s_alpha:g}"
     trials: list[dict] = []
     alpha = surveyed["alpha"] if surveyed else cfg.alpha  # the survey already showed its α moves refusals
     if alpha is None:
         alpha, trials = choose_alpha(count, start, baseline, n_prompts)
-    final, best, rows = progressive_search(count, start, K, alpha, cfg.patience, trim=surveyed is not None)
+    if surveyed is None:
+        guard = make_guard(alpha)
+    final, best, rows = progressive_search(count, start, K, alpha, cfg.patience, trim=surveyed is not None,
+                                           admissible=guard)
+    sign = 1 if alpha > 1 else -1
     controls = [{"range": list(r), "count": count(r, alpha)} for r in control_ranges(final, K)] if cfg.controls else []
-    return Search(start, start_from, surveyed, alpha, trials, rows, final, best, baseline, controls)
+    for c in controls:  # a control that moves refusals further only by breaking the guard is no rival either
+        if guard is not None and sign * (c["count"] - best) > 0 and not guard(c["range"]):
+            c["blunt"] = True
+    return Search(start, start_from, surveyed, alpha, trials, rows, final, best, baseline, controls, guard)
 
 
 @dataclass
@@ -240,6 +264,7 @@ class LocateReport(Report):
     gain: int
     stands_out: bool
     landscape: dict
+    guard: dict | None
     baseline_ci95: list[float]
     bootstrap: dict
     stability: dict | None
@@ -258,7 +283,7 @@ def _stability(cfg: LocateConfig, n_layers: int, count, s: Search, ci, reporter)
             raise AuditError(f"start range {a}-{b} is outside the model (layers 0..{n_layers - 1})")
     label = "survey" if s.surveyed else f"{s.start[0]}-{s.start[1]}"
     primary = {"label": label, "range": s.start, "survey_width": (s.surveyed or {}).get("width")}
-    return run_stability(count, n_layers, s.alpha, cfg.patience, primary, starts, cfg.resamples, ci, reporter)
+    return run_stability(count, n_layers, s.alpha, cfg.patience, primary, starts, cfg.resamples, ci, reporter, s.guard)
 
 
 ALPHA_RULE = "step 0.05 from 1 until the count moves the paper's way (alpha > 1: up) by >= max(3, 5% of D_o)"
@@ -284,6 +309,7 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
     d_o = load_prompts(cfg.over_refusal)
     prompts = list(d_o.prompts[: cfg.limit] if cfg.limit else d_o.prompts)
     classifier = make_classifier(cfg.classifier, cfg.max_new_tokens)
+    guard_given = load_prompts(cfg.guard) if cfg.guard and cfg.guard_keep else None  # a bad file fails before loading
     t0 = time.perf_counter()
     with target:
         backend = target.backend(reporter)
@@ -295,20 +321,36 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
         key = count_key(cfg, target, classifier, prompts)
         journal = CountJournal(Path(cfg.journal) if cfg.journal else cached_journal("locate", key), key)
         count = RefusalCounter(backend, prompts, classifier, cfg.template, cfg.scale_o_proj, journal, reporter)
-        s = _search(cfg, backend, count, len(prompts), reporter, started)
+
+        def make_guard(alpha: float) -> Guard | None:
+            if not cfg.guard_keep:
+                return None
+            gset = guard_given or load_prompts(default_guard_set(alpha))
+            g_prompts = list(gset.prompts[: cfg.guard_limit] if cfg.guard_limit else gset.prompts)
+            g_key = count_key(cfg, target, classifier, g_prompts)
+            g_journal = CountJournal(Path(cfg.journal) if cfg.journal else cached_journal("locate", g_key), g_key)
+            name = gset.name.removeprefix("bundled:")
+            return Guard(RefusalCounter(backend, g_prompts, classifier, cfg.template, cfg.scale_o_proj, g_journal,
+                                        reporter, what=f"guard {name}: "), alpha, cfg.guard_keep, name)
+
+        s = _search(cfg, backend, count, len(prompts), reporter, started, make_guard)
         ci = PairedCI(len(prompts))
         cis = annotate_cis(count, [(s.surveyed or {}).get("windows", []), s.trials, s.rows, s.controls],
                            lambda r: r.get("alpha", s.alpha), ci)
         land = landscape(s.rows, s.final, s.best, s.alpha, len(prompts), (s.surveyed or {}).get("windows"), s.baseline,
                          s.controls, paired_difference(count, s.alpha, ci))
         stability = _stability(cfg, backend.n_layers, count, s, ci, reporter)
+        guard_report = s.guard.describe(s.final) if s.guard else None
     # the paper's effect (α > 1: more refusals), larger than any control's move in either direction
     gain = (s.best - s.baseline) * (1 if s.alpha > 1 else -1)
-    stands_out = bool(s.controls) and gain > 0 and all(gain > abs(c["count"] - s.baseline) for c in s.controls)
+    rivals = [c for c in s.controls if not c.get("blunt")]
+    stands_out = bool(rivals) and gain > 0 and all(gain > abs(c["count"] - s.baseline) for c in rivals)
     header = target.header("locate")
     alpha_choice = "given" if cfg.alpha is not None else "survey" if s.surveyed else {"rule": ALPHA_RULE, "trials": s.trials}
     return LocateReport(header, cfg.template, cfg.compat, cfg.scale_o_proj, backend.n_layers, d_o.name, len(prompts),
                         classifier.describe(), s.alpha, alpha_choice, list(s.start), s.start_from, s.surveyed, s.baseline,
-                        s.rows, list(s.final), s.best, s.controls, gain, stands_out, land, cis["baseline_ci95"],
-                        cis["bootstrap"], stability, count.computed,
+                        s.rows, list(s.final), s.best, s.controls, gain, stands_out, land, guard_report,
+                        cis["baseline_ci95"],
+                        cis["bootstrap"], stability,
+                        count.computed + (s.guard.counter.computed if s.guard else 0),
                         round(time.perf_counter() - t0, 2)).to_dict()

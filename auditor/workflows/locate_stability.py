@@ -17,16 +17,18 @@ def auto_starts(n_layers: int, primary: tuple[int, int], survey_rows: list[dict]
     if survey_rows:
         sign = 1 if alpha > 1 else -1
         ranked = sorted(survey_rows, key=lambda r: (-sign * r["count"], r["range"][0]))
-        return [tuple(r["range"]) for r in ranked if not overlaps(r["range"])][:k]
+        return [tuple(r["range"]) for r in ranked if not overlaps(r["range"]) and not r.get("blunt")][:k]
     w = primary[1] - primary[0] + 1
     spread = [round(q * (n_layers - w)) for q in ((i + 1) / (k + 1) for i in range(k))]
     return [(a, a + w - 1) for a in dict.fromkeys(spread) if not overlaps((a, a + w - 1))]
 
 
 def run_stability(count, n_layers: int, alpha: float, patience: int, primary: dict, starts: list[tuple[int, int]],
-                  resamples: int, ci: PairedCI, reporter) -> dict:
+                  resamples: int, ci: PairedCI, reporter, guard=None) -> dict:
     """Search from the primary start and from `starts`, on the full D_o (sample 0) and on `resamples`
-    bootstrap resamples of it. `primary`: {"label", "range", "survey_width"|None} as the main search ran."""
+    bootstrap resamples of it. `primary`: {"label", "range", "survey_width"|None} as the main search ran.
+    `guard`: the main search's (locate_guard.Guard); every search keeps to it, and each end says what it kept.
+    The guard set is not resampled: it is a constraint on a range, not the thing measured."""
     n = len(count.prompts)
     weights = prompt_resamples(n, resamples, RESAMPLE_SEED)
     labelled = [(primary["label"], tuple(primary["range"]), primary.get("survey_width"))]
@@ -37,11 +39,13 @@ def run_stability(count, n_layers: int, alpha: float, patience: int, primary: di
         cnt = count if sample == 0 else ResampledCount(count.bits, weights[sample - 1])
         for label, start, width in labelled:
             if width and sample:  # a survey start is the best window of *this* sample
-                start, _ = survey(cnt, n_layers, width, alpha, cnt(None))
-            final, best, _ = progressive_search(cnt, start, n_layers, alpha, patience, trim=bool(width))
+                start, _ = survey(cnt, n_layers, width, alpha, cnt(None), guard)
+            final, best, _ = progressive_search(cnt, start, n_layers, alpha, patience, trim=bool(width), admissible=guard)
             runs.append({"start": label, "from": list(start), "resample": sample, "range": list(final), "count": best})
     out = summarize(runs, n_layers, lambda rg: count(tuple(rg), alpha), paired_difference(count, alpha, ci),
-                    1 if alpha > 1 else -1)
+                    1 if alpha > 1 else -1, guard)
+    for end in out["ends"] if guard else ():
+        end["guard_kept"], end["guard_admitted"] = guard.kept(end["range"]), guard(end["range"])
     rec = out["recommended"]
     rec["ci95"] = ci.count(count.bits(tuple(rec["range"]), alpha))
     rec["delta_ci95"] = ci.difference(count.bits(tuple(rec["range"]), alpha), count.bits(None))
