@@ -177,6 +177,10 @@ def test_locate_cli_shows_the_guard_and_refuses_bad_guard_options(planted, refus
     ends = rep["stability"]["ends"]
     assert ends and all("guard_kept" in e and e["guard_admitted"] == (e["guard_kept"] >= 1) for e in ends)
     from auditor.render.page import load_bundle, render_html, render_markdown
+    from auditor.render.plots import locate_figure
+
+    marked = [ln for ax in locate_figure(rep).axes for ln in ax.get_lines() if ln.get_label().startswith("refused by")]
+    assert bool(marked) == any(r.get("blunt") for r in rep["sweep"] if r["phase"] in ("upper", "lower"))
 
     g, bundle = rep["guard"], load_bundle([out])
     said = f"keeps {round(100 * g['kept'])}% of the refusals the unscaled model gives on"

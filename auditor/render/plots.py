@@ -110,6 +110,10 @@ def locate_figure(report: dict):
         rows = [r for r in report["sweep"] if r["phase"] in (phase, "start")]
         rows.sort(key=lambda r: r["range"][idx])
         ax.plot([r["range"][idx] for r in rows], [r["count"] for r in rows], "o-", color="#d62728", label="scaled range")
+        blunt = [r for r in rows if r.get("blunt")]
+        if blunt:  # better by count, refused by the guard: where the search would have gone without it
+            ax.plot([r["range"][idx] for r in blunt], [r["count"] for r in blunt], "x", color="black", ms=9, mew=2,
+                    label="refused by the guard (blunt)")
         ax.axhline(base, color="black", lw=1, ls="--", label="baseline (α = 1)")
         ax.axvline(report["safety_layers"][idx], color="#ffb300", lw=6, alpha=0.4, label="chosen bound")
         ax.set_xlabel(xlabel)
