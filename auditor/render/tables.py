@@ -147,7 +147,7 @@ def _guard_line(g: dict | None) -> str:
     refused = sum(not c["admitted"] for c in g["checked"])
     kept = "nothing to lose (none unscaled)" if g["kept"] is None else f"keeps {g['kept']:.0%}"
     line = (f"\nguard {g['set']} ({g['n_prompts']} prompts, {g['held']} {g['keeps']} unscaled): the chosen range {kept} "
-            f"of them (at least {g['keep']:.0%} needed); {refused} range(s) refused as blunt")
+            f"of them (at least {g['keep']:.0%} needed); {refused} range(s) refused as blunt in this run")
     if not g["admitted"]:
         line += ("\n[bold red]BLUNT:[/bold red] the chosen range breaks the guard: it is where the search started, and "
                  "no range the guard admits did better (try --survey or other --starts)")
