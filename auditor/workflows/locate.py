@@ -318,21 +318,22 @@ def run_locate(cfg: LocateConfig, reporter=None) -> dict:
         backend.check_scaling(range(backend.n_layers), cfg.alpha or 1.0, cfg.scale_o_proj)
         started = _start_range(cfg, target, reporter) if cfg.survey is None else None
         backend.prepare_scaling()
-        key = count_key(cfg, target, classifier, prompts)
-        journal = CountJournal(Path(cfg.journal) if cfg.journal else cached_journal("locate", key), key)
-        count = RefusalCounter(backend, prompts, classifier, cfg.template, cfg.scale_o_proj, journal, reporter)
+
+        def counter(on: list[str], what: str = "") -> RefusalCounter:
+            """Refusals on these prompts (D_o, or the guard set), journaled under a key of their own."""
+            key = count_key(cfg, target, classifier, on)
+            journal = CountJournal(Path(cfg.journal) if cfg.journal else cached_journal("locate", key), key)
+            return RefusalCounter(backend, on, classifier, cfg.template, cfg.scale_o_proj, journal, reporter, what)
 
         def make_guard(alpha: float) -> Guard | None:
             if not cfg.guard_keep:
                 return None
             gset = guard_given or load_prompts(default_guard_set(alpha))
-            g_prompts = list(gset.prompts[: cfg.guard_limit] if cfg.guard_limit else gset.prompts)
-            g_key = count_key(cfg, target, classifier, g_prompts)
-            g_journal = CountJournal(Path(cfg.journal) if cfg.journal else cached_journal("locate", g_key), g_key)
             name = gset.name.removeprefix("bundled:")
-            return Guard(RefusalCounter(backend, g_prompts, classifier, cfg.template, cfg.scale_o_proj, g_journal,
-                                        reporter, what=f"guard {name}: "), alpha, cfg.guard_keep, name)
+            g_prompts = list(gset.prompts[: cfg.guard_limit] if cfg.guard_limit else gset.prompts)
+            return Guard(counter(g_prompts, what=f"guard {name}: "), alpha, cfg.guard_keep, name)
 
+        count = counter(prompts)
         s = _search(cfg, backend, count, len(prompts), reporter, started, make_guard)
         ci = PairedCI(len(prompts))
         cis = annotate_cis(count, [(s.surveyed or {}).get("windows", []), s.trials, s.rows, s.controls],
