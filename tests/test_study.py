@@ -87,6 +87,42 @@ def test_the_list_says_what_the_rest_will_take_at_the_finished_cells_median_pace
                                        "eval 23.3 min), and 1 localization (each")
 
 
+def test_the_list_says_which_build_finished_each_cell(tmp_path, monkeypatch, capsys):
+    """A cell only a rebuild ran is "to do" on the recorded build (a pair never mixes builds), and the list says
+    where it is finished, so that nobody runs it a third time by mistake."""
+    monkeypatch.setattr(study, "STUDY", tmp_path)
+    monkeypatch.setattr(study, "use_recipe", lambda name: None)  # keep STUDY pointing at tmp_path
+    rebuild = tmp_path / f"{study.REBUILD}0123abcd"
+    rebuild.mkdir()
+    for folder, cell in ((tmp_path, study.Cell("normal", "full")), (rebuild, study.Cell("normal", "sppft"))):
+        (folder / f"{cell.id}.json").write_text(json.dumps({"seconds": {"eval": 60}}))
+        (folder / f"{cell.id}.responses.jsonl.gz").write_bytes(b"")
+    monkeypatch.setattr(sys, "argv", ["study.py", "--list"])
+    study.main()
+    out = capsys.readouterr().out.splitlines()
+    full, sppft = study.Cell("normal", "full").id, study.Cell("normal", "sppft").id
+    assert f"done   {full}" in out and f"to do  {sppft}  (finished on rebuild 0123abcd)" in out
+    monkeypatch.setattr(sys, "argv", ["study.py", "--list", "--sibling"])
+    study.main()
+    assert f"done   {sppft}  (finished on rebuild 0123abcd)" in capsys.readouterr().out.splitlines()
+
+
+def test_the_pace_times_fine_tuning_per_recipe_over_every_build(tmp_path, monkeypatch):
+    """The authors' recipe trains several times longer than ours: one median over both would misjudge the rest."""
+    monkeypatch.setattr(study, "STUDY", tmp_path)
+    rebuild = tmp_path / f"{study.REBUILD}0123abcd"
+    rebuild.mkdir()
+    for folder, cell, recipe, train in ((tmp_path, study.Cell("normal", "full"), None, 600),
+                                        (rebuild, study.Cell("implicit", "full", recipe="paper-steps"), "paper-steps", 2400)):
+        (folder / f"{cell.id}.json").write_text(json.dumps({"train": {"seconds": train}, "seconds": {"eval": 1200},
+                                                            **({"recipe": recipe} if recipe else {})}))
+    todo = [study.Cell("implicit", "sppft", recipe="paper-steps"), study.Cell("normal", "sppft")]
+    # (1200 + 2400) + (1200 + 600) s = 1.5 h; a single median (1500 s) would say 1.5 h too only by luck: check the parts
+    assert study.pace(todo).startswith("to do: 2 cells, ~1.5 h at the finished cells' median pace (harden 10.0 min ours, "
+                                       "40.0 min paper-steps, eval 20.0 min)")
+    assert study.pace(todo[:1]).startswith("to do: 1 cells, ~1.0 h")  # 1200 + 2400 s, not 1200 + 1500
+
+
 def test_the_plan_localizes_each_reference_build_before_its_cells(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "STUDY", tmp_path)  # builds 1 and 2 not localized yet
     ids = [x.id for x in study.plan()]

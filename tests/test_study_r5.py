@@ -33,12 +33,13 @@ def test_r5_cells_live_apart_from_r4_s_and_run_the_open_questions_first(on_r5):
     assert study.STUDY.name == "results-r5" and study.REFERENCES.parent == study.STUDY and study.RECIPE == "r5"
     cells = study.grid()
     ids = [c.id for c in cells]
-    assert len(ids) == len(set(ids)) == 28 and all(c.reference == "r5" for c in cells)
+    assert len(ids) == len(set(ids)) == 30 and all(c.reference == "r5" for c in cells)
     assert "implicit-sppft-24-27-ref0-ft0" in ids and "implicit-freeze-block-0-3-ref0-ft2" in ids
     assert {c.id for c in cells if c.recipe == "paper"} == {
         "none-none-ref0-ft0-paper", "backdoor-full-ref0-ft0-paper-chat", "backdoor-sppft-24-27-ref0-ft0-paper-chat",
         *(f"implicit-{m}-ref0-ft{s}-paper-chat" for m in ("full", "sppft-24-27") for s in (0, 1))}
-    assert {c.id for c in cells if c.recipe == "paper-steps"} == {f"implicit-{m}-ref0-ft0-paper-steps-chat" for m in ("full", "sppft-24-27")}
+    assert {c.id for c in cells if c.recipe == "paper-steps"} == {f"implicit-{m}-ref0-ft{s}-paper-steps-chat"
+                                                                  for m in ("full", "sppft-24-27") for s in (0, 1)}
     # r5's refusals live in its chat template: the authors' recipe fine-tunes there; the reference is measured in both
     assert {c.template for c in cells if c.recipe == "paper" and c.data != "none"} == {"chat"}
     assert next(c for c in cells if c.id == "none-none-ref0-ft0-paper").template == "alpaca"
@@ -51,6 +52,36 @@ def test_r5_cells_live_apart_from_r4_s_and_run_the_open_questions_first(on_r5):
     assert str(study.Localization(0).locate_json).endswith("results-r5/localization-ref0.locate.json")
     study.use_recipe("r4")
     assert study.grid()[0].id == "none-none-ref0-ft0" and len(study.grid()) == 32 and study.Cell("normal", "sppft").layers == (5, 12)
+
+
+def test_sibling_runs_a_pairs_other_cell_on_the_same_build(on_r5, monkeypatch, tmp_path, capsys):
+    """A pair takes both cells from one build: on a rebuild, the freeze block's seed-0 cell is worthless unless
+    SPPFT's seed-0 cell (finished only on the recorded build) runs there too, and right after it."""
+    monkeypatch.setattr(study, "STUDY", tmp_path)
+    rebuild = tmp_path / f"{study.REBUILD}0123abcd"
+    rebuild.mkdir()
+
+    def done(folder, cell_id):
+        (folder / f"{cell_id}.json").write_text("{}")
+        (folder / f"{cell_id}.responses.jsonl.gz").write_bytes(b"")
+
+    done(tmp_path, "normal-sppft-24-27-ref0-ft0")  # recorded build only
+    done(tmp_path, "normal-full-ref0-ft0")
+    done(rebuild, "implicit-sppft-24-27-ref0-ft1")  # a rebuild has it: a partner there needs nothing more
+    fb0, sp0, full0 = (study.Cell("normal", m, reference="r5") for m in ("freeze-block", "sppft", "full"))
+    assert {c.id for c in study.partners(fb0)} == {sp0.id} and {c.id for c in study.partners(sp0)} == {full0.id, fb0.id}
+    assert study.partners(study.Cell("none", "none", reference="r5")) == []
+    ids = [c.id for c in study.with_partners([fb0, study.Cell("implicit", "full", 0, 1, reference="r5")])]
+    assert ids == [fb0.id, sp0.id, "implicit-full-ref0-ft1"]  # SPPFT's seed-1 cell is finished on the rebuild
+    # a partner of another recipe or seed is no partner; a partner that is itself to do runs once, beside its mate
+    steps = [study.Cell("implicit", m, 0, 1, "paper-steps", "r5", "chat") for m in ("sppft", "full")]
+    assert [c.id for c in study.with_partners([steps[0], fb0, steps[1]])] == [steps[0].id, steps[1].id, fb0.id, sp0.id]
+    monkeypatch.setattr(sys, "argv", ["study.py", "--recipe", "r5", "--sibling", "--list"])
+    monkeypatch.setattr(study, "use_recipe", lambda name: None)
+    study.main()
+    out = capsys.readouterr().out.splitlines()
+    assert f"to do  {sp0.id}" in out and f"done   {full0.id}" in out  # --sibling --list: SPPFT's cell runs here too
+    assert "done   implicit-sppft-24-27-ref0-ft1  (finished on rebuild 0123abcd)" in out
 
 
 def test_a_paper_cell_reaches_harden_as_compat_paper_on_the_same_layers_and_is_measured_in_its_template(on_r5, monkeypatch, tmp_path):
@@ -108,7 +139,7 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
     _plant(tmp_path, steps_full, {"advbench-eval": [i < 10 for i in range(20)]})
     _plant(tmp_path, steps_sppft, {"advbench-eval": [i < 12 for i in range(20)]})
     text = r5.section()
-    assert "Cells finished: **6 of 28**" in text
+    assert f"Cells finished: **6 of {len(r5.r5_grid())}**" in text
     assert "| implicit | paper-steps | sppft vs full | 0 | AdvBench-eval | 0.600 | 0.500 | 2 | 0 | 0.5 |" in text
     assert "on D_I (implicit attack), the authors' recipe with their number of steps (batch 24) in the chat template" in text
     assert "| implicit | ours | sppft [24, 27] | 0 | 0.000 | 0.125 | – | – |" in text
@@ -171,7 +202,7 @@ def test_a_pair_comes_from_one_build_the_recorded_one_first_else_a_rebuild(monke
     v = {(x["recipe"], x["set"]): x for x in r5.verdicts(found)}
     assert v["paper", "bundled:advbench-eval"]["rebuilds"] == ["abcd1234"] and "rebuilds" not in v["ours", "bundled:advbench-eval"]
     text = r5.section()
-    assert "Cells finished: **3 of 28**, and 1 more only on a rebuild" in text
+    assert f"Cells finished: **3 of {len(r5.r5_grid())}**, and 1 more only on a rebuild" in text
     assert "| implicit | paper (chat) | sppft [24, 27] | 0 (rebuild abcd1234) | 0.900 |" in text
     assert "| implicit | paper (chat) | full | 0 | 1.000 |" in text  # the recorded build's cell, where it has one
     assert "| implicit | paper | sppft vs full | 0 (rebuild abcd1234) | AdvBench-eval | 0.900 | 0.200 | 7 | 0 |" in text

@@ -11,7 +11,8 @@ paired tests); a re-run skips finished cells, so the grid runs in pieces over da
     python benchmarks/study/study.py --list         # the grid and what is finished
     python benchmarks/study/study.py --only ID ...  # some cells
     python benchmarks/study/study.py --max-cells 1  # one more cell, then stop
-    python benchmarks/study/study.py --sibling      # the unfinished cells and localizations on this machine's own rebuild: results/sibling-SHA8/
+    python benchmarks/study/study.py --sibling      # the unfinished cells and localizations on this machine's own rebuild, each
+                                                    # with its pair's other cell: results/sibling-SHA8/
     python benchmarks/study/study.py --sibling --only ID ...  # these cells on it (a finished one too: to compare builds)
     python benchmarks/study/study.py --rebuild 2    # seed 2 from scratch here: the recorded build, an earlier rebuild, or new?
 
@@ -48,6 +49,7 @@ if __name__ == "__main__":
     os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
 
+from auditor.core.evidence import CLAIMS  # noqa: E402
 from auditor.workflows.doctor import cpu_info  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -253,14 +255,16 @@ def r4_grid() -> list[Cell]:
 def r5_grid() -> list[Cell]:
     """Issue 38's re-test on r5: full, SPPFT and the freeze block on D_N and D_I over 3 fine-tuning seeds (our
     recipe); full and SPPFT on D_I (2 seeds) and D_B (1 seed) under the authors' recipe in r5's chat template (Setup
-    r5), with the reference as built as the baseline, in chat and in their alpaca template."""
+    r5), and on D_I (2 seeds) with their number of optimizer steps (paper-steps: at their batch of 128 the bundled
+    rows give 18 steps, which eroded nothing); the reference as built is the baseline, in chat and in their alpaca
+    template."""
     cells = [Cell("none", "none", reference="r5"), Cell("none", "none", recipe="paper", reference="r5")]
     for seed in (0, 1, 2):
         cells += [Cell(d, m, 0, seed, reference="r5") for d in ("normal", "implicit") for m in ("full", "sppft", "freeze-block")]
     chat = SETUPS["r5"].paper_template  # where r5's refusals live (Setup r5); the reference in alpaca stays measured
     cells += [Cell("implicit", m, 0, seed, "paper", "r5", chat) for seed in (0, 1) for m in ("full", "sppft")]
     cells += [Cell("backdoor", m, 0, 0, "paper", "r5", chat) for m in ("full", "sppft")]
-    return cells + [Cell("implicit", m, 0, 0, "paper-steps", "r5", chat) for m in ("full", "sppft")]
+    return cells + [Cell("implicit", m, 0, seed, "paper-steps", "r5", chat) for seed in (0, 1) for m in ("full", "sppft")]
 
 
 def _harden(cell: Cell, ref_dir: Path, out: Path) -> dict:
@@ -491,27 +495,70 @@ def rebuild_folders(study: Path) -> list[Path]:
     return sorted(p for p in study.glob(f"{REBUILD}*") if p.is_dir())
 
 
+PAIRED = set(CLAIMS)  # the comparisons (A, B) the tables make and harden reports, within one data, recipe and seed
+
+
+def partners(cell: Cell) -> list[Cell]:
+    """The grid's cells a comparison pairs with `cell`: the same data, recipe, seeds and template, a method compared
+    with its own."""
+    key = (cell.data, cell.recipe, cell.ref_seed, cell.ft_seed, cell.template)
+    return [c for c in grid() if (c.data, c.recipe, c.ref_seed, c.ft_seed, c.template) == key
+            and ((cell.method, c.method) in PAIRED or (c.method, cell.method) in PAIRED)]
+
+
+def with_partners(todo: list) -> list:
+    """`--sibling`'s work: each unfinished cell, followed by each of its partners that no rebuild has finished (one
+    only the recorded build has cannot pair with a rebuild's cell: a pair takes both cells from one build). On a
+    machine that builds the recorded reference such a partner is found finished and returns at once."""
+    out: list = []
+    for item in todo:
+        out += [x for x in [item, *(partners(item) if isinstance(item, Cell) else [])]
+                if x not in out and (x is item or finished_in(x, rebuilds=True) in (None, STUDY))]
+    return out
+
+
+def finished_in(item, rebuilds: bool = False) -> Path | None:
+    """The folder holding the finished item: the recorded build's, or (`rebuilds`) the first rebuild's that has it."""
+    for folder in [STUDY] + (rebuild_folders(STUDY) if rebuilds else []):
+        if isinstance(item, Localization):
+            loc = replace(item, folder=folder)
+            if loc.locate_json.is_file() and loc.scan_json.is_file():
+                return folder
+        elif (folder / f"{item.id}.json").is_file() and (folder / f"{item.id}.responses.jsonl.gz").is_file():
+            return folder
+    return None
+
+
 def finished(item, rebuilds: bool = False) -> bool:
     """On the recorded build; `rebuilds`: or on any rebuild (a cell --sibling need not run again on a third build).
     A session on a fresh machine should finish both cells of a pair: a pair never takes its cells from two builds."""
-    folders = [STUDY] + (rebuild_folders(STUDY) if rebuilds else [])
-    if isinstance(item, Localization):
-        return any((loc := replace(item, folder=f)).locate_json.is_file() and loc.scan_json.is_file() for f in folders)
-    return any((f / f"{item.id}.json").is_file() and (f / f"{item.id}.responses.jsonl.gz").is_file() for f in folders)
+    return finished_in(item, rebuilds) is not None
+
+
+def _recipe_of(result: dict) -> str:
+    """A finished cell's recipe (r4's cells record their settings under "recipe", and all are ours)."""
+    return result["recipe"] if isinstance(result.get("recipe"), str) else "ours"
 
 
 def pace(todo: list) -> str:
-    """What the rest will take, at the median pace of the finished cells (medians: a run beside other work or a
-    resumed harden records its own seconds, not the cell's)."""
-    done = [json.loads(p.read_text()) for p in sorted(STUDY.glob("*-ref*-ft*.json"))]
-    train = [r["train"]["seconds"] for r in done if r.get("train") and not r["train"].get("resumed_from")]
+    """What the rest will take, at the median pace of the finished cells of every build, fine-tuning timed per recipe
+    (the authors' recipe trains 3 epochs on every row: several times ours). Medians: a run beside other work or a
+    resumed harden records its own seconds, not the cell's."""
+    done = [json.loads(p.read_text()) for f in [STUDY, *rebuild_folders(STUDY)] for p in sorted(f.glob("*-ref*-ft*.json"))]
+    trains: dict[str, list[float]] = {}
+    for r in done:
+        if r.get("train") and not r["train"].get("resumed_from"):
+            trains.setdefault(_recipe_of(r), []).append(r["train"]["seconds"])
     evals = [r["seconds"]["eval"] for r in done if r.get("seconds", {}).get("eval")]
     cells, locs = [c for c in todo if isinstance(c, Cell)], sum(isinstance(c, Localization) for c in todo)
     if not evals:
         return f"to do: {len(cells)} cells and {locs} localizations (no finished cell to time them by)"
-    t, e = (median(train) if train else 0.0), median(evals)
-    hours = sum((e + (t if c.method != "none" else 0.0)) for c in cells) / 3600
-    return (f"to do: {len(cells)} cells, ~{hours:.1f} h at the finished cells' median pace (harden {t / 60:.1f} min, "
+    every = median(t for ts in trains.values() for t in ts) if trains else 0.0
+    train = {recipe: median(ts) for recipe, ts in trains.items()}
+    e = median(evals)
+    hours = sum((e + (train.get(c.recipe, every) if c.method != "none" else 0.0)) for c in cells) / 3600
+    harden = ", ".join(f"{t / 60:.1f} min" + (f" {recipe}" if len(train) > 1 else "") for recipe, t in sorted(train.items()))
+    return (f"to do: {len(cells)} cells, ~{hours:.1f} h at the finished cells' median pace (harden {harden or '0.0 min'}, "
             f"eval {e / 60:.1f} min), and {locs} localization{'s' * (locs != 1)} (each after its reference build)")
 
 
@@ -537,13 +584,15 @@ def main() -> None:
         raise SystemExit(f"unknown id among {args.only}; see --list")
     if args.sibling and args.only:  # those items even when the recorded build has them (to compare the builds)
         left = items
-    elif args.sibling:  # an item one rebuild ran is done
-        left = [c for c in items if not finished(c, rebuilds=True)]
+    elif args.sibling:  # an item one rebuild ran is done; a pair's other cell runs beside it on this build
+        left = with_partners([c for c in items if not finished(c, rebuilds=True)])
     else:
         left = [c for c in items if not finished(c)]
     if args.list:
         for c in items:
-            print(f"{'to do' if c in left else 'done '}  {c.id}")
+            where = finished_in(c, rebuilds=True)
+            on = f"  (finished on rebuild {where.name.removeprefix(REBUILD)})" if where not in (None, STUDY) else ""
+            print(f"{'to do' if c in left else 'done '}  {c.id}{on}")
         print(f"{len(items) - len(left)}/{len(items)} finished")
         print(pace(left))
         return
