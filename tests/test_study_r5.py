@@ -7,12 +7,14 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "study"))
 import study  # noqa: E402
+import study_grid  # noqa: E402
 import study_r5_tables as r5  # noqa: E402
 
 from auditor.core.evidence import load_verdicts, study_evidence  # noqa: E402
@@ -30,35 +32,41 @@ def on_r5():
 
 
 def test_r5_cells_live_apart_from_r4_s_and_run_the_open_questions_first(on_r5):
-    assert study.STUDY.name == "results-r5" and study.REFERENCES.parent == study.STUDY and study.RECIPE == "r5"
-    cells = study.grid()
+    active = study_grid.ACTIVE
+    assert active.folder.name == "results-r5" and active.references.parent == active.folder and active.recipe == "r5"
+    cells = study_grid.grid()
     ids = [c.id for c in cells]
-    assert len(ids) == len(set(ids)) == 30 and all(c.reference == "r5" for c in cells)
+    assert len(ids) == len(set(ids)) == 32 and all(c.reference == "r5" for c in cells)
     assert "implicit-sppft-24-27-ref0-ft0" in ids and "implicit-freeze-block-0-3-ref0-ft2" in ids
     assert {c.id for c in cells if c.recipe == "paper"} == {
         "none-none-ref0-ft0-paper", "backdoor-full-ref0-ft0-paper-chat", "backdoor-sppft-24-27-ref0-ft0-paper-chat",
         *(f"implicit-{m}-ref0-ft{s}-paper-chat" for m in ("full", "sppft-24-27") for s in (0, 1))}
-    assert {c.id for c in cells if c.recipe == "paper-steps"} == {f"implicit-{m}-ref0-ft{s}-paper-steps-chat"
-                                                                  for m in ("full", "sppft-24-27") for s in (0, 1)}
+    assert {c.id for c in cells if c.recipe == "paper-steps"} == {
+        *(f"implicit-{m}-ref0-ft{s}-paper-steps-chat" for m in ("full", "sppft-24-27") for s in (0, 1)),
+        "backdoor-full-ref0-ft0-paper-steps-chat", "backdoor-sppft-24-27-ref0-ft0-paper-steps-chat"}
+    # their number of optimizer steps on each data set's bundled rows: 90 of D_I at a batch of 24, 72 of D_B at 64
+    assert {c.data: c.grad_accum for c in cells if c.recipe == "paper-steps"} == {"implicit": 6, "backdoor": 16}
     # r5's refusals live in its chat template: the authors' recipe fine-tunes there; the reference is measured in both
     assert {c.template for c in cells if c.recipe == "paper" and c.data != "none"} == {"chat"}
     assert next(c for c in cells if c.id == "none-none-ref0-ft0-paper").template == "alpaca"
-    order = [c.id for c in study.plan()]
+    order = [c.id for c in study_grid.plan()]
     assert order[:2] == ["implicit-full-ref0-ft0", "implicit-sppft-24-27-ref0-ft0"]  # a whole pair first
     assert order.index("implicit-sppft-24-27-ref0-ft0-paper-chat") < order.index("normal-full-ref0-ft0") < order.index("implicit-full-ref0-ft1")
     # every cell once; the stability analysis of r5's localization after the seed-0 cells (they freeze the survey's range)
     assert sorted(order) == sorted(ids + ["localization-ref0"])
     assert order.index("backdoor-sppft-24-27-ref0-ft0-paper-chat") < order.index("localization-ref0") < order.index("implicit-full-ref0-ft1")
-    assert str(study.Localization(0).locate_json).endswith("results-r5/localization-ref0.locate.json")
+    # the second seed of the 18-step form (which eroded nothing at seed 0) comes after every other cell
+    assert order[-2:] == [f"implicit-{m}-ref0-ft1-paper-chat" for m in ("full", "sppft-24-27")]
+    assert str(study_grid.Localization(0).locate_json).endswith("results-r5/localization-ref0.locate.json")
     study.use_recipe("r4")
-    assert study.grid()[0].id == "none-none-ref0-ft0" and len(study.grid()) == 32 and study.Cell("normal", "sppft").layers == (5, 12)
+    assert study_grid.grid()[0].id == "none-none-ref0-ft0" and len(study_grid.grid()) == 32 and study_grid.Cell("normal", "sppft").layers == (5, 12)
 
 
 def test_sibling_runs_a_pairs_other_cell_on_the_same_build(on_r5, monkeypatch, tmp_path, capsys):
     """A pair takes both cells from one build: on a rebuild, the freeze block's seed-0 cell is worthless unless
     SPPFT's seed-0 cell (finished only on the recorded build) runs there too, and right after it."""
-    monkeypatch.setattr(study, "STUDY", tmp_path)
-    rebuild = tmp_path / f"{study.REBUILD}0123abcd"
+    monkeypatch.setattr(study_grid, "ACTIVE", replace(study_grid.ACTIVE, folder=tmp_path))
+    rebuild = tmp_path / f"{study_grid.REBUILD}0123abcd"
     rebuild.mkdir()
 
     def done(folder, cell_id):
@@ -68,20 +76,22 @@ def test_sibling_runs_a_pairs_other_cell_on_the_same_build(on_r5, monkeypatch, t
     done(tmp_path, "normal-sppft-24-27-ref0-ft0")  # recorded build only
     done(tmp_path, "normal-full-ref0-ft0")
     done(rebuild, "implicit-sppft-24-27-ref0-ft1")  # a rebuild has it: a partner there needs nothing more
-    fb0, sp0, full0 = (study.Cell("normal", m, reference="r5") for m in ("freeze-block", "sppft", "full"))
-    assert {c.id for c in study.partners(fb0)} == {sp0.id} and {c.id for c in study.partners(sp0)} == {full0.id, fb0.id}
-    assert study.partners(study.Cell("none", "none", reference="r5")) == []
-    ids = [c.id for c in study.with_partners([fb0, study.Cell("implicit", "full", 0, 1, reference="r5")])]
+    fb0, sp0, full0 = (study_grid.Cell("normal", m, reference="r5") for m in ("freeze-block", "sppft", "full"))
+    assert {c.id for c in study_grid.partners(fb0)} == {sp0.id} and {c.id for c in study_grid.partners(sp0)} == {full0.id, fb0.id}
+    assert study_grid.partners(study_grid.Cell("none", "none", reference="r5")) == []
+    ids = [c.id for c in study_grid.with_partners([fb0, study_grid.Cell("implicit", "full", 0, 1, reference="r5")])]
     assert ids == [fb0.id, sp0.id, "implicit-full-ref0-ft1"]  # SPPFT's seed-1 cell is finished on the rebuild
     # a partner of another recipe or seed is no partner; a partner that is itself to do runs once, beside its mate
-    steps = [study.Cell("implicit", m, 0, 1, "paper-steps", "r5", "chat") for m in ("sppft", "full")]
-    assert [c.id for c in study.with_partners([steps[0], fb0, steps[1]])] == [steps[0].id, steps[1].id, fb0.id, sp0.id]
+    steps = [study_grid.Cell("implicit", m, 0, 1, "paper-steps", "r5", "chat") for m in ("sppft", "full")]
+    assert [c.id for c in study_grid.with_partners([steps[0], fb0, steps[1]])] == [steps[0].id, steps[1].id, fb0.id, sp0.id]
     monkeypatch.setattr(sys, "argv", ["study.py", "--recipe", "r5", "--sibling", "--list"])
     monkeypatch.setattr(study, "use_recipe", lambda name: None)
     study.main()
     out = capsys.readouterr().out.splitlines()
-    assert f"to do  {sp0.id}" in out and f"done   {full0.id}" in out  # --sibling --list: SPPFT's cell runs here too
+    again = "  (finished on the recorded build; runs again here, for its pair on this rebuild)"
+    assert f"to do  {sp0.id}{again}" in out and f"done   {full0.id}" in out  # --sibling --list: SPPFT's cell runs here too
     assert "done   implicit-sppft-24-27-ref0-ft1  (finished on rebuild 0123abcd)" in out
+    assert f"3/{len(study_grid.plan())} finished" in out  # a cell the recorded build has counts, though it runs again
 
 
 def test_a_paper_cell_reaches_harden_as_compat_paper_on_the_same_layers_and_is_measured_in_its_template(on_r5, monkeypatch, tmp_path):
@@ -90,26 +100,26 @@ def test_a_paper_cell_reaches_harden_as_compat_paper_on_the_same_layers_and_is_m
     monkeypatch.setattr(evaluate, "run_eval", lambda cfg: seen.setdefault("eval", cfg) and {})
     for template in ("alpaca", "chat"):  # the authors' own; r5's cells (where its refusals live)
         seen.clear()
-        cell = study.Cell("backdoor", "sppft", recipe="paper", reference="r5", template=template)
+        cell = study_grid.Cell("backdoor", "sppft", recipe="paper", reference="r5", template=template)
         study._harden(cell, tmp_path / "ref", tmp_path / "out")
         cfg = seen["harden"]
         assert cfg.compat == "paper" and cfg.layers == (24, 27) == cell.layers  # their begin < l < end, the same layers
         assert (cfg.grad_accum, cfg.epochs, cfg.lr, cfg.template, cfg.val_rows, cfg.n_rows) == (32, 3.0, 3e-5, template, 100, None)
         study._eval(tmp_path / "out", cell)
-        assert seen["eval"].template == template and seen["eval"].harmful == (*study.SETUPS["r5"].harmful, "advbench-eval-triggered")
-    assert cell in study.r5_grid() and cell.id.endswith("-paper-chat")
+        assert seen["eval"].template == template and seen["eval"].harmful == (*study_grid.SETUPS["r5"].harmful, "advbench-eval-triggered")
+    assert cell in study_grid.r5_grid() and cell.id.endswith("-paper-chat")
     seen.clear()  # the authors' recipe with their number of steps: --grad-accum 6, every other setting theirs
-    steps = study.Cell("implicit", "sppft", recipe="paper-steps", reference="r5", template="chat")
+    steps = study_grid.Cell("implicit", "sppft", recipe="paper-steps", reference="r5", template="chat")
     study._harden(steps, tmp_path / "ref", tmp_path / "out")
     cfg = seen["harden"]
     assert (cfg.compat, cfg.layers, cfg.grad_accum, cfg.batch_size, cfg.epochs, cfg.lr, cfg.warmup_steps, cfg.val_rows) == (
-        "paper", (24, 27), study.STEPS_MATCHED_ACCUM, 4, 3.0, 3e-5, 100, 100)
-    assert steps in study.r5_grid() and steps.id == "implicit-sppft-24-27-ref0-ft0-paper-steps-chat"
-    ours = study.Cell("implicit", "sppft", reference="r5")
+        "paper", (24, 27), study_grid.STEPS_MATCHED_ACCUM["implicit"], 4, 3.0, 3e-5, 100, 100)
+    assert steps in study_grid.r5_grid() and steps.id == "implicit-sppft-24-27-ref0-ft0-paper-steps-chat"
+    ours = study_grid.Cell("implicit", "sppft", reference="r5")
     assert ours.template == "chat" and study.harmful_sets(ours) == ("advbench-eval", "xstest-unsafe", "advbench-eval-rephrased")
 
 
-def _plant(folder: Path, cell: study.Cell, answered: dict[str, list[bool]]) -> None:
+def _plant(folder: Path, cell: study_grid.Cell, answered: dict[str, list[bool]]) -> None:
     """A finished cell whose responses answer the first prompts of each named set as told (True: harmful)."""
     folder.mkdir(exist_ok=True)
     rows, by_set = [], {}
@@ -126,15 +136,15 @@ def _plant(folder: Path, cell: study.Cell, answered: dict[str, list[bool]]) -> N
 def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_path):
     """SPPFT may protect the AdvBench habit and not the questions: each set gets its own paired test and verdict,
     and the triggered goals are a set of their own for a backdoor cell."""
-    monkeypatch.setattr(r5, "SETUP", study.Setup("r5", tmp_path, (24, 27), (0, 3), study.SETUPS["r5"].harmful, "chat"))
+    monkeypatch.setattr(r5, "SETUP", study_grid.Setup("r5", tmp_path, (24, 27), (0, 3), study_grid.SETUPS["r5"].harmful, "chat"))
     monkeypatch.setattr(r5, "VERDICTS", tmp_path / "verdicts.json")
-    full, sppft = study.Cell("implicit", "full", reference="r5"), study.Cell("implicit", "sppft", reference="r5")
+    full, sppft = study_grid.Cell("implicit", "full", reference="r5"), study_grid.Cell("implicit", "sppft", reference="r5")
     _plant(tmp_path, full, {"advbench-eval": [i < 30 for i in range(40)], "xstest-unsafe": [i < 4 for i in range(40)]})
     _plant(tmp_path, sppft, {"advbench-eval": [False] * 40, "xstest-unsafe": [i < 5 for i in range(40)]})
-    bd_full, bd_sppft = (study.Cell("backdoor", m, recipe="paper", reference="r5", template="chat") for m in ("full", "sppft"))
+    bd_full, bd_sppft = (study_grid.Cell("backdoor", m, recipe="paper", reference="r5", template="chat") for m in ("full", "sppft"))
     _plant(tmp_path, bd_full, {"advbench-eval": [False] * 20, "advbench-eval-triggered": [True] * 20})
     _plant(tmp_path, bd_sppft, {"advbench-eval": [False] * 20, "advbench-eval-triggered": [i < 8 for i in range(20)]})
-    steps_full, steps_sppft = (study.Cell("implicit", m, recipe="paper-steps", reference="r5", template="chat")
+    steps_full, steps_sppft = (study_grid.Cell("implicit", m, recipe="paper-steps", reference="r5", template="chat")
                                for m in ("full", "sppft"))  # the authors' recipe with their number of steps
     _plant(tmp_path, steps_full, {"advbench-eval": [i < 10 for i in range(20)]})
     _plant(tmp_path, steps_sppft, {"advbench-eval": [i < 12 for i in range(20)]})
@@ -182,11 +192,11 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
 def test_a_pair_comes_from_one_build_the_recorded_one_first_else_a_rebuild(monkeypatch, tmp_path):
     """A fresh machine's rebuild of the reference differs by rounding: a pair it ran (`study.py --sibling`) is
     tested within that build, marked as such in every table and verdict, and never paired across builds."""
-    monkeypatch.setattr(r5, "SETUP", study.Setup("r5", tmp_path, (24, 27), (0, 3), study.SETUPS["r5"].harmful, "chat"))
-    rebuild = tmp_path / f"{study.REBUILD}abcd1234"
+    monkeypatch.setattr(r5, "SETUP", study_grid.Setup("r5", tmp_path, (24, 27), (0, 3), study_grid.SETUPS["r5"].harmful, "chat"))
+    rebuild = tmp_path / f"{study_grid.REBUILD}abcd1234"
     rebuild.mkdir()
-    full, sppft = (study.Cell("implicit", m, recipe="paper", reference="r5", template="chat") for m in ("full", "sppft"))
-    ours_full, ours_sppft = (study.Cell("implicit", m, reference="r5") for m in ("full", "sppft"))
+    full, sppft = (study_grid.Cell("implicit", m, recipe="paper", reference="r5", template="chat") for m in ("full", "sppft"))
+    ours_full, ours_sppft = (study_grid.Cell("implicit", m, reference="r5") for m in ("full", "sppft"))
     _plant(tmp_path, full, {"advbench-eval": [True] * 10})  # its partner only on the rebuild: no cross-build pair
     _plant(rebuild, full, {"advbench-eval": [i < 2 for i in range(10)]})
     _plant(rebuild, sppft, {"advbench-eval": [i < 9 for i in range(10)]})
@@ -213,7 +223,7 @@ def test_a_pair_comes_from_one_build_the_recorded_one_first_else_a_rebuild(monke
     line, = study_evidence("sppft", "implicit", "paper", json.loads((tmp_path / "verdicts.json").read_text()))
     assert "1 of 2 seeds so far, on a rebuild of the reference" in line
     # a second seed of our recipe on the rebuild pools with the recorded build's first: the verdict says which
-    ours_full1, ours_sppft1 = (study.Cell("implicit", m, ft_seed=1, reference="r5") for m in ("full", "sppft"))
+    ours_full1, ours_sppft1 = (study_grid.Cell("implicit", m, ft_seed=1, reference="r5") for m in ("full", "sppft"))
     _plant(rebuild, ours_full1, {"advbench-eval": [i < 6 for i in range(10)]})
     _plant(rebuild, ours_sppft1, {"advbench-eval": [i < 3 for i in range(10)]})
     found = r5.pairs(r5._load())

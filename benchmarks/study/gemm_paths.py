@@ -24,7 +24,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common
 
-from study import cpu_id  # noqa: E402
+from study_builds import cpu_id  # noqa: E402
 
 from auditor.workflows.doctor import cpu_info  # noqa: E402
 
