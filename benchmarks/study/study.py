@@ -54,8 +54,8 @@ if __name__ == "__main__":
 
 import study_grid  # noqa: E402
 from study_builds import build_folder, cpu_id, rebuild, reference_build  # noqa: E402
-from study_grid import (EPOCHS, LOCATED, LR, REBUILD, ROWS, SETUPS, Cell, Localization, finished,  # noqa: E402
-                        finished_in, plan, rebuild_folders, use_recipe, with_partners)
+from study_grid import (EPOCHS, LOCATED, LR, REBUILD, ROWS, SETUPS, Cell, Localization, cell_finished,  # noqa: E402
+                        finished, finished_in, plan, rebuild_folders, use_recipe, with_partners)
 
 from auditor.workflows.doctor import cpu_info  # noqa: E402
 
@@ -101,7 +101,7 @@ def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
         raise SystemExit(f"{cell.id}: reference seed {cell.ref_seed} is not localized yet (run localization-ref{cell.ref_seed})")
     ref_dir, sha = reference_build(cell.ref_seed, sibling)
     out = build_folder(cell.ref_seed, sha)
-    if (out / f"{cell.id}.json").is_file() and (out / f"{cell.id}.responses.jsonl.gz").is_file():  # finished: never redone
+    if cell_finished(out, cell.id):  # never redone
         return json.loads((out / f"{cell.id}.json").read_text())
     recipe = study_grid.ACTIVE.recipe
     work = cache_dir() / "study" / ("" if recipe == "r4" else recipe) / (cell.id if out == study_grid.ACTIVE.folder

@@ -265,9 +265,15 @@ def finished_in(item, rebuilds: bool = False) -> Path | None:
             loc = replace(item, folder=folder)
             if loc.locate_json.is_file() and loc.scan_json.is_file():
                 return folder
-        elif (folder / f"{item.id}.json").is_file() and (folder / f"{item.id}.responses.jsonl.gz").is_file():
+        elif cell_finished(folder, item.id):
             return folder
     return None
+
+
+def cell_finished(folder: Path, cell_id: str) -> bool:
+    """A cell is finished in a folder when both its result and its responses are there (the responses are written
+    first, the result last: a run killed between the two is redone)."""
+    return (folder / f"{cell_id}.json").is_file() and (folder / f"{cell_id}.responses.jsonl.gz").is_file()
 
 
 def finished(item, rebuilds: bool = False) -> bool:

@@ -152,7 +152,7 @@ def _entry(data: str, recipe: str, a_m: str, b_m: str, name: str, oa: int, ob: i
             "only_b": ob, "p": p, "alpha": alpha, "verdict": _verdict(better, worse, p, alpha).strip("*").split(":")[0]}
 
 
-def _recipe_name(recipe: str, template: str = "alpaca", data: str = "implicit") -> str:
+def _recipe_name(recipe: str, template: str, data: str) -> str:
     if recipe == "ours":
         return "our recipe"
     steps = f" with their number of steps (batch {4 * STEPS_MATCHED_ACCUM[data]})" if recipe == "paper-steps" else ""
