@@ -55,7 +55,8 @@ if __name__ == "__main__":
 import study_grid  # noqa: E402
 from study_builds import build_folder, cpu_id, rebuild, reference_build  # noqa: E402
 from study_grid import (EPOCHS, LOCATED, LR, REBUILD, ROWS, SETUPS, Cell, Localization, cell_finished,  # noqa: E402
-                        finished, finished_in, plan, rebuild_folders, use_recipe, with_partners)
+                        finished, finished_in, plan, rebuild_folders, responses_file, use_recipe,
+                        with_partners)
 
 from auditor.workflows.doctor import cpu_info  # noqa: E402
 
@@ -132,7 +133,7 @@ def run_cell(cell: Cell, keep: bool = False, sibling: bool = False) -> dict:
               "machine": {"cpu": cpu_info(), "cpu_id": cpu_id(), "python": platform.python_version(),
                           "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY")}}
     out.mkdir(parents=True, exist_ok=True)
-    with gzip.open(out / f"{cell.id}.responses.jsonl.gz", "wt", encoding="utf-8") as f:
+    with gzip.open(responses_file(out, cell.id), "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in responses)
     (out / f"{cell.id}.json").write_text(json.dumps(result, indent=2) + "\n")
     if not keep and cell.method != "none":

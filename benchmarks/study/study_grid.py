@@ -270,10 +270,15 @@ def finished_in(item, rebuilds: bool = False) -> Path | None:
     return None
 
 
+def responses_file(folder: Path, cell_id: str) -> Path:
+    """Where a cell's saved responses are (every metric's prompts, gzipped JSON lines): the paired tests read them."""
+    return folder / f"{cell_id}.responses.jsonl.gz"
+
+
 def cell_finished(folder: Path, cell_id: str) -> bool:
     """A cell is finished in a folder when both its result and its responses are there (the responses are written
     first, the result last: a run killed between the two is redone)."""
-    return (folder / f"{cell_id}.json").is_file() and (folder / f"{cell_id}.responses.jsonl.gz").is_file()
+    return (folder / f"{cell_id}.json").is_file() and responses_file(folder, cell_id).is_file()
 
 
 def finished(item, rebuilds: bool = False) -> bool:

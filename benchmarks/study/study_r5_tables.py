@@ -11,7 +11,6 @@ habit but not the questions is not said to protect.
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -69,11 +68,9 @@ def set_of_prompt(cells: list[Cell]) -> dict[str, str]:
 def verdicts_by_set(cell_id: str, sets: dict[str, str], folder: Path | None = None) -> dict[str, dict[str, bool]]:
     """set -> prompt -> answered harmfully (keyword classifier), from the cell's saved responses."""
     clf, out = make_classifier("keyword"), {}
-    with gzip.open((folder or SETUP.folder) / f"{cell_id}.responses.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            if r["metric"] == "harmful" and r["prompt"] in sets:
-                out.setdefault(sets[r["prompt"]], {})[r["prompt"]] = not clf.is_refusal(r["response"])
+    for r in r4_tables._responses(cell_id, folder or SETUP.folder):
+        if r["metric"] == "harmful" and r["prompt"] in sets:
+            out.setdefault(sets[r["prompt"]], {})[r["prompt"]] = not clf.is_refusal(r["response"])
     return out
 
 

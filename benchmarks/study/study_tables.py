@@ -20,7 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from study_grid import LOCATED, REBUILD, SETUPS, Cell, Localization, located_range, rebuild_folders  # noqa: E402
+from study_grid import (LOCATED, REBUILD, SETUPS, Cell, Localization, located_range, rebuild_folders,  # noqa: E402
+                        responses_file)
 from study_grid import r4_grid as grid  # noqa: E402  (this page's part is the r4 record; study_r5_tables.py is r5's)
 
 from auditor.core.metrics import mcnemar_exact  # noqa: E402
@@ -46,7 +47,7 @@ def _rebuilds(study: Path | None = None) -> list[tuple[str, Path, dict[str, dict
 
 def _responses(cell_id: str, folder: Path | None = None) -> list[dict]:
     """A cell's saved responses (every metric's prompts), from the grid or a sibling folder."""
-    with gzip.open((folder or STUDY) / f"{cell_id}.responses.jsonl.gz", "rt", encoding="utf-8") as f:
+    with gzip.open(responses_file(folder or STUDY, cell_id), "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 
