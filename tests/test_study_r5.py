@@ -77,19 +77,22 @@ def test_sibling_runs_a_pairs_other_cell_on_the_same_build(on_r5, monkeypatch, t
     done(tmp_path, "normal-full-ref0-ft0")
     done(rebuild, "implicit-sppft-24-27-ref0-ft1")  # a rebuild has it: a partner there needs nothing more
     fb0, sp0, full0 = (study_grid.Cell("normal", m, reference="r5") for m in ("freeze-block", "sppft", "full"))
-    assert {c.id for c in study_grid.partners(fb0)} == {sp0.id} and {c.id for c in study_grid.partners(sp0)} == {full0.id, fb0.id}
+    # the freeze block pairs with SPPFT (does the range beat any block?) and with full (does the block itself harm?)
+    assert {c.id for c in study_grid.partners(fb0)} == {sp0.id, full0.id}
+    assert {c.id for c in study_grid.partners(sp0)} == {full0.id, fb0.id}
     assert study_grid.partners(study_grid.Cell("none", "none", reference="r5")) == []
     ids = [c.id for c in study_grid.with_partners([fb0, study_grid.Cell("implicit", "full", 0, 1, reference="r5")])]
-    assert ids == [fb0.id, sp0.id, "implicit-full-ref0-ft1"]  # SPPFT's seed-1 cell is finished on the rebuild
+    # SPPFT's seed-1 cell is finished on the rebuild; the freeze block's is not, so it runs beside full's
+    assert ids == [fb0.id, full0.id, sp0.id, "implicit-full-ref0-ft1", "implicit-freeze-block-0-3-ref0-ft1"]
     # a partner of another recipe or seed is no partner; a partner that is itself to do runs once, beside its mate
     steps = [study_grid.Cell("implicit", m, 0, 1, "paper-steps", "r5", "chat") for m in ("sppft", "full")]
-    assert [c.id for c in study_grid.with_partners([steps[0], fb0, steps[1]])] == [steps[0].id, steps[1].id, fb0.id, sp0.id]
+    assert [c.id for c in study_grid.with_partners([steps[0], fb0, steps[1]])] == [steps[0].id, steps[1].id, fb0.id, full0.id, sp0.id]
     monkeypatch.setattr(sys, "argv", ["study.py", "--recipe", "r5", "--sibling", "--list"])
     monkeypatch.setattr(study, "use_recipe", lambda name: None)
     study.main()
     out = capsys.readouterr().out.splitlines()
     again = "  (finished on the recorded build; runs again here, for its pair on this rebuild)"
-    assert f"to do  {sp0.id}{again}" in out and f"done   {full0.id}" in out  # --sibling --list: SPPFT's cell runs here too
+    assert f"to do  {sp0.id}{again}" in out and f"to do  {full0.id}{again}" in out  # --sibling --list: both partners run here too
     assert "done   implicit-sppft-24-27-ref0-ft1  (finished on rebuild 0123abcd)" in out
     assert f"3/{len(study_grid.plan())} finished" in out  # a cell the recorded build has counts, though it runs again
 

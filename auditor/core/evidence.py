@@ -21,6 +21,9 @@ CLAIMS = {  # (A, B) -> what is compared, and each verdict of the claim "A is sa
     ("freeze-block", "sppft"): ("an equal-width block elsewhere vs SPPFT {range}", {
         "holds": "the block was significantly less safe (freezing any block is not the same)",
         "fails": "the block was significantly safer than the located range", "open": OPEN}),
+    ("freeze-block", "full"): ("an equal-width block elsewhere vs full fine-tuning", {
+        "holds": "freezing the block was significantly less safe than freezing nothing",
+        "fails": "freezing the block was significantly safer than freezing nothing", "open": OPEN}),
 }
 
 
