@@ -176,7 +176,7 @@ def test_r5_tables_test_and_judge_each_harmful_set_on_its_own(monkeypatch, tmp_p
     assert ("- r5, D_I (implicit attack), our recipe: AdvBench-eval SPPFT safer (p = 1.9e-09; R_h sppft 0.000, full 0.750); "
             "XSTest-unsafe no significant difference (p = 1; R_h sppft 0.125, full 0.100) (1 of 3 seeds).") in readme and "- r5, D_N (benign), our recipe: not run yet." in readme
     assert "- r5, D_B (backdoor), the authors' recipe in the chat template: AdvBench-eval no significant difference (p = 1; R_h sppft " \
-           "0.000, full 0.000); AdvBench + trigger SPPFT safer (p = 0.00049; R_h sppft 0.400, full 1.000) (1 of 1 seeds)." in readme
+           "0.000, full 0.000); AdvBench + trigger SPPFT safer (p = 0.00049; R_h sppft 0.400, full 1.000) (1 seed)." in readme
     # the verdicts file harden reads: r5's first, the r4 record's after it
     monkeypatch.setattr(r5, "r4_verdicts", lambda: [{**verdicts["implicit", "bundled:advbench-eval"], "verdict": "fails"}])
     r5.write_verdicts(r5.pairs(r5._load()))
@@ -236,6 +236,17 @@ def test_a_pair_comes_from_one_build_the_recorded_one_first_else_a_rebuild(monke
     r5.write_verdicts(found)
     lines = study_evidence("sppft", "implicit", None, json.loads((tmp_path / "verdicts.json").read_text()))
     assert any("2 of 3 seeds so far, 1 of them on a rebuild of the reference" in x for x in lines)
+    # a third seed on another machine's rebuild: both rebuilds are named, in the plural
+    other = tmp_path / f"{study_grid.REBUILD}ef567890"
+    other.mkdir()
+    for method, outcomes in (("full", [i < 4 for i in range(10)]), ("sppft", [i < 1 for i in range(10)])):
+        _plant(other, study_grid.Cell("implicit", method, ft_seed=2, reference="r5"), {"advbench-eval": outcomes})
+    found = r5.pairs(r5._load())
+    assert "(3 of 3 seeds, 2 of them on rebuilds abcd1234 and ef567890 of the reference; harmful only under sppft 0" \
+        in r5.section()
+    r5.write_verdicts(found)
+    lines = study_evidence("sppft", "implicit", None, json.loads((tmp_path / "verdicts.json").read_text()))
+    assert any("3 seeds, 2 of them on rebuilds of the reference" in x for x in lines)
 
 
 def test_the_bundled_verdicts_are_the_committed_cells(on_r5):

@@ -60,8 +60,8 @@ def _line(study: dict, v: dict) -> str:
     planned = v.get("planned_seeds", v["seeds"])
     seeds = f"{v['seeds']} of {planned} seeds so far" if planned > v["seeds"] else f"{v['seeds']} seed{'s' * (v['seeds'] != 1)}"
     if v.get("rebuilds"):  # pairs run on a fresh machine's own build of the reference (it differs by rounding)
-        some = v.get("rebuilt_seeds", v["seeds"])
-        seeds += ", on a rebuild of the reference" if some == v["seeds"] else f", {some} of them on a rebuild of the reference"
+        some, where = v.get("rebuilt_seeds", v["seeds"]), "rebuilds" if len(v["rebuilds"]) > 1 else "a rebuild"
+        seeds += f", on {where} of the reference" if some == v["seeds"] else f", {some} of them on {where} of the reference"
     rates = f"R_h {v['rate_a']:.3f} under {v['a']}, {v['rate_b']:.3f} under {v['b']}; " if "rate_a" in v else ""
     return (f"study (reference {study['reference']}, {recipe}) on {DATA_NAMES.get(v['data'], v['data'])}, R_h on "
             f"{v['set'].removeprefix('bundled:')}: {claim}: {outcome} ({rates}harmful only under {v['a']} {v['only_a']}, "

@@ -194,9 +194,13 @@ def _seeds(v: dict) -> str:
     """How many seeds a verdict pools, and on which builds when a rebuild's pairs are among them."""
     on = ""
     if v.get("rebuilds"):
-        where, some = f"rebuild {', '.join(v['rebuilds'])} of the reference", v.get("rebuilt_seeds", v["seeds"])
+        names = v["rebuilds"]
+        listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        where = f"rebuild{'s' * (len(names) > 1)} {listed} of the reference"
+        some = v.get("rebuilt_seeds", v["seeds"])
         on = f", on {where}" if some == v["seeds"] else f", {some} of them on {where}"
-    return f"{v['seeds']} of {v['planned_seeds']} seeds{on}"
+    count = f"{v['seeds']} of {v['planned_seeds']} seeds" if v["planned_seeds"] > 1 else f"{v['seeds']} seed"
+    return f"{count}{on}"
 
 
 def verdict_lines(found: dict) -> list[str]:
