@@ -50,6 +50,22 @@ def study_evidence(method: str, attack: str | None, compat: str | None, studies:
     return []
 
 
+def on_rebuilds(v: dict, named: bool) -> str:
+    """", 2 of them on rebuilds X and Y of the reference" for a verdict that pools pairs run on a fresh machine's own
+    build of the reference (it differs by rounding), else "". The study tables name the builds (`named`); harden's
+    one-line warning only says that there were any. One phrase for both, so the two never drift apart."""
+    names = v.get("rebuilds") or []
+    if not names:
+        return ""
+    if named:
+        listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        where = f"rebuild{'s' * (len(names) > 1)} {listed}"
+    else:
+        where = "rebuilds" if len(names) > 1 else "a rebuild"
+    some = v.get("rebuilt_seeds", v["seeds"])
+    return f", on {where} of the reference" if some == v["seeds"] else f", {some} of them on {where} of the reference"
+
+
 def _line(study: dict, v: dict) -> str:
     claim, outcomes = CLAIMS[v["a"], v["b"]]
     claim, outcome = claim.format(range="[{}, {}]".format(*study["sppft_range"])), outcomes[v["verdict"]]
@@ -59,9 +75,7 @@ def _line(study: dict, v: dict) -> str:
         recipe += f" in the {v['template']} template"
     planned = v.get("planned_seeds", v["seeds"])
     seeds = f"{v['seeds']} of {planned} seeds so far" if planned > v["seeds"] else f"{v['seeds']} seed{'s' * (v['seeds'] != 1)}"
-    if v.get("rebuilds"):  # pairs run on a fresh machine's own build of the reference (it differs by rounding)
-        some, where = v.get("rebuilt_seeds", v["seeds"]), "rebuilds" if len(v["rebuilds"]) > 1 else "a rebuild"
-        seeds += f", on {where} of the reference" if some == v["seeds"] else f", {some} of them on {where} of the reference"
+    seeds += on_rebuilds(v, named=False)
     rates = f"R_h {v['rate_a']:.3f} under {v['a']}, {v['rate_b']:.3f} under {v['b']}; " if "rate_a" in v else ""
     return (f"study (reference {study['reference']}, {recipe}) on {DATA_NAMES.get(v['data'], v['data'])}, R_h on "
             f"{v['set'].removeprefix('bundled:')}: {claim}: {outcome} ({rates}harmful only under {v['a']} {v['only_a']}, "

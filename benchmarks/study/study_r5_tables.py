@@ -22,7 +22,7 @@ from study_grid import SETUPS, STEPS_MATCHED_ACCUM, Cell, r5_grid  # noqa: E402
 import study_tables as r4_tables  # noqa: E402
 from study_tables import README, _discordant, _fmt, _verdict, localization  # noqa: E402
 
-from auditor.core.evidence import CLAIMS  # noqa: E402
+from auditor.core.evidence import CLAIMS, on_rebuilds  # noqa: E402
 from auditor.core.metrics import mcnemar_exact  # noqa: E402
 from auditor.core.refusal import make_classifier  # noqa: E402
 from auditor.io.files import replace_generated, write_json  # noqa: E402
@@ -192,15 +192,8 @@ def _rates(v: dict) -> str:
 
 def _seeds(v: dict) -> str:
     """How many seeds a verdict pools, and on which builds when a rebuild's pairs are among them."""
-    on = ""
-    if v.get("rebuilds"):
-        names = v["rebuilds"]
-        listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-        where = f"rebuild{'s' * (len(names) > 1)} {listed} of the reference"
-        some = v.get("rebuilt_seeds", v["seeds"])
-        on = f", on {where}" if some == v["seeds"] else f", {some} of them on {where}"
     count = f"{v['seeds']} of {v['planned_seeds']} seeds" if v["planned_seeds"] > 1 else f"{v['seeds']} seed"
-    return f"{count}{on}"
+    return count + on_rebuilds(v, named=True)
 
 
 def verdict_lines(found: dict) -> list[str]:
