@@ -6,7 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -401,3 +401,20 @@ def test_a_rebuild_from_scratch_says_which_known_build_it_is(tmp_path, monkeypat
     record = json.loads(study_grid.ACTIVE.references.read_text())["0"]
     (other,) = record["not_reproduced"]
     assert other["rebuilt_identically"][0]["cpu_id"] == study_builds.cpu_id() and len(record["rebuilt_identically"]) == 1
+
+
+def test_the_pace_times_a_cell_by_finished_cells_of_its_own_recipe_and_data_when_there_are_any(tmp_path, monkeypatch):
+    """The authors' recipe on D_B trains on twice D_I's rows and evaluates one set more: the recipe's median over
+    D_I cells would promise a D_B cell in half its time."""
+    _study_at(monkeypatch, tmp_path)
+    for cell, train, ev in ((study_grid.Cell("implicit", "full", recipe="paper"), 2400, 1200),
+                            (study_grid.Cell("implicit", "sppft", recipe="paper"), 2400, 1200),
+                            (study_grid.Cell("backdoor", "full", recipe="paper"), 4800, 1800)):
+        (tmp_path / f"{cell.id}.json").write_text(json.dumps({"train": {"seconds": train}, "seconds": {"eval": ev},
+                                                              "recipe": "paper", "cell": asdict(cell)}))
+    assert study.pace([study_grid.Cell("backdoor", "sppft", recipe="paper")]).startswith("to do: 1 cells, ~1.8 h")
+    assert study.pace([study_grid.Cell("implicit", "full", recipe="paper", ft_seed=1)]).startswith("to do: 1 cells, ~1.0 h")
+    # paper-steps is paper's compute in smaller batches: timed by the finished paper cell of its data
+    assert study.pace([study_grid.Cell("backdoor", "sppft", recipe="paper-steps")]).startswith("to do: 1 cells, ~1.8 h")
+    # a recipe never finished on any data falls back to every recipe's median (2400 s), its data's eval (1800 s)
+    assert study.pace([study_grid.Cell("backdoor", "full", recipe="ours")]).startswith("to do: 1 cells, ~1.2 h")

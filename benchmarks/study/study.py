@@ -173,24 +173,44 @@ def _recipe_of(result: dict) -> str:
     return result["recipe"] if isinstance(result.get("recipe"), str) else "ours"
 
 
+# `paper-steps` trains the same rows for the same epochs as `paper`, only in smaller batches: the same compute
+# (D_I, seed 0: 43 and 37 min against 39 and 45), so a data set timed under one times the other
+SAME_COMPUTE = {"paper-steps": "paper", "paper": "paper-steps"}
+
+
 def pace(todo: list) -> str:
     """What the rest will take, at the median pace of the finished cells of every build, fine-tuning timed per recipe
-    (the authors' recipe trains 3 epochs on every row: several times ours). Medians: a run beside other work or a
-    resumed harden records its own seconds, not the cell's."""
+    (the authors' recipe trains 3 epochs on every row: several times ours) and, where finished cells of the same
+    recipe and data exist, per both (the authors' D_B has twice D_I's rows, and its eval one set more). Medians: a run
+    beside other work or a resumed harden records its own seconds, not the cell's."""
     study = study_grid.ACTIVE.folder
     done = [json.loads(p.read_text()) for f in [study, *rebuild_folders(study)] for p in sorted(f.glob("*-ref*-ft*.json"))]
     trains: dict[str, list[float]] = {}
+    trains_by_data: dict[tuple[str, str], list[float]] = {}
+    evals_by_data: dict[str, list[float]] = {}
     for r in done:
+        data = r.get("cell", {}).get("data")
         if r.get("train") and not r["train"].get("resumed_from"):
             trains.setdefault(_recipe_of(r), []).append(r["train"]["seconds"])
-    evals = [r["seconds"]["eval"] for r in done if r.get("seconds", {}).get("eval")]
+            trains_by_data.setdefault((_recipe_of(r), data), []).append(r["train"]["seconds"])
+        if r.get("seconds", {}).get("eval"):
+            evals_by_data.setdefault(data, []).append(r["seconds"]["eval"])
+    evals = [t for ts in evals_by_data.values() for t in ts]
     cells, locs = [c for c in todo if isinstance(c, Cell)], sum(isinstance(c, Localization) for c in todo)
     if not evals:
         return f"to do: {len(cells)} cells and {locs} localizations (no finished cell to time them by)"
     every = median(t for ts in trains.values() for t in ts) if trains else 0.0
     train = {recipe: median(ts) for recipe, ts in trains.items()}
     e = median(evals)
-    hours = sum((e + (train.get(c.recipe, every) if c.method != "none" else 0.0)) for c in cells) / 3600
+
+    def seconds(c: Cell) -> float:
+        ev = median(evals_by_data[c.data]) if c.data in evals_by_data else e
+        if c.method == "none":
+            return ev
+        like = trains_by_data.get((c.recipe, c.data)) or trains_by_data.get((SAME_COMPUTE.get(c.recipe), c.data))
+        return ev + (median(like) if like else train.get(c.recipe, every))
+
+    hours = sum(seconds(c) for c in cells) / 3600
     harden = ", ".join(f"{t / 60:.1f} min" + (f" {recipe}" if len(train) > 1 else "") for recipe, t in sorted(train.items()))
     return (f"to do: {len(cells)} cells, ~{hours:.1f} h at the finished cells' median pace (harden {harden or '0.0 min'}, "
             f"eval {e / 60:.1f} min), and {locs} localization{'s' * (locs != 1)} (each after its reference build)")
