@@ -185,13 +185,11 @@ def pace(todo: list) -> str:
     beside other work or a resumed harden records its own seconds, not the cell's."""
     study = study_grid.ACTIVE.folder
     done = [json.loads(p.read_text()) for f in [study, *rebuild_folders(study)] for p in sorted(f.glob("*-ref*-ft*.json"))]
-    trains: dict[str, list[float]] = {}
     trains_by_data: dict[tuple[str, str], list[float]] = {}
     evals_by_data: dict[str, list[float]] = {}
     for r in done:
         data = r.get("cell", {}).get("data")
         if r.get("train") and not r["train"].get("resumed_from"):
-            trains.setdefault(_recipe_of(r), []).append(r["train"]["seconds"])
             trains_by_data.setdefault((_recipe_of(r), data), []).append(r["train"]["seconds"])
         if r.get("seconds", {}).get("eval"):
             evals_by_data.setdefault(data, []).append(r["seconds"]["eval"])
@@ -199,6 +197,9 @@ def pace(todo: list) -> str:
     cells, locs = [c for c in todo if isinstance(c, Cell)], sum(isinstance(c, Localization) for c in todo)
     if not evals:
         return f"to do: {len(cells)} cells and {locs} localizations (no finished cell to time them by)"
+    trains: dict[str, list[float]] = {}
+    for (recipe, _), ts in trains_by_data.items():
+        trains.setdefault(recipe, []).extend(ts)
     every = median(t for ts in trains.values() for t in ts) if trains else 0.0
     train = {recipe: median(ts) for recipe, ts in trains.items()}
     e = median(evals)
